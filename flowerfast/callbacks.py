@@ -1,0 +1,105 @@
+"""fastai callbacks, one concern each: epoch statistics, progress reporting, best-model saving."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from fastai.callback.core import Callback
+
+from .progress import EpochRecord, Reporter
+
+
+class EpochStats(Callback):
+    """Exact per-epoch means of loss and accuracy, on training and validation batches.
+
+    fastai's Recorder logs a smoothed training loss and no training accuracy; the flower report
+    wants both per epoch, so they are counted here batch by batch.
+    """
+
+    order = 60
+
+    def __init__(self, phase: str = "train", epoch_offset: int = 0):
+        self.phase, self.epoch_offset = phase, epoch_offset
+        self.records: list[EpochRecord] = []
+        self.listeners: list[Callable[[EpochRecord], None]] = []
+
+    def before_epoch(self):
+        self._t0 = time.perf_counter()
+        self._sums = {True: [0.0, 0, 0], False: [0.0, 0, 0]}  # training? -> [loss*n, correct, n]
+
+    def after_batch(self):
+        y = self.learn.yb[0]
+        n = y.shape[0]
+        s = self._sums[self.training]
+        s[0] += float(self.learn.loss.detach()) * n
+        s[1] += int((self.learn.pred.detach().argmax(dim=-1) == y).sum())
+        s[2] += n
+
+    def after_epoch(self):
+        (tl, tc, tn), (vl, vc, vn) = self._sums[True], self._sums[False]
+        record = EpochRecord(
+            epoch=self.epoch_offset + self.epoch + 1,
+            phase=self.phase,
+            train_loss=tl / max(tn, 1),
+            train_accuracy_aug=tc / max(tn, 1),
+            valid_loss=vl / max(vn, 1),
+            valid_accuracy=vc / max(vn, 1),
+            lr=float(self.opt.hypers[-1]["lr"]),
+            seconds=time.perf_counter() - self._t0,
+        )
+        self.records.append(record)
+        for listener in self.listeners:
+            listener(record)
+
+
+class ReportProgress(Callback):
+    """Forwards batch progress to a :class:`Reporter` (in place of fastai's own progress bars)."""
+
+    order = 61
+
+    def __init__(self, reporter: Reporter, epoch_offset: int = 0):
+        self.reporter, self.epoch_offset = reporter, epoch_offset
+
+    def before_train(self):
+        self.reporter.batches_started("train", len(self.dls.train), self.epoch_offset + self.epoch + 1)
+
+    def before_validate(self):
+        self.reporter.batches_started("valid", len(self.dls.valid), self.epoch_offset + self.epoch + 1)
+
+    def after_batch(self):
+        self.reporter.batch_done("train" if self.training else "valid")
+
+
+class SaveBestModel:
+    """Listener for :class:`EpochStats`: saves the model whenever validation accuracy improves."""
+
+    def __init__(self, save: Callable[[], None], reporter: Reporter):
+        self.save, self.reporter = save, reporter
+        self.best_accuracy: Optional[float] = None
+        self.best_epoch: Optional[int] = None
+
+    def __call__(self, record: EpochRecord) -> None:
+        improved = self.best_accuracy is None or record.valid_accuracy > self.best_accuracy
+        if improved:
+            self.best_accuracy, self.best_epoch = record.valid_accuracy, record.epoch
+            self.save()
+        self.reporter.epoch_done(record, best=improved)
+
+
+class LRFindProgress(Callback):
+    """Progress for ``lr_find``: one bar over its iterations."""
+
+    order = 61
+
+    def __init__(self, reporter: Reporter, total: int):
+        self.reporter, self.total = reporter, total
+
+    def before_fit(self):
+        self.reporter.batches_started("lr-find", self.total)
+
+    def after_batch(self):
+        if self.training:
+            self.reporter.batch_done("lr-find")

@@ -1,0 +1,43 @@
+"""The ``flowerfast`` command: thin typer commands over the library.
+
+Each command module registers its commands on :data:`app`; heavy imports (fastai, torch) happen
+inside the commands, so ``flowerfast --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from .. import __version__
+
+app = typer.Typer(
+    name="flowerfast",
+    help="Fine-tune pretrained image classifiers on a folder of photos (one folder per class).",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"flowerfast {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                           help="Print the version and exit."),
+) -> None:
+    """Fine-tune pretrained image classifiers on a folder of photos (one folder per class)."""
+
+
+from . import core  # noqa: E402,F401  (registers train, lr-find, archs)
+
+
+def main() -> None:
+    app()

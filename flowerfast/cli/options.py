@@ -1,0 +1,24 @@
+"""Options shared by the commands that train (train, lr-find, compare), defined once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from typing import Annotated
+
+Data = Annotated[Optional[Path], typer.Option("--data", help="Folder of class folders (or train/ + valid/). Default: the embedded sample photos.", show_default=False)]
+Arch = Annotated[str, typer.Option("--arch", help="Architecture name (see `flowerfast archs`).")]
+Epochs = Annotated[int, typer.Option("--epochs", help="Epochs of full training (after any frozen epochs).")]
+Lr = Annotated[Optional[str], typer.Option("--lr", help="Peak learning rate, or 'auto' to run lr-find first. Default: 2e-3 pretrained, 3e-3 from scratch.", show_default=False)]
+Bs = Annotated[int, typer.Option("--bs", help="Batch size.")]
+Size = Annotated[int, typer.Option("--size", help="Image size in pixels (square crops).")]
+ValidPct = Annotated[float, typer.Option("--valid-pct", help="Share of images held out for validation when the folder has no valid/.")]
+Seed = Annotated[int, typer.Option("--seed", help="Random seed of the split, augmentation and initialisation.")]
+FreezeEpochs = Annotated[Optional[int], typer.Option("--freeze-epochs", help="Epochs that train only the new head first. Default: 1 with pretrained weights, else 0.", show_default=False)]
+Pretrained = Annotated[Optional[bool], typer.Option("--pretrained/--no-pretrained", help="Require ImageNet weights, or start from random weights. Default: use them if they can be had, else warn and start from random.", show_default=False)]
+Weights = Annotated[Optional[Path], typer.Option("--weights", help="Local backbone state dict (.safetensors, or .pth read without unpickling code).", show_default=False)]
+Out = Annotated[Optional[Path], typer.Option("--out", help="Run folder to create. Default: runs/<arch>-<timestamp>.", show_default=False)]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")]
+Workers = Annotated[Optional[int], typer.Option("--workers", help="Data-loading processes. Default: 0 on the CPU, up to 8 on a GPU.", show_default=False)]

@@ -1,0 +1,146 @@
+"""Terminal output for the CLI: progress reporters, one-line errors and warnings.
+
+In a terminal a rich progress bar runs under the epoch rows; in logs, pipes and CI only the epoch
+rows are printed, one clean line each, so logs stay readable and greppable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import warnings
+from typing import Iterator, Optional
+
+import typer
+from rich.console import Console
+
+from ..errors import FlowerfastError
+from ..progress import EpochRecord, Reporter
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def interactive() -> bool:
+    """Live bars only for a person at a terminal; CI and pipes get plain lines."""
+    return console.is_terminal and not os.environ.get("CI")
+
+
+def format_epoch(record: EpochRecord, total: int, best: bool) -> str:
+    width = len(str(total))
+    return (f"epoch {record.epoch:>{width}}/{total} {record.phase:<6} "
+            f"train_loss {record.train_loss:.4f}  train_acc(aug) {record.train_accuracy_aug:6.1%}  "
+            f"valid_loss {record.valid_loss:.4f}  valid_acc {record.valid_accuracy:6.1%}  "
+            f"lr {record.lr:.2e}  {record.seconds:5.1f}s" + ("  *best" if best else ""))
+
+
+def print_run_header(resolved: dict, out: Console = console) -> None:
+    """What the run is about to do: data, split, classes, skipped files, weights."""
+    out.print(f"data: {resolved['data']}  ({resolved['n_train']} train / {resolved['n_valid']} valid, "
+                  f"{'given split' if resolved['preset_split'] else 'random split, seed %d' % resolved['seed']})",
+                  markup=False)
+    out.print(f"classes ({len(resolved['classes'])}): {', '.join(resolved['classes'])}", markup=False)
+    skipped = resolved["skipped"]
+    if skipped:
+        out.print(f"[yellow]skipped {len(skipped)} unreadable file(s):[/yellow]")
+        for s in skipped[:10]:
+            out.print(f"  {s['file']}: {s['reason']}", markup=False)
+        if len(skipped) > 10:
+            out.print(f"  ... and {len(skipped) - 10} more (all listed in config.json)")
+    out.print(f"model: {resolved['arch']} from {resolved['weights_source']} on {resolved['device']}"
+                  + (" (mixed precision)" if resolved["mixed_precision"] else ""), markup=False)
+
+
+class LineReporter(Reporter):
+    """One line per stage and per epoch: for logs, pipes and CI."""
+
+    def __init__(self, out: Console = console):
+        self.out = out
+        self.total = 0
+
+    def stage(self, text: str) -> None:
+        self.out.print(f"[dim]{text}...[/dim]")
+
+    def run_ready(self, resolved: dict) -> None:
+        print_run_header(resolved, self.out)
+
+    def epochs_started(self, total_epochs: int) -> None:
+        self.total = total_epochs
+
+    def epoch_done(self, record: EpochRecord, best: bool) -> None:
+        self.out.print(format_epoch(record, self.total, best), markup=False)
+
+
+class RichReporter(LineReporter):
+    """Epoch lines plus a live rich progress bar over the batches of the current loop."""
+
+    def __init__(self, out: Console = console):
+        super().__init__(out)
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeRemainingColumn(), console=out, transient=True)
+        self.task = None
+
+    def batches_started(self, kind: str, total: int, epoch: Optional[int] = None) -> None:
+        label = f"epoch {epoch}/{self.total} {kind}" if epoch is not None else kind
+        if self.task is None:
+            self.progress.start()
+            self.task = self.progress.add_task(label, total=total)
+        else:
+            self.progress.reset(self.task, total=total, description=label)
+
+    def batch_done(self, kind: str) -> None:
+        if self.task is not None:
+            self.progress.advance(self.task)
+
+    def epoch_done(self, record: EpochRecord, best: bool) -> None:
+        self.progress.console.print(format_epoch(record, self.total, best), markup=False)
+
+    def finished(self) -> None:
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+            self.task = None
+        self.progress.stop()
+
+
+def make_reporter() -> Reporter:
+    return RichReporter() if interactive() else LineReporter()
+
+
+def fail(message: str, code: int = 1) -> None:
+    """Print ``error: message`` on one line to stderr and exit non-zero."""
+    err_console.print(f"[bold red]error:[/bold red] {message}", markup=True, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    text = str(message).strip().splitlines()[0]
+    err_console.print(f"[bold yellow]warning:[/bold yellow] {text}", soft_wrap=True)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn FlowerfastError into one line and an exit code; show warnings as one line each.
+
+    Library noise (deprecation and future warnings from dependencies) is hidden.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        previous = warnings.showwarning
+        warnings.showwarning = _show_warning
+        try:
+            yield
+        except FlowerfastError as exc:
+            fail(str(exc))
+        except KeyboardInterrupt:
+            err_console.print("[bold red]interrupted[/bold red]: files already written in the run folder are complete")
+            raise typer.Exit(130)
+        finally:
+            warnings.showwarning = previous
+
+
+def stdout_is_pipe() -> bool:
+    return not sys.stdout.isatty()

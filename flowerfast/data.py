@@ -1,0 +1,301 @@
+"""Photos on disk to fastai DataLoaders: folder scanning, the train/valid split, and transforms.
+
+Why scanning is done here and not by fastai's ``get_image_files``: a real photo folder holds hidden
+files, stray text files and the odd broken JPEG. Each would crash training half an hour in; here
+they are ignored (hidden, non-image) or skipped and reported (unreadable) before anything starts.
+The split is computed once, up front, so it can be written to ``split.csv`` and reused exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+from .errors import FlowerfastError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+VALID_FOLDER_NAMES = ("valid", "val")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def default_data_dir() -> Path:
+    """The embedded sample set (200 photos, 5 classes) that ships inside the package."""
+    return Path(__file__).resolve().parent / "sample" / "flowers"
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """An image file that could not be read, and why."""
+
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True)
+class SplitRow:
+    """One image of a run: its file, its class and which side of the split it is on."""
+
+    file: Path
+    label: str
+    is_valid: bool
+
+
+@dataclass
+class ImageFolder:
+    """The result of scanning a data folder: classes, readable images and skipped files.
+
+    ``preset_split`` holds each file's ``is_valid`` when the folder has train/ and valid/ (or val/)
+    subfolders; otherwise it is ``None`` and the split is made at random.
+    """
+
+    root: Path
+    classes: list[str]
+    files: list[Path]
+    labels: list[str]
+    skipped: list[SkippedFile] = field(default_factory=list)
+    preset_split: Optional[list[bool]] = None
+
+
+@dataclass
+class FlowerData:
+    """Everything a run needs from its data: fastai DataLoaders plus what they were built from."""
+
+    dls: object
+    classes: list[str]
+    rows: list[SplitRow]
+    skipped: list[SkippedFile]
+    root: Path
+    preset_split: bool
+    bs: int
+
+    @property
+    def n_train(self) -> int:
+        return sum(not r.is_valid for r in self.rows)
+
+    @property
+    def n_valid(self) -> int:
+        return sum(r.is_valid for r in self.rows)
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".") or name.startswith("__")
+
+
+def _image_files_under(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (recursively), hidden files and folders ignored, sorted."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+        for name in filenames:
+            if not _is_hidden(name) and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                found.append(Path(dirpath) / name)
+    return sorted(found)
+
+
+def check_image(path: Path) -> Optional[str]:
+    """Return why ``path`` is not a usable image, or ``None`` if it is.
+
+    ``verify`` catches broken headers; a reduced-size decode (JPEG draft mode, cheap even for big
+    photos) catches truncated data that ``verify`` lets through.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        with Image.open(path) as im:
+            im.draft("RGB", (64, 64))
+            im.load()
+    except Exception as exc:  # PIL raises many types for bad files; every one means "skip it"
+        return f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+    return None
+
+
+def _class_folders(parent: Path) -> list[Path]:
+    return sorted(p for p in parent.iterdir() if p.is_dir() and not _is_hidden(p.name))
+
+
+def _scan_classes(parent: Path, files: list, labels: list, skipped: list, check: bool) -> list[str]:
+    classes = []
+    for folder in _class_folders(parent):
+        images = _image_files_under(folder)
+        good = []
+        for path in images:
+            reason = check_image(path) if check else None
+            if reason is None:
+                good.append(path)
+            else:
+                skipped.append(SkippedFile(path, reason))
+        if not good:
+            what = "holds no readable images" if images else "holds no images"
+            raise FlowerfastError(f"class folder {folder} {what}: remove it or add photos")
+        classes.append(folder.name)
+        files.extend(good)
+        labels.extend([folder.name] * len(good))
+    return classes
+
+
+def _presplit_folders(root: Path) -> Optional[tuple[Path, Path]]:
+    train = root / "train"
+    if not train.is_dir():
+        return None
+    for name in VALID_FOLDER_NAMES:
+        if (root / name).is_dir():
+            return train, root / name
+    return None
+
+
+def scan_image_folder(root: Path | str, check: bool = True) -> ImageFolder:
+    """Find the classes and images of a data folder, skipping unreadable files.
+
+    Layouts: ``root/<class>/*.jpg`` (split at random later) or ``root/train/<class>/...`` with
+    ``root/valid/<class>/...`` (or ``val/``), used as given.
+    """
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise FlowerfastError(f"data folder not found: {root}")
+    if not root.is_dir():
+        raise FlowerfastError(f"data path is not a folder: {root} (expected one folder per class)")
+    files: list[Path] = []
+    labels: list[str] = []
+    skipped: list[SkippedFile] = []
+    presplit = _presplit_folders(root)
+    if presplit is None:
+        if not any(_image_files_under(root)):
+            raise FlowerfastError(f"no images found in {root} (expected one folder per class, e.g. {root}/daisy/1.jpg)")
+        classes = _scan_classes(root, files, labels, skipped, check)
+        preset = None
+    else:
+        train_dir, valid_dir = presplit
+        classes = _scan_classes(train_dir, files, labels, skipped, check)
+        n_train = len(files)
+        valid_classes = _scan_classes(valid_dir, files, labels, skipped, check)
+        unknown = sorted(set(valid_classes) - set(classes))
+        if unknown:
+            raise FlowerfastError(f"{valid_dir} has classes that {train_dir} lacks: {', '.join(unknown)}")
+        preset = [False] * n_train + [True] * (len(files) - n_train)
+    if not classes:
+        raise FlowerfastError(f"no class folders found in {root} (expected one folder per class, e.g. {root}/daisy/1.jpg)")
+    if len(classes) < 2:
+        raise FlowerfastError(f"only one class found in {root} ({classes[0]}): classification needs at least two class folders")
+    return ImageFolder(root=root, classes=classes, files=files, labels=labels, skipped=skipped, preset_split=preset)
+
+
+def split_rows(folder: ImageFolder, valid_pct: float = 0.2, seed: int = 42) -> list[SplitRow]:
+    """Assign each image to train or valid: the folder's own split, or fastai's RandomSplitter."""
+    if folder.preset_split is not None:
+        is_valid = folder.preset_split
+    else:
+        from fastai.data.transforms import RandomSplitter
+
+        _, valid_idx = RandomSplitter(valid_pct=valid_pct, seed=seed)(folder.files)
+        valid_set = set(int(i) for i in valid_idx)
+        is_valid = [i in valid_set for i in range(len(folder.files))]
+    rows = [SplitRow(f, lbl, v) for f, lbl, v in zip(folder.files, folder.labels, is_valid)]
+    if not any(r.is_valid for r in rows):
+        raise FlowerfastError("the validation set is empty: add images or raise --valid-pct")
+    if all(r.is_valid for r in rows):
+        raise FlowerfastError("the training set is empty: add images or lower --valid-pct")
+    return rows
+
+
+def write_split_csv(rows: Sequence[SplitRow], path: Path, root: Path) -> Path:
+    """Write ``file,label,is_valid`` with files relative to the data root (portable across machines)."""
+    from .runs import atomic_write_text
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["file", "label", "is_valid"])
+    for r in rows:
+        writer.writerow([_relative(r.file, root), r.label, int(r.is_valid)])
+    return atomic_write_text(path, buf.getvalue())
+
+
+def read_split_csv(path: Path, root: Optional[Path] = None) -> list[SplitRow]:
+    """Read a ``split.csv`` back; relative files are resolved against ``root`` when given."""
+    rows = []
+    with open(path, newline="") as fh:
+        for rec in csv.DictReader(fh):
+            f = Path(rec["file"])
+            if root is not None and not f.is_absolute():
+                f = Path(root) / f
+            rows.append(SplitRow(f, rec["label"], rec["is_valid"] in ("1", "True", "true")))
+    return rows
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def train_transforms(size: int):
+    """Item and batch transforms: random resized crop, flips and fastai's augmentations, ImageNet
+    normalisation, then random erasing (which expects normalised input). On the validation set
+    fastai applies only the resize and centre crop of ``RandomResizedCrop``; the rest is train-only.
+    """
+    from fastai.vision.augment import RandomErasing, RandomResizedCrop, aug_transforms
+    from fastai.data.transforms import Normalize
+
+    item_tfms = [RandomResizedCrop(size, min_scale=0.35)]
+    batch_tfms = [
+        *aug_transforms(),
+        Normalize.from_stats(list(IMAGENET_MEAN), list(IMAGENET_STD)),
+        RandomErasing(p=0.25, max_count=1),
+    ]
+    return item_tfms, batch_tfms
+
+
+def build_dataloaders(rows: Sequence[SplitRow], classes: Sequence[str], size: int, bs: int,
+                      workers: int = 0, device=None, seed: int = 42):
+    """fastai DataBlock over the split rows: one DataLoaders with train and valid."""
+    from fastai.data.block import CategoryBlock, DataBlock
+    from fastai.data.transforms import IndexSplitter, ItemGetter
+    from fastai.vision.data import ImageBlock
+    from fastai.torch_core import set_seed
+
+    item_tfms, batch_tfms = train_transforms(size)
+    items = [(str(r.file), r.label) for r in rows]
+    valid_idx = [i for i, r in enumerate(rows) if r.is_valid]
+    block = DataBlock(
+        blocks=(ImageBlock, CategoryBlock(vocab=list(classes))),
+        get_x=ItemGetter(0),
+        get_y=ItemGetter(1),
+        splitter=IndexSplitter(valid_idx),
+        item_tfms=item_tfms,
+        batch_tfms=batch_tfms,
+    )
+    set_seed(seed)
+    return block.dataloaders(items, bs=bs, num_workers=workers, device=device)
+
+
+def load_data(data: Optional[Path | str] = None, size: int = 224, bs: int = 32, valid_pct: float = 0.2,
+              seed: int = 42, workers: int = 0, device=None) -> FlowerData:
+    """Scan a data folder, split it and build DataLoaders. ``data=None`` uses the embedded sample."""
+    root = Path(data).expanduser() if data is not None else default_data_dir()
+    folder = scan_image_folder(root)
+    rows = split_rows(folder, valid_pct=valid_pct, seed=seed)
+    n_train = sum(not r.is_valid for r in rows)
+    # fastai drops the last partial training batch; a batch larger than the training set would
+    # leave no batch at all, so cap it (and keep at least 2 so BatchNorm can train).
+    eff_bs = max(2, min(bs, n_train))
+    if n_train < 2:
+        raise FlowerfastError("the training set needs at least 2 images: add images or lower --valid-pct")
+    dls = build_dataloaders(rows, folder.classes, size=size, bs=eff_bs, workers=workers, device=device, seed=seed)
+    return FlowerData(dls=dls, classes=list(folder.classes), rows=rows, skipped=folder.skipped,
+                      root=folder.root, preset_split=folder.preset_split is not None, bs=eff_bs)
+
+
+def class_counts(rows: Iterable[SplitRow]) -> dict[str, dict[str, int]]:
+    """Images per class on each side of the split, for summaries."""
+    counts: dict[str, dict[str, int]] = {}
+    for r in rows:
+        side = "valid" if r.is_valid else "train"
+        counts.setdefault(r.label, {"train": 0, "valid": 0})[side] += 1
+    return counts

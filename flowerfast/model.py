@@ -1,0 +1,233 @@
+"""The classifier network (backbone body + new head) and its files on disk.
+
+The network is built here in plain PyTorch, with the same layout fastai's ``vision_learner`` gives
+(``Sequential(body, head)``, a concat-pool head), so a saved model can be rebuilt and used without
+importing fastai (which takes seconds) and without unpickling anything: weights are safetensors,
+everything else (arch, classes, image size, normalisation, versions) a JSON file beside them.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from .errors import FlowerfastError
+
+FORMAT_VERSION = 1
+HEAD_HIDDEN = 512
+HEAD_DROPOUT = (0.25, 0.5)
+
+
+class ConcatPool2d(nn.Module):
+    """Adaptive max and average pooling side by side (fastai's AdaptiveConcatPool2d)."""
+
+    def __init__(self):
+        super().__init__()
+        self.mp = nn.AdaptiveMaxPool2d(1)
+        self.ap = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x):
+        return torch.cat([self.mp(x), self.ap(x)], 1)
+
+
+def build_head(num_features: int, n_classes: int):
+    """fastai's default head: concat pool, then BN-dropout-linear twice, ReLU between."""
+    nf = 2 * num_features
+    return nn.Sequential(
+        ConcatPool2d(),
+        nn.Flatten(),
+        nn.BatchNorm1d(nf),
+        nn.Dropout(HEAD_DROPOUT[0]),
+        nn.Linear(nf, HEAD_HIDDEN, bias=False),
+        nn.ReLU(inplace=True),
+        nn.BatchNorm1d(HEAD_HIDDEN),
+        nn.Dropout(HEAD_DROPOUT[1]),
+        nn.Linear(HEAD_HIDDEN, n_classes, bias=False),
+    )
+
+
+def _is_classifier_tail(module) -> bool:
+    """Layers at the end of a torchvision model that belong to its ImageNet classifier."""
+    tail_types = (nn.Linear, nn.Dropout, nn.Flatten, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d)
+    if isinstance(module, tail_types):
+        return True
+    if isinstance(module, nn.Sequential):
+        parts = list(module.children())
+        return any(isinstance(p, nn.Linear) for p in parts) or (
+            bool(parts) and isinstance(parts[-1], (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)))
+    return False
+
+
+def body_cut(backbone) -> int:
+    """How many top-level children form the feature body: all but the classifier tail.
+
+    For ResNets and VGGs this is fastai's own cut (-2: drop pooling and classifier).
+    """
+    children = list(backbone.children())
+    cut = len(children)
+    while cut > 0 and _is_classifier_tail(children[cut - 1]):
+        cut -= 1
+    if cut == 0:
+        raise FlowerfastError(f"cannot find the feature layers of {type(backbone).__name__}")
+    return cut
+
+
+def cut_body(backbone, cut: int):
+    return nn.Sequential(*list(backbone.children())[:cut])
+
+
+def body_features(body, arch: str, size: int = 64) -> int:
+    """Channels of the body's feature map, found by one small forward pass."""
+    was_training = body.training
+    body.eval()
+    try:
+        with torch.no_grad():
+            out = body(torch.zeros(1, 3, size, size))
+    except Exception as exc:
+        raise FlowerfastError(f"architecture {arch!r} cannot run at {size}px: {exc}") from None
+    finally:
+        body.train(was_training)
+    if out.dim() != 4:
+        raise FlowerfastError(f"architecture {arch!r} is not supported: its body does not yield a feature map")
+    return int(out.shape[1])
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to rebuild and use a trained classifier, saved as JSON beside its weights."""
+
+    arch: str
+    classes: list[str]
+    size: int
+    cut: int
+    num_features: int
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    format: str = "flowerfast-model"
+    format_version: int = FORMAT_VERSION
+    versions: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+
+def library_versions() -> dict[str, str]:
+    import torchvision
+
+    from . import __version__
+
+    return {"flowerfast": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "python": platform.python_version()}
+
+
+def assemble_classifier(backbone, arch: str, n_classes: int, size: int = 64):
+    """Cut ``backbone`` into its body and attach a new head for ``n_classes``.
+
+    Returns ``(model, cut, num_features)``; ``model`` is ``Sequential(body, head)``.
+    """
+    cut = body_cut(backbone)
+    body = cut_body(backbone, cut)
+    nf = body_features(body, arch, size=min(size, 224))
+    return nn.Sequential(body, build_head(nf, n_classes)), cut, nf
+
+
+def build_classifier(spec: ModelSpec):
+    """The network described by ``spec``, with random weights (load a state dict next)."""
+    from .archs import build_backbone
+
+    backbone = build_backbone(spec.arch)
+    body = cut_body(backbone, spec.cut)
+    return nn.Sequential(body, build_head(spec.num_features, spec.n_classes))
+
+
+def save_model(model, spec: ModelSpec, path: Path) -> tuple[Path, Path]:
+    """Write ``<path>.safetensors`` and ``<path>.json``; both atomically."""
+    from safetensors.torch import save as st_save
+
+    from .runs import atomic_write_bytes, write_json
+
+    path = Path(path)
+    stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
+    weights_path = stem.with_name(stem.name + ".safetensors")
+    json_path = stem.with_name(stem.name + ".json")
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if not spec.versions:
+        spec.versions = library_versions()
+    atomic_write_bytes(weights_path, st_save(state, metadata={"format": spec.format, "arch": spec.arch}))
+    write_json(json_path, asdict(spec))
+    return weights_path, json_path
+
+
+def model_paths(path: Path) -> tuple[Path, Path]:
+    """The ``.safetensors`` and ``.json`` files that make a model, from either file or a run folder.
+
+    A run folder resolves to its best model (``best.*``), else its final one.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        for stem in ("best", "final", "model"):
+            if (path / f"{stem}.safetensors").exists():
+                path = path / f"{stem}.safetensors"
+                break
+        else:
+            raise FlowerfastError(f"no model found in {path} (expected best.safetensors or final.safetensors)")
+    if path.suffix not in (".safetensors", ".json"):
+        if path.suffix in (".pkl", ".pth", ".pt"):
+            raise FlowerfastError(f"{path} is a pickle-based file; flowerfast models are .safetensors + .json")
+        path = path.with_name(path.name + ".safetensors")
+    stem = path.with_suffix("")
+    weights_path, json_path = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+    for p in (weights_path, json_path):
+        if not p.exists():
+            raise FlowerfastError(f"model file not found: {p}")
+    return weights_path, json_path
+
+
+def read_spec(json_path: Path) -> ModelSpec:
+    try:
+        data = json.loads(Path(json_path).read_text())
+    except (OSError, ValueError) as exc:
+        raise FlowerfastError(f"cannot read model description {json_path}: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != "flowerfast-model":
+        raise FlowerfastError(f"{json_path} is not a flowerfast model description")
+    known = set(ModelSpec.__dataclass_fields__)
+    return ModelSpec(**{k: v for k, v in data.items() if k in known})
+
+
+def load_classifier(path: Path, device: Optional[str] = None):
+    """Rebuild a saved classifier from its safetensors + JSON, in eval mode. Returns ``(model, spec)``.
+
+    Never unpickles: safetensors holds only tensors, the JSON only plain values.
+    """
+    from safetensors.torch import load_file
+
+    from .archs import load_state_into
+
+    weights_path, json_path = model_paths(path)
+    spec = read_spec(json_path)
+    model = build_classifier(spec)
+    try:
+        state = load_file(str(weights_path))
+    except Exception as exc:
+        raise FlowerfastError(f"cannot read model weights {weights_path}: {exc}") from None
+    load_state_into(model, state, f"model weights {weights_path}", spec.arch)
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return model, spec
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def class_list(classes: Sequence[str]) -> list[str]:
+    return [str(c) for c in classes]
