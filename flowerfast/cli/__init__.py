@@ -36,7 +36,7 @@ def _root(
     """Fine-tune pretrained image classifiers on a folder of photos (one folder per class)."""
 
 
-from . import core  # noqa: E402,F401  (registers train, lr-find, archs)
+from . import compare, core, use  # noqa: E402,F401  (each module registers its commands)
 
 
 def main() -> None:

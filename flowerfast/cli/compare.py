@@ -1,0 +1,1 @@
+"""``flowerfast compare`` and ``flowerfast report``."""

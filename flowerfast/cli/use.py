@@ -1,0 +1,1 @@
+"""``flowerfast predict``, ``flowerfast evaluate`` and ``flowerfast export``."""
