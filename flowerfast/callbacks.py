@@ -49,10 +49,34 @@ class EpochStats(Callback):
             valid_accuracy=vc / max(vn, 1),
             lr=float(self.opt.hypers[-1]["lr"]),
             seconds=time.perf_counter() - self._t0,
+            train_accuracy_clean=getattr(self.learn, "clean_train_accuracy", None),
         )
         self.records.append(record)
         for listener in self.listeners:
             listener(record)
+
+
+class CleanTrainAccuracy(Callback):
+    """Accuracy on a fixed, un-augmented sample of the training images, in eval mode, each epoch.
+
+    The accuracy on augmented batches in training mode (dropout on) understates how well the model
+    fits its training data; this figure is the one to compare with validation accuracy. It runs
+    before :class:`EpochStats` and leaves its value on the learner for it.
+    """
+
+    order = 55
+
+    def __init__(self, dl, mixed_precision: bool = False):
+        self.dl, self.mixed_precision = dl, mixed_precision
+
+    def before_fit(self):
+        self.learn.clean_train_accuracy = None
+
+    def after_epoch(self):
+        from .learner import predict_batches
+
+        probs, targets = predict_batches(self.learn.model, self.dl, self.mixed_precision)
+        self.learn.clean_train_accuracy = float((probs.argmax(dim=-1) == targets).float().mean())
 
 
 class ReportProgress(Callback):

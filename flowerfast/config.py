@@ -31,6 +31,9 @@ class TrainConfig:
     weights: a local state dict (safetensors, or a torch ``.pth`` read with ``weights_only``)
         for the backbone, for machines with no internet.
     workers: data-loading processes; ``None`` means 0 on the CPU and up to 8 on a GPU.
+    split_file: a ``split.csv`` of an earlier run, to train on exactly the same split (compare).
+    clean_train_sample: training images (a fixed random sample) scored each epoch in eval mode
+        without augmentation, for an honest train accuracy; 0 turns it off.
     """
 
     data: Optional[Path] = None
@@ -47,6 +50,8 @@ class TrainConfig:
     out: Optional[Path] = None
     device: str = "auto"
     workers: Optional[int] = None
+    split_file: Optional[Path] = None
+    clean_train_sample: int = 256
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> "TrainConfig":
@@ -65,6 +70,10 @@ class TrainConfig:
             raise FlowerfastError(f"--workers must be 0 or more (got {self.workers})")
         if self.device not in DEVICES:
             raise FlowerfastError(f"--device must be one of {', '.join(DEVICES)} (got {self.device!r})")
+        if self.clean_train_sample < 0:
+            raise FlowerfastError(f"clean_train_sample must be 0 or more (got {self.clean_train_sample})")
+        if self.split_file is not None and not Path(self.split_file).is_file():
+            raise FlowerfastError(f"split file not found: {self.split_file}")
         self.lr = parse_lr(self.lr)
         if self.weights is not None:
             if self.pretrained is False:

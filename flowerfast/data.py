@@ -212,7 +212,7 @@ def write_split_csv(rows: Sequence[SplitRow], path: Path, root: Path) -> Path:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["file", "label", "is_valid"])
     for r in rows:
-        writer.writerow([_relative(r.file, root), r.label, int(r.is_valid)])
+        writer.writerow([relative_path(r.file, root), r.label, int(r.is_valid)])
     return atomic_write_text(path, buf.getvalue())
 
 
@@ -228,7 +228,7 @@ def read_split_csv(path: Path, root: Optional[Path] = None) -> list[SplitRow]:
     return rows
 
 
-def _relative(path: Path, root: Path) -> str:
+def relative_path(path: Path, root: Path) -> str:
     try:
         return Path(path).relative_to(root).as_posix()
     except ValueError:
@@ -275,12 +275,32 @@ def build_dataloaders(rows: Sequence[SplitRow], classes: Sequence[str], size: in
     return block.dataloaders(items, bs=bs, num_workers=workers, device=device)
 
 
+def rows_from_split_file(folder: ImageFolder, split_file: Path) -> list[SplitRow]:
+    """The rows of an earlier run's ``split.csv``, checked against the scanned folder."""
+    rows = read_split_csv(split_file, folder.root)
+    known = set(folder.files)
+    missing = [r.file for r in rows if r.file not in known]
+    if missing:
+        raise FlowerfastError(f"{len(missing)} file(s) of {split_file} are not readable images of {folder.root} "
+                              f"(e.g. {missing[0]}): the split does not belong to this data folder")
+    unknown = sorted({r.label for r in rows} - set(folder.classes))
+    if unknown:
+        raise FlowerfastError(f"{split_file} names classes that {folder.root} lacks: {', '.join(unknown)}")
+    return rows
+
+
 def load_data(data: Optional[Path | str] = None, size: int = 224, bs: int = 32, valid_pct: float = 0.2,
-              seed: int = 42, workers: int = 0, device=None) -> FlowerData:
-    """Scan a data folder, split it and build DataLoaders. ``data=None`` uses the embedded sample."""
+              seed: int = 42, workers: int = 0, device=None, split_file: Optional[Path] = None) -> FlowerData:
+    """Scan a data folder, split it and build DataLoaders. ``data=None`` uses the embedded sample.
+
+    ``split_file`` reuses an earlier run's ``split.csv`` instead of splitting anew.
+    """
     root = Path(data).expanduser() if data is not None else default_data_dir()
     folder = scan_image_folder(root)
-    rows = split_rows(folder, valid_pct=valid_pct, seed=seed)
+    if split_file is not None:
+        rows = rows_from_split_file(folder, Path(split_file))
+    else:
+        rows = split_rows(folder, valid_pct=valid_pct, seed=seed)
     n_train = sum(not r.is_valid for r in rows)
     # fastai drops the last partial training batch; a batch larger than the training set would
     # leave no batch at all, so cap it (and keep at least 2 so BatchNorm can train).

@@ -91,3 +91,24 @@ def create_learner(data: FlowerData, arch: str = "resnet152", size: int = 224, p
         learn.to_fp16()
     spec = ModelSpec(arch=arch, classes=list(data.classes), size=size, cut=cut, num_features=nf)
     return LearnerBundle(learn=learn, spec=spec, weights=info, device=device, mixed_precision=use_mp)
+
+
+def predict_batches(model, dl, mixed_precision: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax probabilities and targets of ``model`` over a fastai DataLoader, in eval mode.
+
+    A plain loop rather than ``Learner.get_preds``, so it can run inside a fit (from a callback)
+    without disturbing fastai's training state.
+    """
+    was_training = model.training
+    model.eval()
+    probs, targets = [], []
+    try:
+        with torch.no_grad():
+            for xb, yb in dl:
+                with torch.autocast(device_type=xb.device.type, enabled=mixed_precision):
+                    out = model(xb)
+                probs.append(torch.softmax(out.float(), dim=-1).cpu())
+                targets.append(yb.cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(probs), torch.cat(targets)

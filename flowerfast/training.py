@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from .archs import check_arch
 from .config import LR_AUTO, TrainConfig
-from .data import FlowerData, class_counts, load_data, write_split_csv
+from .data import FlowerData, class_counts, load_data, relative_path, write_split_csv
 from .errors import FlowerfastError
 from .learner import LearnerBundle, create_learner, resolve_device, resolve_workers
 from .model import count_parameters, library_versions, save_model
@@ -66,7 +66,7 @@ def _merge(config: Optional[TrainConfig], options: dict) -> TrainConfig:
     if unknown:
         raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
     config = dataclasses.replace(config, **options)
-    for name in ("data", "weights", "out"):
+    for name in ("data", "weights", "out", "split_file"):
         value = getattr(config, name)
         if value is not None and not isinstance(value, Path):
             setattr(config, name, Path(value))
@@ -87,7 +87,7 @@ def prepare_run(config: Optional[TrainConfig], options: dict, reporter: Reporter
 
     reporter.stage(f"scanning {config.data or 'the embedded sample photos'}")
     data = load_data(config.data, size=config.size, bs=config.bs, valid_pct=config.valid_pct,
-                     seed=config.seed, workers=workers, device=device)
+                     seed=config.seed, workers=workers, device=device, split_file=config.split_file)
     reporter.stage(f"building {config.arch}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -122,6 +122,40 @@ def prepare_run(config: Optional[TrainConfig], options: dict, reporter: Reporter
     return RunSetup(config=config, data=data, bundle=bundle, run_dir=run_dir, resolved=resolved)
 
 
+def clean_train_dl(data: FlowerData, n: int, seed: int):
+    """A DataLoader over a fixed random sample of up to ``n`` training images, with validation
+    transforms (no augmentation); ``None`` when ``n`` is 0."""
+    import random
+
+    if n <= 0:
+        return None
+    train_rows = [r for r in data.rows if not r.is_valid]
+    sample = random.Random(seed).sample(train_rows, min(n, len(train_rows)))
+    return data.dls.test_dl([(str(r.file), r.label) for r in sample], with_labels=True)
+
+
+def write_valid_predictions(learn, setup: RunSetup, weights: Path, path: Path) -> float:
+    """Score the saved best model on the validation images and write one row per image:
+    ``file,label,predicted,confidence`` and each class's probability. These paired predictions are
+    what a comparison of two models on the same split is computed from. Returns the accuracy.
+    """
+    from safetensors.torch import load_file
+
+    from .learner import predict_batches
+
+    learn.model.load_state_dict(load_file(str(weights), device=str(setup.bundle.device)))
+    probs, targets = predict_batches(learn.model, setup.data.dls.valid, setup.bundle.mixed_precision)
+    classes = setup.data.classes
+    valid_rows = [r for r in setup.data.rows if r.is_valid]
+    preds = probs.argmax(dim=-1)
+    out_rows = []
+    for row, p, pr in zip(valid_rows, preds.tolist(), probs.tolist()):
+        out_rows.append([relative_path(row.file, setup.data.root), row.label, classes[p], round(pr[p], 6),
+                         *[round(x, 6) for x in pr]])
+    write_csv(path, ["file", "label", "predicted", "confidence", *[f"p_{c}" for c in classes]], out_rows)
+    return float((preds == targets).float().mean())
+
+
 def _history_writer(path: Path, records: list[EpochRecord]):
     def write(record: EpochRecord) -> None:
         records.append(record)
@@ -139,7 +173,7 @@ def train(config: Optional[TrainConfig] = None, reporter: Optional[Reporter] = N
     """
     from fastai.torch_core import set_seed
 
-    from .callbacks import EpochStats, ReportProgress, SaveBestModel
+    from .callbacks import CleanTrainAccuracy, EpochStats, ReportProgress, SaveBestModel
     from .lr_find import run_lr_find, save_lr_find
 
     reporter = reporter or NullReporter()
@@ -168,6 +202,7 @@ def train(config: Optional[TrainConfig] = None, reporter: Optional[Reporter] = N
         phases.append(("frozen", freeze_epochs))
     phases.append(("full", cfg.epochs))
     reporter.epochs_started(sum(n for _, n in phases))
+    clean_dl = clean_train_dl(setup.data, cfg.clean_train_sample, cfg.seed)
     set_seed(cfg.seed)
     offset = 0
     try:
@@ -175,6 +210,8 @@ def train(config: Optional[TrainConfig] = None, reporter: Optional[Reporter] = N
             stats = EpochStats(phase=phase, epoch_offset=offset)
             stats.listeners += [_history_writer(run_dir / "history.csv", history), saver]
             cbs = [stats, ReportProgress(reporter, epoch_offset=offset)]
+            if clean_dl is not None:
+                cbs.append(CleanTrainAccuracy(clean_dl, setup.bundle.mixed_precision))
             if phase == "frozen":
                 learn.freeze()
                 learn.fit_one_cycle(n_epochs, lr, pct_start=0.99, cbs=cbs)
@@ -189,6 +226,8 @@ def train(config: Optional[TrainConfig] = None, reporter: Optional[Reporter] = N
     seconds = time.perf_counter() - started
 
     final_paths = save_model(learn.model, setup.bundle.spec, run_dir / "final")
+    reporter.stage("scoring the best model on the validation set")
+    best_valid = write_valid_predictions(learn, setup, run_dir / "best.safetensors", run_dir / "valid_predictions.csv")
     train_seconds = sum(r.seconds for r in history)
     summary = {
         "arch": cfg.arch,
@@ -199,6 +238,7 @@ def train(config: Optional[TrainConfig] = None, reporter: Optional[Reporter] = N
         "epochs": len(history),
         "best_epoch": saver.best_epoch,
         "best_valid_accuracy": saver.best_accuracy,
+        "best_valid_accuracy_rescored": best_valid,
         "final_valid_accuracy": history[-1].valid_accuracy,
         "final_train_loss": history[-1].train_loss,
         "lr": lr,
