@@ -146,9 +146,15 @@ def read_state_dict(path: Path) -> dict:
     return state
 
 
-def load_state_into(model, state: dict, what: str, arch: str) -> None:
-    """Load ``state`` strictly, turning key and shape mismatches into one readable error."""
-    expected = model.state_dict()
+def load_state_into(model, state: dict, what: str, arch: str, ignore_prefixes: tuple[str, ...] = ()) -> None:
+    """Load ``state`` strictly, turning key and shape mismatches into one readable error.
+
+    Keys under ``ignore_prefixes`` (layers that will be cut off, such as an ImageNet classifier
+    with another number of classes) are left out on both sides.
+    """
+    if ignore_prefixes:
+        state = {k: v for k, v in state.items() if not k.startswith(ignore_prefixes)}
+    expected = {k: v for k, v in model.state_dict().items() if not k.startswith(ignore_prefixes)}
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     shapes = [
@@ -165,19 +171,29 @@ def load_state_into(model, state: dict, what: str, arch: str) -> None:
         problems.append(f"{len(shapes)} shape mismatches (e.g. {'; '.join(shapes[:2])})")
     if problems:
         raise FlowerfastError(f"{what} does not fit {arch}: {', '.join(problems)}")
-    model.load_state_dict(state)
+    model.load_state_dict(state, strict=not ignore_prefixes)
+
+
+def classifier_prefixes(model) -> tuple[str, ...]:
+    """State-dict prefixes of the layers that the body cut drops (the ImageNet classifier)."""
+    from .model import body_cut
+
+    names = [name for name, _ in model.named_children()]
+    return tuple(f"{name}." for name in names[body_cut(model):])
 
 
 def load_backbone(name: str, pretrained: Optional[bool] = None, weights: Optional[Path] = None):
     """Build the ``name`` backbone and give it its starting weights.
 
-    ``weights``: a local state dict file. ``pretrained=True``: ImageNet weights or an error;
+    ``weights``: a local state dict file (its classifier layer may have any number of classes: it
+    is cut off anyway). ``pretrained=True``: ImageNet weights or an error;
     ``False``: random; ``None``: ImageNet weights if they can be had, else random with a
     :class:`PretrainedUnavailableWarning` (the result's ``WeightsInfo`` says which happened).
     """
     model = build_backbone(name)
     if weights is not None:
-        load_state_into(model, read_state_dict(Path(weights)), f"weights file {weights}", name)
+        load_state_into(model, read_state_dict(Path(weights)), f"weights file {weights}", name,
+                        ignore_prefixes=classifier_prefixes(model))
         return model, WeightsInfo(pretrained=True, source=f"file:{weights}")
     if pretrained is False:
         return model, WeightsInfo(pretrained=False, source="random")

@@ -1,0 +1,111 @@
+"""The command line: help and docs for every command, and bad input answered in one line."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from flowerfast import __version__
+from flowerfast.cli import app
+
+from .conftest import invoke, make_folder
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def command_names() -> list[str]:
+    return [c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands]
+
+
+def test_core_commands_exist():
+    assert {"train", "lr-find", "archs"} <= set(command_names())
+
+
+def test_version(runner):
+    result = invoke(runner, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"flowerfast {__version__}"
+
+
+@pytest.mark.parametrize("name", command_names())
+def test_every_command_has_help_ending_with_an_example(runner, name):
+    result = invoke(runner, [name, "--help"])
+    assert result.exit_code == 0
+    tail = " ".join(result.output.rsplit("╯", 1)[-1].split())  # the text after the last option box
+    assert tail.startswith(f"Example: flowerfast {name}"), tail
+
+
+@pytest.mark.parametrize("name", command_names())
+def test_every_command_is_documented_in_the_readme(name):
+    assert re.search(rf"`flowerfast {re.escape(name)}\b", README.read_text()), f"README lacks `flowerfast {name}`"
+
+
+def test_archs_lists_the_reports_models(runner):
+    result = invoke(runner, ["archs"])
+    assert result.exit_code == 0
+    assert "resnet152" in result.output and "vgg11_bn" in result.output and "60.2M" in result.output
+
+
+def _one_line_error(result, pattern: str) -> None:
+    assert result.exit_code != 0
+    text = result.output.strip()
+    assert "Traceback" not in text
+    assert len(text.splitlines()) == 1, text
+    assert re.search(pattern, text), text
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (["--data", "/no/such/folder"], r"^error: data folder not found: /no/such/folder$"),
+    (["--arch", "resnet15"], r"unknown architecture 'resnet15'; did you mean .*resnet152"),
+    (["--epochs", "0"], r"--epochs must be at least 1 \(got 0\)"),
+    (["--valid-pct", "1.5"], r"--valid-pct must be between 0 and 1"),
+    (["--valid-pct", "0"], r"--valid-pct must be between 0 and 1"),
+    (["--size", "16"], r"--size must be at least 32 pixels \(got 16\)"),
+    (["--lr", "fast"], r"--lr must be a positive number or 'auto'"),
+    (["--weights", "/no/such.pth"], r"weights file not found: /no/such.pth"),
+    (["--device", "tpu"], r"--device must be one of auto, cpu, cuda, mps"),
+])
+def test_bad_options_get_one_line(runner, args, pattern):
+    _one_line_error(invoke(runner, ["train", *args]), pattern)
+
+
+def test_bad_data_folders_get_one_line(runner, tmp_path):
+    (tmp_path / "empty").mkdir()
+    _one_line_error(invoke(runner, ["train", "--data", tmp_path / "empty"]), r"error: no images found in")
+    one = make_folder(tmp_path / "one", {"rose": 3})
+    _one_line_error(invoke(runner, ["lr-find", "--data", one]), r"only one class found .*\(rose\)")
+    two = make_folder(tmp_path / "two", {"rose": 3, "tulip": 3})
+    (two / "daisy").mkdir()
+    _one_line_error(invoke(runner, ["train", "--data", two]), r"class folder .*daisy holds no images")
+
+
+def test_an_existing_run_is_never_overwritten(runner, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "history.csv").write_text("precious\n")
+    result = invoke(runner, ["train", "--arch", "resnet18", "--out", out])
+    _one_line_error(result, r"output folder .* is not empty")
+    assert (out / "history.csv").read_text() == "precious\n"
+    assert [p.name for p in out.iterdir()] == ["history.csv"]
+
+
+def test_an_unwritable_output_folder_gets_one_line(runner, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    _one_line_error(invoke(runner, ["train", "--out", blocker / "run"]), r"output folder is not writable")
+    _one_line_error(invoke(runner, ["train", "--out", blocker]), r"output path exists and is not a folder")
+
+
+def test_cuda_asked_for_on_a_machine_without_it(runner):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    _one_line_error(invoke(runner, ["train", "--device", "cuda"]), r"no CUDA GPU is available")
+
+
+def test_weights_and_no_pretrained_contradict(runner, tmp_path):
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"x")
+    _one_line_error(invoke(runner, ["train", "--weights", weights, "--no-pretrained"]), r"contradict")

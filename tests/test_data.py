@@ -1,0 +1,100 @@
+"""Data folders: scanning, skipping bad files, the split and its file, and bad layouts."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from flowerfast.data import (load_data, read_split_csv, rows_from_split_file, scan_image_folder, split_rows,
+                             write_split_csv)
+from flowerfast.errors import FlowerfastError
+
+from .conftest import SAMPLE, make_folder, sample_files
+
+
+def test_embedded_sample_has_five_classes_of_forty():
+    folder = scan_image_folder(SAMPLE)
+    assert folder.classes == ["daisy", "dandelion", "rose", "sunflower", "tulip"]
+    assert len(folder.files) == 200 and not folder.skipped
+    assert (SAMPLE / "README.md").read_text().count("martinwestin/flower_classification") == 1
+
+
+def test_hidden_and_non_image_files_are_ignored_and_broken_images_skipped(tmp_path):
+    root = make_folder(tmp_path / "d", {"rose": 4, "tulip": 4})
+    (root / "rose" / ".hidden.jpg").write_bytes(sample_files("rose")[0].read_bytes())
+    (root / ".cache").mkdir()
+    (root / "tulip" / "notes.txt").write_text("not a photo")
+    (root / "tulip" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is no jpeg")
+    truncated = root / "rose" / "truncated.jpg"
+    truncated.write_bytes(sample_files("rose")[5].read_bytes()[:300])
+    folder = scan_image_folder(root)
+    assert folder.classes == ["rose", "tulip"]
+    assert len(folder.files) == 8
+    assert sorted(s.path.name for s in folder.skipped) == ["broken.jpg", "truncated.jpg"]
+    assert all(s.reason for s in folder.skipped)
+
+
+def test_same_seed_same_split_other_seed_other_split():
+    folder = scan_image_folder(SAMPLE)
+    a = split_rows(folder, valid_pct=0.2, seed=42)
+    b = split_rows(folder, valid_pct=0.2, seed=42)
+    c = split_rows(folder, valid_pct=0.2, seed=7)
+    valid = lambda rows: [r.file for r in rows if r.is_valid]  # noqa: E731
+    assert valid(a) == valid(b)
+    assert valid(a) != valid(c)
+    assert len(valid(a)) == 40 and len(valid(c)) == 40
+
+
+def test_split_csv_round_trip_and_reuse(tmp_path):
+    folder = scan_image_folder(SAMPLE)
+    rows = split_rows(folder, seed=3)
+    path = write_split_csv(rows, tmp_path / "split.csv", folder.root)
+    text = path.read_text().splitlines()
+    assert text[0] == "file,label,is_valid"
+    assert text[1].startswith("daisy/")
+    assert read_split_csv(path, folder.root) == rows
+    assert rows_from_split_file(folder, path) == rows
+
+
+def test_split_file_from_another_folder_is_refused(tmp_path):
+    other = make_folder(tmp_path / "other", {"rose": 3, "tulip": 3})
+    rows = split_rows(scan_image_folder(SAMPLE), seed=3)
+    path = write_split_csv(rows, tmp_path / "split.csv", SAMPLE)
+    with pytest.raises(FlowerfastError, match="does not belong to this data folder"):
+        rows_from_split_file(scan_image_folder(other), path)
+
+
+def test_train_and_valid_subfolders_are_used_as_given(tmp_path):
+    make_folder(tmp_path / "d" / "train", {"rose": 6, "tulip": 6})
+    valid = tmp_path / "d" / "val"
+    for cls in ("rose", "tulip"):
+        (valid / cls).mkdir(parents=True)
+        for f in sample_files(cls)[10:13]:
+            shutil.copy(f, valid / cls / f.name)
+    data = load_data(tmp_path / "d", size=32, bs=4)
+    assert data.preset_split
+    assert data.n_train == 12 and data.n_valid == 6
+    assert all(("val" in r.file.parts) == r.is_valid for r in data.rows)
+    xb, yb = data.dls.one_batch()
+    assert tuple(xb.shape) == (4, 3, 32, 32)
+
+
+def test_valid_folder_with_unknown_class_is_refused(tmp_path):
+    make_folder(tmp_path / "d" / "train", {"rose": 3, "tulip": 3})
+    make_folder(tmp_path / "d" / "valid", {"rose": 2, "daisy": 2})
+    with pytest.raises(FlowerfastError, match="lacks: daisy"):
+        scan_image_folder(tmp_path / "d")
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda p: None, "data folder not found"),
+    (lambda p: p.mkdir(), "no images found"),
+    (lambda p: make_folder(p, {"rose": 3}), "only one class found"),
+    (lambda p: (make_folder(p, {"rose": 3, "tulip": 3}), (p / "daisy").mkdir()), r"class folder .*daisy holds no images"),
+])
+def test_bad_folders_are_refused_by_message(tmp_path, setup, message):
+    root = tmp_path / "data"
+    setup(root)
+    with pytest.raises(FlowerfastError, match=message):
+        scan_image_folder(root)
