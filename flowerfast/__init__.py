@@ -33,6 +33,11 @@ _EXPORTS = {
     "load_classifier": "model",
     "save_model": "model",
     "ModelSpec": "model",
+    "compare": "compare",
+    "report": "report",
+    "ComparisonReport": "report",
+    "mcnemar_exact": "stats",
+    "paired_bootstrap_ci": "stats",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -1,1 +1,79 @@
 """``flowerfast compare`` and ``flowerfast report``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from . import app, options as o
+from .output import console, make_reporter, user_errors
+
+Archs = Annotated[str, typer.Option("--archs", help="Architectures to compare, comma-separated (at least 2), e.g. resnet152,vgg11_bn.", show_default=False)]
+CompareOut = Annotated[Optional[Path], typer.Option("--out", help="Comparison folder to create: one run folder per architecture plus the report. Default: runs/compare-<timestamp>.", show_default=False)]
+ReportOut = Annotated[Optional[Path], typer.Option("--out", help="Folder to create for the report. Default: runs/report-<timestamp>.", show_default=False)]
+CleanTrainSample = Annotated[int, typer.Option("--clean-train-sample", help="Training images scored each epoch without augmentation (0: off).")]
+RunDirs = Annotated[list[Path], typer.Argument(help="Finished run folders trained on the same split (2 or more).", show_default=False)]
+
+
+def _transposed(table, title: str) -> Table:
+    """One row per figure, one column per model: fits a terminal for any handful of models."""
+    out = Table(title=title)
+    out.add_column(table.headers[0])
+    for row in table.rows:
+        out.add_column(row[0], justify="right")
+    for i, header in enumerate(table.headers[1:], 1):
+        out.add_row(header, *[row[i] for row in table.rows])
+    return out
+
+
+def _pairs(rep) -> Table:
+    level = f"{rep.settings['ci_level']:.0%}"
+    out = Table(title=f"paired comparison on the same {rep.pairs[0]['n_images']} validation images")
+    for header in ("A vs B", "accuracy A / B", f"A - B [{level} CI]", "only A / only B right", "McNemar p"):
+        out.add_column(header, justify="left" if header == "A vs B" else "right")
+    for row in rep.pairs_table().rows:
+        a, b, _, acc_a, acc_b, diff, ci, only_a, only_b, p = row
+        out.add_row(f"{a} vs {b}", f"{acc_a} / {acc_b}", f"{diff} {ci}", f"{only_a} / {only_b}", p)
+    return out
+
+
+def show_report(rep) -> None:
+    """The summary and paired comparison as rich tables, then the verdicts and where the files are."""
+    console.print(_transposed(rep.summary_table(), "summary"))
+    console.print(_pairs(rep))
+    for v in rep.verdicts:
+        console.print(f"[bold]{v}[/bold]", highlight=False)
+    console.print(f"report: {rep.out / 'report.md'} (also report.html, report.json and plots)", markup=False)
+
+
+@app.command(epilog="Example: flowerfast compare --archs resnet152,vgg11_bn --epochs 10")
+def compare(
+    archs: Archs, data: o.Data = None, epochs: o.Epochs = 10, lr: o.Lr = None, bs: o.Bs = 32, size: o.Size = 224,
+    valid_pct: o.ValidPct = 0.2, seed: o.Seed = 42, freeze_epochs: o.FreezeEpochs = None,
+    pretrained: o.Pretrained = None, out: CompareOut = None, device: o.Device = "auto",
+    workers: o.Workers = None, clean_train_sample: CleanTrainSample = 256,
+) -> None:
+    """Train several architectures on the identical split and compare them: accuracy, speed, size,
+    and a paired significance test on the same validation images."""
+    with user_errors():
+        from ..compare import compare as run_compare
+        from ..config import TrainConfig
+
+        config = TrainConfig(data=data, epochs=epochs, lr=lr, bs=bs, size=size, valid_pct=valid_pct, seed=seed,
+                             freeze_epochs=freeze_epochs, pretrained=pretrained, out=out, device=device,
+                             workers=workers, clean_train_sample=clean_train_sample)
+        rep = run_compare(archs, config, reporter=make_reporter())
+    show_report(rep)
+
+
+@app.command(epilog="Example: flowerfast report runs/resnet152-20240101-120000 runs/vgg11_bn-20240101-130000")
+def report(run_dirs: RunDirs, out: ReportOut = None) -> None:
+    """Build the comparison report from finished runs that share one split."""
+    with user_errors():
+        from ..report import report as build
+
+        rep = build(run_dirs, out=out, reporter=make_reporter())
+    show_report(rep)

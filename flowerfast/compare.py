@@ -1,0 +1,95 @@
+"""Train several architectures on one identical split and report how they compare.
+
+The first architecture is trained as usual and makes the split; every other one is trained with
+``split_file`` set to the first run's ``split.csv`` and otherwise the same options (seed,
+transforms, epochs, learning-rate schedule), so the only thing that differs between the runs is
+the architecture. Run folders go side by side in one comparison folder, with the report beside them:
+
+    compare-<timestamp>/
+        resnet152/   (a full run folder)
+        vgg11_bn/
+        report.md  report.json  report.html  *.png
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+from .archs import check_arch
+from .config import TrainConfig
+from .errors import FlowerfastError
+from .progress import NullReporter, Reporter
+from .report import ComparisonReport, build_report, write_report
+from .runs import check_output_dir, create_run_dir, default_run_dir
+
+
+def parse_archs(archs: Union[str, Sequence[str]]) -> list[str]:
+    """``"resnet152,vgg11_bn"`` or a list, to a checked list of at least two distinct names."""
+    names = [a.strip() for a in (archs.split(",") if isinstance(archs, str) else archs)]
+    names = [a for a in names if a]
+    if len(names) < 2:
+        raise FlowerfastError(f"--archs needs at least 2 architectures to compare, separated by commas "
+                              f"(got {', '.join(names) or 'none'})")
+    dupes = sorted({a for a in names if names.count(a) > 1})
+    if dupes:
+        raise FlowerfastError(f"--archs names {', '.join(dupes)} more than once: each architecture is trained once")
+    for name in names:
+        check_arch(name)
+    return names
+
+
+def compare(archs: Union[str, Sequence[str]], config: Optional[TrainConfig] = None,
+            reporter: Optional[Reporter] = None, **train_options) -> ComparisonReport:
+    """Train each of ``archs`` on the same split and write the comparison report.
+
+    ``config``/``train_options`` are the training options shared by every run (as for
+    :func:`flowerfast.train`; ``arch`` is ignored). ``out`` is the comparison folder (default
+    ``runs/compare-<timestamp>``); each run goes into ``<out>/<arch>/``. Every option is checked,
+    and the folder is known to be free, before the first epoch.
+    """
+    from .training import train
+
+    reporter = reporter or NullReporter()
+    names = parse_archs(archs)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(train_options) - fields
+    if unknown:
+        raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    base = dataclasses.replace(config or TrainConfig(), **train_options)
+    for name in ("data", "weights", "out", "split_file"):
+        value = getattr(base, name)
+        if value is not None and not isinstance(value, Path):
+            setattr(base, name, Path(value))
+    base.validate()
+    if base.weights is not None:
+        raise FlowerfastError("--weights holds one backbone's state dict and cannot serve several architectures")
+    out = check_output_dir(base.out or default_run_dir("compare"))
+    create_run_dir(out)
+
+    split_file = base.split_file
+    run_dirs = []
+    for i, arch in enumerate(names, 1):
+        reporter.stage(f"model {i}/{len(names)}: {arch}")
+        cfg = dataclasses.replace(base, arch=arch, out=out / arch, split_file=split_file, extra=dict(base.extra))
+        result = train(cfg, reporter=reporter)
+        run_dirs.append(result.run_dir)
+        if split_file is None:
+            split_file = result.run_dir / "split.csv"
+    reporter.stage("writing the comparison report")
+    return write_report(build_report(run_dirs, reporter), out)
+
+
+class _CallableModule(types.ModuleType):
+    """``flowerfast.compare`` names both this module and its :func:`compare` function. Python binds
+    the package attribute to the module whenever the module is imported, so the module forwards
+    calls to the function: ``flowerfast.compare(archs)`` works whichever the attribute holds."""
+
+    def __call__(self, *args, **kwargs):
+        return compare(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
