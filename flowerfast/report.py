@@ -526,7 +526,9 @@ def _intro(rep: ComparisonReport) -> list[str]:
     return [f"Data: `{s.get('data')}`: {s['n_train']} training and {s['n_valid']} validation images, "
             f"{len(s['classes'])} classes ({seed}). Every model was trained and scored on exactly this split "
             f"(identical `split.csv`).",
-            "Weights: " + "; ".join(f"{m['name']} from {m['weights_source']}" for m in rep.models) + "."]
+            "Weights: " + "; ".join(f"{m['name']} from {m['weights_source']}" for m in rep.models) + "."
+            + (" **Warning: some models started from pretrained weights and some from random ones, so the "
+               "comparison is not like for like.**" if len({bool(m["pretrained"]) for m in rep.models}) > 1 else "")]
 
 
 def _method_note(rep: ComparisonReport) -> str:
@@ -571,7 +573,8 @@ def _img(data: bytes, alt: str) -> str:
 
 
 def _md_inline(text: str) -> str:
-    return re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(text))
+    text = re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(text))
+    return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
 
 
 def render_html(rep: ComparisonReport, images: dict[str, bytes]) -> str:
