@@ -1,1 +1,202 @@
-"""``flowerfast predict``, ``flowerfast evaluate`` and ``flowerfast export``."""
+"""``flowerfast predict``, ``flowerfast evaluate`` and ``flowerfast export``.
+
+These load a saved model in plain PyTorch and never import fastai (unless ``--trust-pickle`` opens
+a fastai export), so ``flowerfast predict`` on one photo costs little more than importing torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+from rich.table import Table
+
+from . import app
+from .output import console, err_console, user_errors
+
+Model = Annotated[Path, typer.Argument(help="Run folder, or a model file (.safetensors or .json).", show_default=False)]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")]
+Bs = Annotated[int, typer.Option("--bs", help="Images per batch.")]
+Workers = Annotated[Optional[int], typer.Option("--workers", help="Image-decoding processes. Default: none for a few images, else one per core (up to 8).", show_default=False)]
+TrustPickle = Annotated[bool, typer.Option("--trust-pickle", help="Allow a fastai learn.export() .pkl as MODEL. Unpickling runs code from the file: only for files you trust.")]
+
+
+@contextlib.contextmanager
+def _errors():
+    """``user_errors`` prints messages as rich markup; escape them so text such as
+    ``flowerfast[onnx]`` or a path with brackets is shown as written."""
+    from rich.markup import escape
+
+    from ..errors import FlowerfastError
+
+    with user_errors():
+        try:
+            yield
+        except FlowerfastError as exc:
+            raise FlowerfastError(escape(str(exc))) from None
+
+
+def _emit(text: str, output: Optional[Path]) -> None:
+    """Machine-readable output goes to stdout, or atomically to ``--output``."""
+    if output is None:
+        typer.echo(text, nl=False)
+        return
+    from ..runs import atomic_write_text
+
+    try:
+        atomic_write_text(output.expanduser(), text)
+    except OSError as exc:
+        from ..errors import FlowerfastError
+
+        raise FlowerfastError(f"cannot write {output}: {exc.strerror or exc}") from None
+    err_console.print(f"wrote {output}", markup=False)
+
+
+def _predictions_csv(predictions, top_k: int) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    header = ["path", "label", "probability"]
+    for k in range(2, top_k + 1):
+        header += [f"label_{k}", f"probability_{k}"]
+    writer.writerow(header + ["error"])
+    for p in predictions:
+        row = [str(p.path)]
+        for lbl, prob in p.top_k or [("", "")] * top_k:
+            row += [lbl, round(prob, 6) if prob != "" else ""]
+        writer.writerow(row + [p.error or ""])
+    return buf.getvalue()
+
+
+@app.command(epilog="Example: flowerfast predict runs/resnet18-20240101-120000/ photos/ --top-k 3")
+def predict(
+    model: Model,
+    paths: Annotated[List[Path], typer.Argument(help="Image files, folders (searched recursively) or globs.", show_default=False)],
+    top_k: Annotated[int, typer.Option("--top-k", help="How many of the most likely classes to show per image.")] = 1,
+    bs: Bs = 64,
+    device: Device = "auto",
+    workers: Workers = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    csv_: Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")] = False,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the JSON or CSV to this file instead of stdout.", show_default=False)] = None,
+    trust_pickle: TrustPickle = False,
+) -> None:
+    """Classify photos with a trained model, in batches."""
+    with _errors():
+        from ..errors import FlowerfastError
+        from ..inference import check_top_k, collect_image_paths, load_model
+
+        if json_ and csv_:
+            raise FlowerfastError("choose one of --json and --csv")
+        if output is not None and not (json_ or csv_):
+            raise FlowerfastError("--output needs --json or --csv")
+        loaded = load_model(model, device=device, trust_pickle=trust_pickle)
+        check_top_k(top_k, len(loaded.classes))
+        files = collect_image_paths(paths)
+        predictions = loaded.predict(files, top_k=top_k, bs=bs, workers=workers)
+        bad = [p for p in predictions if not p.ok]
+        if json_:
+            _emit(json.dumps([p.to_dict() for p in predictions], indent=2) + "\n", output)
+        elif csv_:
+            _emit(_predictions_csv(predictions, top_k), output)
+        else:
+            table = Table(title=f"predictions ({len(predictions) - len(bad)} images, {loaded.spec.arch})")
+            table.add_column("file", overflow="fold")
+            table.add_column("prediction")
+            table.add_column("probability", justify="right")
+            if top_k > 1:
+                table.add_column(f"top {top_k}")
+            for p in predictions:
+                if not p.ok:
+                    continue
+                row = [str(p.path), p.label, f"{p.probability:.1%}"]
+                if top_k > 1:
+                    row.append(", ".join(f"{lbl} {prob:.1%}" for lbl, prob in p.top_k))
+                table.add_row(*row)
+            console.print(table)
+        if bad:
+            err_console.print(f"[yellow]{len(bad)} unreadable file(s):[/yellow]")
+            for p in bad:
+                err_console.print(f"  {p.path}: {p.error}", markup=False, soft_wrap=True)
+
+
+@app.command(epilog="Example: flowerfast evaluate runs/resnet18-20240101-120000/ test-photos/ --mistakes 12")
+def evaluate(
+    model: Model,
+    data_dir: Annotated[Path, typer.Argument(help="Labelled folder: one folder per class.", show_default=False)],
+    mistakes: Annotated[int, typer.Option("--mistakes", help="How many of the most confident mistakes to list and plot.")] = 9,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for metrics.json, predictions.csv and the PNGs. Default: runs/evaluate-<timestamp>.", show_default=False)] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON instead of tables.")] = False,
+    bs: Bs = 64,
+    device: Device = "auto",
+    workers: Workers = None,
+    trust_pickle: TrustPickle = False,
+) -> None:
+    """Score a trained model on a labelled folder: accuracy, per-class metrics, confusion, mistakes."""
+    with _errors():
+        from ..evaluate import evaluate as run_evaluate, save_report
+        from ..runs import check_output_dir, default_run_dir
+
+        out_dir = check_output_dir(out if out is not None else default_run_dir("evaluate"))
+        result = run_evaluate(model, data_dir, mistakes=mistakes, bs=bs, device=device, workers=workers,
+                              trust_pickle=trust_pickle)
+        files = save_report(result, out_dir)
+    if json_:
+        typer.echo(json.dumps({**result.to_dict(), "out": str(files.out_dir)}, indent=2))
+        return
+    _print_evaluation(result)
+    console.print(f"report: {files.out_dir}  (metrics.json, predictions.csv, confusion.png"
+                  + (", mistakes.png)" if files.mistakes else ")"), markup=False)
+
+
+def _print_evaluation(result) -> None:
+    console.print(f"accuracy {result.accuracy:.1%} on {result.n_images} images; macro F1 {result.macro_f1:.3f}",
+                  markup=False)
+    metrics = Table(title="per class")
+    for name, justify in (("class", "left"), ("precision", "right"), ("recall", "right"), ("F1", "right"),
+                          ("images", "right")):
+        metrics.add_column(name, justify=justify)
+    for m in result.per_class:
+        metrics.add_row(m.name, f"{m.precision:.3f}", f"{m.recall:.3f}", f"{m.f1:.3f}", str(m.support))
+    console.print(metrics)
+    confusion = Table(title="confusion (rows: actual, columns: predicted)")
+    confusion.add_column("")
+    for c in result.classes:
+        confusion.add_column(c, justify="right")
+    for i, (c, row) in enumerate(zip(result.classes, result.confusion)):
+        confusion.add_row(c, *[f"[bold]{v}[/bold]" if i == j else str(v) for j, v in enumerate(row)])
+    console.print(confusion)
+    if result.mistakes:
+        table = Table(title=f"most confident mistakes ({len(result.mistakes)})")
+        table.add_column("file", overflow="fold")
+        table.add_column("actual")
+        table.add_column("predicted")
+        table.add_column("probability", justify="right")
+        for m in result.mistakes:
+            table.add_row(str(m.path), m.true, m.predicted, f"{m.probability:.1%}")
+        console.print(table)
+    if result.skipped:
+        err_console.print(f"[yellow]skipped {len(result.skipped)} unreadable file(s):[/yellow]")
+        for s in result.skipped:
+            err_console.print(f"  {s.path}: {s.reason}", markup=False, soft_wrap=True)
+
+
+@app.command(epilog="Example: flowerfast export runs/resnet18-20240101-120000/ --format onnx --out flowers.onnx")
+def export(
+    model: Model,
+    format_: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
+    out: Annotated[Optional[Path], typer.Option("--out", help="File to write. Default: beside the model, e.g. best.onnx / best.pt.", show_default=False)] = None,
+    trust_pickle: TrustPickle = False,
+) -> None:
+    """Export a trained model to ONNX or TorchScript, with a preprocessing JSON beside it."""
+    with _errors():
+        from ..export import export_model
+
+        result = export_model(model, format=format_, out=out, trust_pickle=trust_pickle)
+    console.print(f"{result.format}: {result.path}", markup=False)
+    console.print(f"preprocessing: {result.preprocessing}", markup=False)
+    console.print(f"checked against PyTorch: max abs difference {result.max_abs_diff:.2e}", markup=False)

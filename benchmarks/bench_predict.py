@@ -1,0 +1,124 @@
+"""Benchmark: ``flowerfast`` batched prediction against fastai's per-image ``learn.predict`` and
+against a hand-written batched PyTorch loop, plus the CLI's start-up time. Not a test.
+
+    python benchmarks/bench_predict.py [--data ../shared/data/flowers] [--n 1000] [--model RUN]
+
+Without ``--model`` a resnet18 is trained for one epoch from scratch on the embedded sample (the
+weights do not change the speed). Targets: at least 10x fastai's loop, at least 0.9x the plain loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import flowerfast
+from flowerfast.data import SplitRow, _image_files_under
+from flowerfast.inference import ImageFileDataset, collate_images, default_workers, normalise
+
+
+def parse_args():
+    here = Path(__file__).resolve().parent.parent
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=here.parent / "shared" / "data" / "flowers")
+    ap.add_argument("--n", type=int, default=1000, help="photos to predict")
+    ap.add_argument("--fastai-n", type=int, default=100, help="photos for fastai's per-image loop (it is slow)")
+    ap.add_argument("--model", type=Path, default=None, help="run folder or model file; default: train one")
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--bs", type=int, default=64)
+    return ap.parse_args()
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def plain_loop(network, spec, paths, bs, workers):
+    """What one would write by hand: a Dataset, a DataLoader, no_grad, softmax."""
+    loader = torch.utils.data.DataLoader(ImageFileDataset(paths, spec.size), batch_size=bs, num_workers=workers,
+                                         collate_fn=collate_images)
+    out = []
+    with torch.no_grad():
+        for _, images, _ in loader:
+            out.append(torch.softmax(network(normalise(images, spec.mean, spec.std)), dim=-1))
+    return torch.cat(out)
+
+
+def fastai_learner(model_path, spec, paths):
+    """A fastai Learner around the same weights, with flowerfast's training transforms."""
+    from safetensors.torch import load_file
+
+    from flowerfast.data import FlowerData, build_dataloaders
+    from flowerfast.learner import create_learner
+    from flowerfast.model import model_paths
+
+    rows = [SplitRow(p, spec.classes[i % len(spec.classes)], i % 5 == 0) for i, p in enumerate(paths)]
+    dls = build_dataloaders(rows, spec.classes, size=spec.size, bs=16)
+    data = FlowerData(dls=dls, classes=spec.classes, rows=rows, skipped=[], root=paths[0].parent, preset_split=False, bs=16)
+    bundle = create_learner(data, arch=spec.arch, size=spec.size, pretrained=False, device=torch.device("cpu"))
+    bundle.learn.model.load_state_dict(load_file(str(model_paths(model_path)[0])))
+    return bundle.learn
+
+
+def main() -> int:
+    args = parse_args()
+    if not args.data.is_dir():
+        print(f"data folder not found: {args.data} (pass --data)")
+        return 1
+    paths = _image_files_under(args.data)[: args.n]
+    if not paths:
+        print(f"no images in {args.data}")
+        return 1
+    torch.set_num_threads(torch.get_num_threads())
+    model_path = args.model
+    if model_path is None:
+        model_path = Path(tempfile.mkdtemp(prefix="bench-predict-")) / "run"
+        _, secs = timed(lambda: flowerfast.train(arch="resnet18", epochs=1, size=args.size, pretrained=False,
+                                                 out=model_path, bs=32))
+        print(f"trained resnet18 at {args.size}px on the embedded sample in {secs:.0f}s: {model_path}")
+    model = flowerfast.load_model(model_path, device="cpu")
+    workers = default_workers(len(paths), args.bs)
+    print(f"{len(paths)} photos from {args.data}; {model.spec.arch} {model.spec.size}px; cpu, "
+          f"{torch.get_num_threads()} threads, bs {args.bs}, {workers} decode workers")
+
+    model.predict(paths[: args.bs], bs=args.bs)  # warm up
+    preds, t_ff = timed(lambda: model.predict(paths, bs=args.bs))
+    probs_plain, t_plain = timed(lambda: plain_loop(model.network, model.spec, paths, args.bs, workers))
+    ff_rate, plain_rate = len(paths) / t_ff, len(paths) / t_plain
+
+    learn = fastai_learner(model_path, model.spec, paths)
+    sub = paths[: args.fastai_n]
+    learn.predict(sub[0])
+    fa_out, t_fa = timed(lambda: [learn.predict(p) for p in sub])
+    fa_rate = len(sub) / t_fa
+    agree = sum(str(o[0]) == p.label for o, p in zip(fa_out, preds))
+    max_diff = max(float((o[2] - torch.tensor([dict(p.top_k)[c] if c in dict(p.top_k) else 0.0
+                                                for c in model.classes])).abs().max())
+                   for o, p in zip(fa_out[:1], model.predict(sub[:1], top_k=len(model.classes))))
+
+    print(f"flowerfast predict API      {ff_rate:8.1f} images/s  ({t_ff:.1f}s for {len(paths)})")
+    print(f"(a) fastai learn.predict    {fa_rate:8.1f} images/s  ({t_fa:.1f}s for {len(sub)}, one image at a time)")
+    print(f"(b) plain PyTorch loop      {plain_rate:8.1f} images/s  ({t_plain:.1f}s for {len(paths)})")
+    print(f"speed-up vs (a): {ff_rate / fa_rate:.1f}x (target >= 10x)   vs (b): {ff_rate / plain_rate:.2f}x (target >= 0.9x)")
+    print(f"same label as fastai on {agree}/{len(sub)} images; first image max prob diff {max_diff:.1e}")
+
+    photo = str(paths[0])
+    cli = [sys.executable, "-m", "flowerfast", "predict", str(model_path), photo, "--json", "--device", "cpu"]
+    torch_only = [sys.executable, "-c", "import torch"]
+    t_cli = min(timed(lambda: subprocess.run(cli, capture_output=True, check=True))[1] for _ in range(2))
+    t_torch = min(timed(lambda: subprocess.run(torch_only, capture_output=True, check=True))[1] for _ in range(2))
+    print(f"CLI start-up: `flowerfast predict` on one photo {t_cli:.2f}s vs `python -c 'import torch'` "
+          f"{t_torch:.2f}s ({t_cli - t_torch:+.2f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""Exporting a trained classifier to ONNX or TorchScript, to run without flowerfast (or Python).
+
+The exported network takes a normalised ``float32`` batch ``(N, 3, size, size)`` and returns
+softmax probabilities; everything needed to prepare that batch (resize, crop, mean, std) and to
+read the answer (class names) is written to a JSON file beside it. Each export is run once against
+the PyTorch model on a random batch, and the largest difference is reported, so a broken export
+is caught here and not in production.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .errors import FlowerfastError
+from .inference import LoadedModel, as_loaded_model, resize_size
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+CHECK_TOLERANCE = 1e-4
+ONNX_OPSET = 17
+
+
+@dataclass
+class ExportResult:
+    """What was written and how closely the export matches PyTorch (max abs difference in probabilities)."""
+
+    path: Path
+    preprocessing: Path
+    format: str
+    max_abs_diff: float
+    tolerance: float = CHECK_TOLERANCE
+
+
+class WithSoftmax(torch.nn.Module):
+    """The classifier plus its softmax, so exported outputs are probabilities."""
+
+    def __init__(self, network: torch.nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, x):
+        return torch.softmax(self.network(x), dim=-1)
+
+
+def preprocessing_info(model: LoadedModel, fmt: str) -> dict:
+    """The preprocessing recipe, written for someone implementing it without flowerfast."""
+    spec = model.spec
+    big = resize_size(spec.size)
+    return {
+        "format": "flowerfast-preprocessing",
+        "model_format": fmt,
+        "classes": list(spec.classes),
+        "size": spec.size,
+        "resize": {"width": big, "height": big, "keep_aspect_ratio": False, "interpolation": "bilinear (PIL)"},
+        "center_crop": {"width": spec.size, "height": spec.size},
+        "color": "RGB",
+        "scale": 1 / 255,
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        "input": {"name": "input", "layout": "NCHW", "dtype": "float32", "shape": ["batch", 3, spec.size, spec.size]},
+        "output": {"name": "probabilities", "shape": ["batch", len(spec.classes)], "meaning": "softmax over classes"},
+        "steps": [
+            f"open the image, convert to RGB",
+            f"resize to {big}x{big} ignoring aspect ratio (bilinear)",
+            f"crop the centre {spec.size}x{spec.size}",
+            "HWC uint8 -> CHW float32, divide by 255",
+            "subtract mean and divide by std per channel",
+        ],
+        "source_model": str(model.source),
+        "arch": spec.arch,
+    }
+
+
+def default_export_path(model: LoadedModel, fmt: str) -> Path:
+    src = model.source
+    if src.is_dir():
+        from .model import model_paths
+
+        src = model_paths(src)[0]
+    return src.with_suffix(FORMATS[fmt])
+
+
+def export_model(model_or_path, format: str = "onnx", out: Optional[Path | str] = None, check: bool = True,
+                 trust_pickle: bool = False) -> ExportResult:
+    """Write the model as ONNX (``.onnx``) or TorchScript (``.pt``) plus ``<file>.json`` preprocessing.
+
+    ``out`` defaults to the model file with the format's suffix (``runs/x/best.onnx``). Exports
+    run on the CPU with a dynamic batch axis.
+    """
+    fmt = str(format).lower()
+    if fmt not in FORMATS:
+        raise FlowerfastError(f"unknown export format {format!r}: use {' or '.join(FORMATS)}")
+    if fmt == "onnx":
+        _require_onnx()
+    model = as_loaded_model(model_or_path, device="cpu", trust_pickle=trust_pickle)
+    if model.device.type != "cpu":
+        model = LoadedModel(model.network.to("cpu"), model.spec, torch.device("cpu"), model.source)
+    path = Path(out).expanduser() if out is not None else default_export_path(model, fmt)
+    if path.is_dir():
+        raise FlowerfastError(f"--out must be a file, not a folder: {path}")
+    if not path.parent.exists():
+        raise FlowerfastError(f"output folder does not exist: {path.parent}")
+    wrapped = WithSoftmax(model.network).eval()
+    example = torch.randn(2, 3, model.spec.size, model.spec.size, generator=torch.Generator().manual_seed(0))
+    data = _export_onnx(wrapped, example) if fmt == "onnx" else _export_torchscript(wrapped, example)
+    from .runs import atomic_write_bytes, write_json
+
+    atomic_write_bytes(path, data)
+    info_path = write_json(path.with_name(path.name + ".json"), preprocessing_info(model, fmt))
+    diff = float("nan")
+    if check:
+        check_batch = torch.randn(3, 3, model.spec.size, model.spec.size, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            expected = wrapped(check_batch)
+        actual = run_onnx(path, check_batch) if fmt == "onnx" else run_torchscript(path, check_batch)
+        diff = float((expected - actual).abs().max())
+        if not diff <= CHECK_TOLERANCE:
+            raise FlowerfastError(f"the exported {fmt} model differs from PyTorch by {diff:.2e} "
+                                  f"(more than {CHECK_TOLERANCE:.0e}); {path} is not reliable")
+    return ExportResult(path=path, preprocessing=info_path, format=fmt, max_abs_diff=diff)
+
+
+def _require_onnx() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise FlowerfastError("ONNX export needs onnx and onnxruntime: pip install flowerfast[onnx]") from None
+
+
+def _export_onnx(network: torch.nn.Module, example: torch.Tensor) -> bytes:
+    """The TorchScript-based exporter (``dynamo=False``): it needs no extra packages and gives a
+    single self-contained file with a dynamic batch axis."""
+    import warnings
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(network, (example,), buf, dynamo=False, input_names=["input"],
+                              output_names=["probabilities"], opset_version=ONNX_OPSET,
+                              dynamic_axes={"input": {0: "batch"}, "probabilities": {0: "batch"}})
+        except Exception as exc:
+            raise FlowerfastError(f"ONNX export failed: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+    return buf.getvalue()
+
+
+def _export_torchscript(network: torch.nn.Module, example: torch.Tensor) -> bytes:
+    import warnings
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.no_grad():
+            traced = torch.jit.trace(network, example)
+        torch.jit.save(traced, buf)
+    return buf.getvalue()
+
+
+def run_onnx(path: Path, batch: torch.Tensor) -> torch.Tensor:
+    """Probabilities from an exported ONNX file, via onnxruntime on the CPU."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {"input": batch.numpy()})
+    return torch.from_numpy(out)
+
+
+def run_torchscript(path: Path, batch: torch.Tensor) -> torch.Tensor:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = torch.jit.load(str(path), map_location="cpu")
+    with torch.no_grad():
+        return module(batch)

@@ -1,0 +1,296 @@
+"""Using a trained classifier on new photos: find the images, preprocess them, predict in batches.
+
+Why not fastai's ``learn.predict``: it runs one image at a time through the whole fastai pipeline
+and needs fastai imported (seconds). Here the saved model is rebuilt in plain PyTorch
+(:mod:`flowerfast.model`), images are decoded by DataLoader workers and the network sees whole
+batches. The preprocessing reproduces fastai's *validation* pipeline for the model's training
+transforms exactly (see :func:`preprocess`), so a photo gets the same probabilities here as it got
+in the training run's validation.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import torch
+
+from .data import IMAGE_EXTENSIONS, _image_files_under
+from .errors import FlowerfastError
+from .model import ModelSpec
+
+PICKLE_SUFFIXES = (".pkl", ".pth", ".pt", ".pickle")
+VALID_EXTRA = 0.14  # fastai RandomResizedCrop's val_xtra: the border cropped away in validation
+
+
+# ----------------------------------------------------------------------------------------------
+# Finding the images
+
+
+def collect_image_paths(paths: Iterable[Path | str]) -> list[Path]:
+    """Files, folders (recursive; hidden and non-image files ignored) and globs, in order, once each.
+
+    A file named explicitly is kept whatever its extension: if it is not an image, it is reported
+    as unreadable rather than silently dropped.
+    """
+    found: list[Path] = []
+    for raw in paths:
+        p = Path(raw).expanduser()
+        if p.is_dir():
+            found.extend(_image_files_under(p))
+        elif p.is_file():
+            found.append(p)
+        else:
+            matches = sorted(glob.glob(str(p), recursive=True)) if glob.has_magic(str(p)) else []
+            if not matches:
+                raise FlowerfastError(f"no such file or folder: {raw}")
+            for m in map(Path, matches):
+                if m.is_dir():
+                    found.extend(_image_files_under(m))
+                elif m.is_file() and m.suffix.lower() in IMAGE_EXTENSIONS and not m.name.startswith("."):
+                    found.append(m)
+    unique = list(dict.fromkeys(found))
+    if not unique:
+        raise FlowerfastError(f"no images found in {', '.join(str(p) for p in paths)}")
+    return unique
+
+
+# ----------------------------------------------------------------------------------------------
+# Preprocessing
+
+
+def resize_size(size: int) -> int:
+    """The square size fastai's RandomResizedCrop squashes a validation image to before cropping."""
+    return size + math.ceil(size * VALID_EXTRA / 8) * 8
+
+
+def decode_error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+
+
+def preprocess(path: Path | str, size: int) -> torch.Tensor:
+    """One image file to a ``uint8`` tensor ``(3, size, size)``, exactly as fastai validates it.
+
+    fastai's ``RandomResizedCrop`` on the validation set takes the whole image, *squashes* it
+    (aspect ratio not kept) to ``size + ceil(size * 0.14 / 8) * 8`` square with PIL bilinear,
+    then crops the centre ``size`` square. Decoding is PIL's, converted to RGB, like fastai's
+    ``PILImage.create``.
+    """
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        img = im.convert("RGB")
+    big = resize_size(size)
+    img = img.resize((big, big), Image.BILINEAR)
+    off = (big - size) // 2
+    img = img.crop((off, off, off + size, off + size))
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+class ImageFileDataset(torch.utils.data.Dataset):
+    """Decodes and crops one image per item; a file that fails yields its reason instead."""
+
+    def __init__(self, paths: Sequence[Path], size: int):
+        self.paths = list(paths)
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            return i, preprocess(self.paths[i], self.size), None
+        except Exception as exc:  # every decode failure means "report this file, go on"
+            return i, None, decode_error(exc)
+
+
+def collate_images(items):
+    """Batch the readable images; keep the indices and reasons of the others."""
+    good = [(i, x) for i, x, err in items if err is None]
+    bad = [(i, err) for i, x, err in items if err is not None]
+    images = torch.stack([x for _, x in good]) if good else None
+    return [i for i, _ in good], images, bad
+
+
+def default_workers(n_images: int, bs: int) -> int:
+    """Decoding dominates on small models; workers pay off once there are a few batches."""
+    if n_images < 2 * bs:
+        return 0
+    return max(1, min(8, (os.cpu_count() or 1)))
+
+
+def normalise(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 ``NCHW`` to float, /255, then ``(x - mean) / std`` (fastai's IntToFloatTensor, Normalize)."""
+    x = images.float().div_(255.0)
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+# ----------------------------------------------------------------------------------------------
+# Predictions
+
+
+@dataclass
+class Prediction:
+    """The model's answer for one file. ``error`` is set (and the rest empty) for unreadable files."""
+
+    path: Path
+    label: Optional[str] = None
+    probability: Optional[float] = None
+    top_k: list[tuple[str, float]] = field(default_factory=list)
+    error: Optional[str] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict:
+        return {"path": str(self.path), "label": self.label, "probability": self.probability,
+                "top_k": [{"label": lbl, "probability": p} for lbl, p in self.top_k], "error": self.error}
+
+
+def check_top_k(top_k: int, n_classes: int) -> int:
+    if top_k < 1 or top_k > n_classes:
+        raise FlowerfastError(f"--top-k must be between 1 and {n_classes} (the model's classes), not {top_k}")
+    return top_k
+
+
+@dataclass
+class LoadedModel:
+    """A classifier ready for inference: the network in eval mode, its spec and its device."""
+
+    network: torch.nn.Module
+    spec: ModelSpec
+    device: torch.device
+    source: Path
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.spec.classes)
+
+    def probabilities(self, paths: Sequence[Path | str], bs: int = 64,
+                      workers: Optional[int] = None) -> tuple[list[Path], torch.Tensor, dict[int, str]]:
+        """Softmax probabilities ``(n_readable, n_classes)`` in input order, plus the unreadable files.
+
+        Returns ``(paths, probs, errors)`` with ``errors`` mapping an index of ``paths`` to its
+        reason; ``probs`` rows follow the readable paths in order.
+        """
+        if bs < 1:
+            raise FlowerfastError(f"--bs must be at least 1, not {bs}")
+        paths = [Path(p) for p in paths]
+        workers = default_workers(len(paths), bs) if workers is None else workers
+        loader = torch.utils.data.DataLoader(
+            ImageFileDataset(paths, self.spec.size), batch_size=bs, shuffle=False, num_workers=workers,
+            collate_fn=collate_images, pin_memory=self.device.type == "cuda")
+        rows: list[torch.Tensor] = []
+        errors: dict[int, str] = {}
+        with torch.inference_mode():
+            for _, images, bad in loader:
+                errors.update(bad)
+                if images is None:
+                    continue
+                x = normalise(images.to(self.device, non_blocking=True), self.spec.mean, self.spec.std)
+                rows.append(torch.softmax(self.network(x).float(), dim=-1).cpu())
+        probs = torch.cat(rows) if rows else torch.zeros(0, self.spec.n_classes)
+        return paths, probs, errors
+
+    def predict(self, paths: Sequence[Path | str], top_k: int = 1, bs: int = 64,
+                workers: Optional[int] = None) -> list[Prediction]:
+        """One :class:`Prediction` per path, in order; unreadable files carry their ``error``."""
+        check_top_k(top_k, self.spec.n_classes)
+        paths, probs, errors = self.probabilities(paths, bs=bs, workers=workers)
+        return predictions_from(paths, probs, errors, self.classes, top_k)
+
+
+def predictions_from(paths: Sequence[Path], probs: torch.Tensor, errors: dict[int, str],
+                     classes: Sequence[str], top_k: int) -> list[Prediction]:
+    values, indices = probs.topk(min(top_k, len(classes)), dim=1) if len(probs) else (probs, probs.long())
+    out, row = [], 0
+    for i, path in enumerate(paths):
+        if i in errors:
+            out.append(Prediction(path=path, error=errors[i]))
+            continue
+        top = [(classes[int(j)], float(v)) for v, j in zip(values[row], indices[row])]
+        out.append(Prediction(path=path, label=top[0][0], probability=top[0][1], top_k=top))
+        row += 1
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+
+def is_pickle_file(path: Path) -> bool:
+    return Path(path).suffix.lower() in PICKLE_SUFFIXES
+
+
+def refuse_pickle(path: Path) -> FlowerfastError:
+    return FlowerfastError(
+        f"refusing to load {path}: it is a pickle file, and unpickling can run arbitrary code. "
+        f"flowerfast models are .safetensors + .json; pass --trust-pickle (trust_pickle=True) only for "
+        f"a fastai export you trust")
+
+
+def load_model(path: Path | str, device: Optional[str | torch.device] = None,
+               trust_pickle: bool = False) -> LoadedModel:
+    """Load a model for inference from a run folder, a ``.safetensors``/``.json`` model file, or
+    (only with ``trust_pickle=True``) a fastai ``learn.export()`` ``.pkl``.
+
+    ``device`` is ``auto`` (the default), ``cpu``, ``cuda``, ``mps`` or a torch device.
+    """
+    from .learner import resolve_device
+    from .model import load_classifier
+
+    path = Path(path).expanduser()
+    dev = device if isinstance(device, torch.device) else resolve_device(device or "auto")
+    if is_pickle_file(path):
+        if not trust_pickle:
+            raise refuse_pickle(path)
+        return _load_fastai_export(path, dev)
+    if not path.exists() and not path.with_name(path.name + ".safetensors").exists():
+        raise FlowerfastError(f"model not found: {path}")
+    network, spec = load_classifier(path, device=dev)
+    return LoadedModel(network=network, spec=spec, device=dev, source=path)
+
+
+def _load_fastai_export(path: Path, device: torch.device) -> LoadedModel:
+    """A fastai ``learn.export()`` pickle, read with fastai's ``load_learner`` (unpickles: trusted only).
+
+    Its size and normalisation are read from the exported pipeline's resize and Normalize steps.
+    """
+    if not path.exists():
+        raise FlowerfastError(f"model not found: {path}")
+    if path.suffix.lower() != ".pkl":
+        raise FlowerfastError(f"{path}: only fastai learn.export() .pkl files can be loaded with --trust-pickle")
+    from fastai.learner import load_learner
+
+    try:
+        learn = load_learner(path, cpu=device.type == "cpu")
+    except Exception as exc:
+        raise FlowerfastError(f"cannot load fastai learner {path}: {decode_error(exc)}") from None
+    size, mean, std = None, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    for tfm in getattr(learn.dls, "after_item", []).fs:
+        if getattr(tfm, "size", None) is not None:
+            size = int(max(tfm.size))
+    for tfm in getattr(learn.dls, "after_batch", []).fs:
+        if type(tfm).__name__ == "Normalize":
+            mean, std = [float(v) for v in tfm.mean.flatten()], [float(v) for v in tfm.std.flatten()]
+    if size is None:
+        raise FlowerfastError(f"{path}: cannot find the image size in the learner's item transforms")
+    classes = [str(c) for c in learn.dls.vocab]
+    spec = ModelSpec(arch="fastai-export", classes=classes, size=size, cut=0, num_features=0, mean=mean, std=std)
+    network = learn.model.eval().to(device)
+    return LoadedModel(network=network, spec=spec, device=device, source=path)
+
+
+def as_loaded_model(model_or_path, device=None, trust_pickle: bool = False) -> LoadedModel:
+    if isinstance(model_or_path, LoadedModel):
+        return model_or_path
+    return load_model(model_or_path, device=device, trust_pickle=trust_pickle)

@@ -1,0 +1,107 @@
+"""``flowerfast evaluate``: metrics equal to ones computed by hand from the predictions."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import flowerfast
+from flowerfast.cli import app
+from flowerfast.data import default_data_dir
+
+SAMPLE = default_data_dir()
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """One tiny model, trained once per test session and shared by the predict/evaluate/export tests."""
+    out = tmp_path_factory.getbasetemp() / "shared-tiny-model"
+    if not (out / "best.safetensors").exists():
+        shutil.rmtree(out, ignore_errors=True)
+        flowerfast.train(arch="resnet18", epochs=1, size=32, bs=16, pretrained=False, out=out)
+    return out
+
+
+def test_metrics_equal_hand_computed(run_dir, tmp_path):
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["evaluate", str(run_dir), str(SAMPLE), "--json", "--out", str(out), "--mistakes", "5"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+
+    model = flowerfast.load_model(run_dir, device="cpu")
+    files = sorted(SAMPLE.glob("*/*.jpg"))
+    truth = [f.parent.name for f in files]
+    preds = model.predict(files)
+    guess = [p.label for p in preds]
+    classes = model.classes
+    n = len(files)
+    assert report["n_images"] == n == 200
+    assert report["accuracy"] == pytest.approx(sum(t == g for t, g in zip(truth, guess)) / n)
+    confusion = [[sum(1 for t, g in zip(truth, guess) if t == a and g == b) for b in classes] for a in classes]
+    assert report["confusion"] == confusion
+    for c, m in zip(classes, report["per_class"]):
+        tp = sum(1 for t, g in zip(truth, guess) if t == c and g == c)
+        n_pred, n_true = guess.count(c), truth.count(c)
+        precision = tp / n_pred if n_pred else 0.0
+        recall = tp / n_true if n_true else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        assert (m["name"], m["support"]) == (c, n_true)
+        assert m["precision"] == pytest.approx(precision) and m["recall"] == pytest.approx(recall)
+        assert m["f1"] == pytest.approx(f1)
+
+    wrong = sorted((p.probability for p, t in zip(preds, truth) if p.label != t), reverse=True)
+    mistakes = report["mistakes"]
+    assert len(mistakes) == min(5, len(wrong))
+    assert [m["probability"] for m in mistakes] == pytest.approx(wrong[:len(mistakes)], abs=1e-6)
+    assert all(m["true"] != m["predicted"] for m in mistakes)
+
+    assert Path(report["out"]) == out
+    for name in ("metrics.json", "predictions.csv", "confusion.png"):
+        assert (out / name).stat().st_size > 0
+    assert (out / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    if mistakes:
+        assert (out / "mistakes.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out / "metrics.json").read_text())["confusion"] == confusion
+
+
+def test_table_output_and_default_folder(run_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["evaluate", str(run_dir), str(SAMPLE), "--mistakes", "2"])
+    assert result.exit_code == 0, result.output
+    assert "accuracy" in result.stdout and "confusion" in result.stdout and "per class" in result.stdout
+    (report_dir,) = (tmp_path / "runs").glob("evaluate-*")
+    assert (report_dir / "confusion.png").exists()
+
+
+def test_python_api(run_dir):
+    import flowerfast.evaluate as module  # importing the module must not hide the function
+
+    result = module(run_dir, SAMPLE, mistakes=0)
+    assert isinstance(result, flowerfast.EvaluationResult) and result.mistakes == []
+    assert result.n_images == 200 and callable(flowerfast.evaluate)
+
+
+def test_unknown_classes_are_named(run_dir, tmp_path):
+    for name in ("daisy", "orchid", "lily"):
+        (tmp_path / name).mkdir()
+        shutil.copy(next((SAMPLE / "daisy").glob("*.jpg")), tmp_path / name / "a.jpg")
+    result = runner.invoke(app, ["evaluate", str(run_dir), str(tmp_path), "--out", str(tmp_path / "r")])
+    assert result.exit_code != 0
+    assert "does not know: lily, orchid" in result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["{run}", "{tmp}/missing"], "data folder not found"),
+    (["{tmp}/no-model", "{sample}"], "model not found"),
+    (["{run}", "{sample}", "--mistakes", "-1"], "--mistakes must be 0 or more"),
+])
+def test_bad_input(run_dir, tmp_path, args, message):
+    args = [a.format(run=run_dir, tmp=tmp_path, sample=SAMPLE) for a in args]
+    result = runner.invoke(app, ["evaluate", *args, "--out", str(tmp_path / "r")])
+    assert result.exit_code != 0 and message in result.stderr

@@ -1,0 +1,110 @@
+"""``flowerfast export``: ONNX and TorchScript files that give the same probabilities as
+``flowerfast predict``, with a preprocessing JSON that is enough to use them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import flowerfast
+from flowerfast.cli import app
+from flowerfast.data import default_data_dir
+
+SAMPLE = default_data_dir()
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """One tiny model, trained once per test session and shared by the predict/evaluate/export tests."""
+    out = tmp_path_factory.getbasetemp() / "shared-tiny-model"
+    if not (out / "best.safetensors").exists():
+        shutil.rmtree(out, ignore_errors=True)
+        flowerfast.train(arch="resnet18", epochs=1, size=32, bs=16, pretrained=False, out=out)
+    return out
+
+
+def preprocess_without_flowerfast(path, info):
+    """The recipe from the preprocessing JSON, written with PIL and numpy only."""
+    from PIL import Image
+
+    img = Image.open(path).convert("RGB").resize((info["resize"]["width"], info["resize"]["height"]), Image.BILINEAR)
+    off = (info["resize"]["width"] - info["size"]) // 2
+    img = img.crop((off, off, off + info["size"], off + info["size"]))
+    x = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) * np.float32(info["scale"])
+    mean, std = np.array(info["mean"], np.float32)[:, None, None], np.array(info["std"], np.float32)[:, None, None]
+    return (x - mean) / std
+
+
+@pytest.fixture(scope="module")
+def cli_predictions(run_dir):
+    files = sorted((SAMPLE / "rose").glob("*.jpg"))[:6]
+    result = runner.invoke(app, ["predict", str(run_dir), *map(str, files), "--json", "--top-k", "5"])
+    assert result.exit_code == 0, result.output
+    return files, json.loads(result.stdout)
+
+
+def expected_matrix(preds, classes):
+    return np.array([[dict((t["label"], t["probability"]) for t in p["top_k"])[c] for c in classes] for p in preds])
+
+
+def test_onnx_matches_predict(run_dir, tmp_path, cli_predictions):
+    import onnxruntime as ort
+
+    target = tmp_path / "flowers.onnx"
+    result = runner.invoke(app, ["export", str(run_dir), "--format", "onnx", "--out", str(target)])
+    assert result.exit_code == 0, result.output
+    assert "max abs difference" in result.stdout
+    info = json.loads((tmp_path / "flowers.onnx.json").read_text())
+    assert info["classes"] == flowerfast.load_model(run_dir).classes
+    assert info["input"]["layout"] == "NCHW" and info["size"] == 32
+    files, preds = cli_predictions
+    batch = np.stack([preprocess_without_flowerfast(f, info) for f in files])
+    session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    (probs,) = session.run(None, {"input": batch})
+    assert np.allclose(probs, expected_matrix(preds, info["classes"]), atol=1e-4)
+    (one,) = session.run(None, {"input": batch[:1]})  # dynamic batch axis
+    assert one.shape == (1, 5)
+
+
+def test_torchscript_matches_predict(run_dir, tmp_path, cli_predictions):
+    result = flowerfast.export_model(run_dir, format="torchscript", out=tmp_path / "flowers.pt")
+    assert result.max_abs_diff <= 1e-4 and result.preprocessing.name == "flowers.pt.json"
+    info = json.loads(result.preprocessing.read_text())
+    files, preds = cli_predictions
+    module = torch.jit.load(str(result.path))
+    batch = torch.from_numpy(np.stack([preprocess_without_flowerfast(f, info) for f in files]))
+    with torch.no_grad():
+        probs = module(batch).numpy()
+    assert np.allclose(probs, expected_matrix(preds, info["classes"]), atol=1e-4)
+
+
+def test_default_path_is_beside_the_model(run_dir):
+    result = flowerfast.export_model(run_dir / "best.json", format="onnx")
+    try:
+        assert result.path == run_dir / "best.onnx" and result.path.exists()
+        assert (run_dir / "best.onnx.json").exists()
+    finally:
+        result.path.unlink()
+        result.preprocessing.unlink()
+
+
+def test_bad_format_and_missing_model(run_dir, tmp_path):
+    result = runner.invoke(app, ["export", str(run_dir), "--format", "tflite"])
+    assert result.exit_code != 0 and "unknown export format 'tflite'" in result.stderr
+    result = runner.invoke(app, ["export", str(tmp_path / "none")])
+    assert result.exit_code != 0 and "model not found" in result.stderr
+    result = runner.invoke(app, ["export", str(run_dir), "--out", str(tmp_path / "no" / "dir" / "m.onnx")])
+    assert result.exit_code != 0 and "output folder does not exist" in result.stderr
+
+
+def test_missing_onnx_says_how_to_install(run_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    result = runner.invoke(app, ["export", str(run_dir), "--out", str(tmp_path / "m.onnx")])
+    assert result.exit_code != 0 and "pip install flowerfast[onnx]" in result.stderr

@@ -1,0 +1,150 @@
+"""``flowerfast predict`` and ``flowerfast.load_model``: same answers from the CLI, the API and
+fastai's own validation pipeline; bad input refused with a clear message; pickles never opened."""
+
+from __future__ import annotations
+
+import csv
+import json
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import flowerfast
+from flowerfast.cli import app
+from flowerfast.data import default_data_dir
+
+SAMPLE = default_data_dir()
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """One tiny model, trained once per test session and shared by the predict/evaluate/export tests."""
+    out = tmp_path_factory.getbasetemp() / "shared-tiny-model"
+    if not (out / "best.safetensors").exists():
+        shutil.rmtree(out, ignore_errors=True)
+        flowerfast.train(arch="resnet18", epochs=1, size=32, bs=16, pretrained=False, out=out)
+    return out
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_cli_json_equals_python_api(run_dir):
+    result = invoke("predict", run_dir, SAMPLE / "daisy", SAMPLE / "rose", "--json", "--top-k", "3")
+    assert result.exit_code == 0, result.output
+    cli = json.loads(result.stdout)
+    files = sorted((SAMPLE / "daisy").glob("*.jpg")) + sorted((SAMPLE / "rose").glob("*.jpg"))
+    assert [Path(p["path"]) for p in cli] == files
+    api = flowerfast.load_model(run_dir, device="cpu").predict(files, top_k=3, bs=7)
+    assert len(api) == 80
+    for c, a in zip(cli, api):
+        assert c["label"] == a.label and c["error"] is None
+        assert c["probability"] == pytest.approx(a.probability, abs=1e-6)
+        assert [t["label"] for t in c["top_k"]] == [lbl for lbl, _ in a.top_k]
+        assert a.top_k[0][1] >= a.top_k[1][1] >= a.top_k[2][1]
+
+
+def test_predictions_equal_fastai_validation(run_dir):
+    """The training run's valid_predictions.csv comes from fastai's validation DataLoader: our
+    preprocessing must reproduce it, and the preprocessed tensors must equal fastai's batch."""
+    from flowerfast.data import build_dataloaders, read_split_csv
+    from flowerfast.inference import normalise, preprocess
+
+    model = flowerfast.load_model(run_dir, device="cpu")
+    rows = list(csv.DictReader(open(run_dir / "valid_predictions.csv")))
+    paths = [SAMPLE / r["file"] for r in rows]
+    _, probs, errors = model.probabilities(paths, bs=16)
+    assert not errors
+    fastai_probs = torch.tensor([[float(r[f"p_{c}"]) for c in model.classes] for r in rows])
+    assert torch.allclose(probs, fastai_probs, atol=2e-6)
+
+    split = read_split_csv(run_dir / "split.csv", SAMPLE)
+    dls = build_dataloaders(split, model.classes, size=model.spec.size, bs=8)
+    xb, _ = next(iter(dls.valid))
+    valid_files = [Path(item[0]) for item in dls.valid.items[:8]]
+    ours = normalise(torch.stack([preprocess(p, model.spec.size) for p in valid_files]), model.spec.mean, model.spec.std)
+    assert torch.allclose(xb.cpu().as_subclass(torch.Tensor), ours, atol=1e-5)
+
+
+def test_unreadable_files_listed_others_predicted(run_dir, tmp_path):
+    good = sorted((SAMPLE / "tulip").glob("*.jpg"))[:2]
+    for p in good:
+        shutil.copy(p, tmp_path / p.name)
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    shutil.copy(good[0], tmp_path / ".hidden.jpg")
+    (tmp_path / "notes.txt").write_text("ignored")
+    result = invoke("predict", run_dir, tmp_path, "--json")
+    assert result.exit_code == 0, result.output
+    out = {Path(p["path"]).name: p for p in json.loads(result.stdout)}
+    assert set(out) == {"broken.jpg", good[0].name, good[1].name}
+    assert "cannot identify image" in out["broken.jpg"]["error"] and out["broken.jpg"]["label"] is None
+    assert out[good[0].name]["label"] in flowerfast.load_model(run_dir).classes
+    assert "broken.jpg" in result.stderr and "unreadable" in result.stderr
+
+
+def test_table_glob_and_csv_output(run_dir, tmp_path):
+    result = invoke("predict", run_dir, SAMPLE / "sunflower" / "1*.jpg", "--top-k", "2")
+    assert result.exit_code == 0, result.output
+    assert "predictions" in result.stdout and "top 2" in result.stdout
+    target = tmp_path / "preds.csv"
+    result = invoke("predict", run_dir, SAMPLE / "sunflower" / "1*.jpg", "--csv", "--top-k", "2", "--output", target)
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(open(target)))
+    assert rows and all(Path(r["path"]).name.startswith("1") for r in rows)
+    assert set(rows[0]) == {"path", "label", "probability", "label_2", "probability_2", "error"}
+    assert float(rows[0]["probability"]) >= float(rows[0]["probability_2"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["predict", "{tmp}/nope", "{sample}/daisy"], "model not found"),
+    (["predict", "{run}", "{tmp}/missing.jpg"], "no such file or folder"),
+    (["predict", "{run}", "{tmp}/*.jpg"], "no such file or folder"),
+    (["predict", "{run}", "{sample}/daisy", "--top-k", "0"], "--top-k must be between 1 and 5"),
+    (["predict", "{run}", "{sample}/daisy", "--top-k", "6"], "--top-k must be between 1 and 5"),
+    (["predict", "{run}", "{sample}/daisy", "--json", "--csv"], "choose one of --json and --csv"),
+    (["predict", "{run}", "{sample}/daisy", "--device", "tpu"], "unknown device"),
+])
+def test_bad_input_is_one_clear_line(run_dir, tmp_path, args, message):
+    args = [a.format(tmp=tmp_path, sample=SAMPLE, run=run_dir) for a in args]
+    result = invoke(*args)
+    assert result.exit_code != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_malicious_pickle_is_never_opened(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "export.pkl"
+    evil.write_bytes(pickle.dumps(_Evil(marker)))
+    for cmd in (["predict", evil, SAMPLE / "daisy"], ["evaluate", evil, SAMPLE], ["export", evil]):
+        result = invoke(*cmd)
+        assert result.exit_code != 0
+        assert "--trust-pickle" in result.stderr and "arbitrary code" in result.stderr
+    with pytest.raises(flowerfast.FlowerfastError, match="trust"):
+        flowerfast.load_model(evil)
+    assert not marker.exists()
+
+
+def test_predict_does_not_import_fastai(run_dir):
+    code = (f"import sys; from typer.testing import CliRunner; from flowerfast.cli import app; "
+            f"r = CliRunner().invoke(app, ['predict', {str(run_dir)!r}, {str(SAMPLE / 'daisy')!r}, '--json']); "
+            f"assert r.exit_code == 0, r.output; print('fastai' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
