@@ -109,7 +109,7 @@ def find_lr(config: Optional[TrainConfig] = None, reporter: Optional[Reporter] =
     from .training import prepare_run
 
     reporter = reporter or NullReporter()
-    setup = prepare_run(config, options, reporter, prefix="lr-find")
+    setup = prepare_run(config, options, reporter, prefix="lr-find-")
     reporter.stage("running the learning-rate finder")
     result = run_lr_find(setup.bundle.learn, reporter)
     result.config = setup.resolved

@@ -73,15 +73,16 @@ def _merge(config: Optional[TrainConfig], options: dict) -> TrainConfig:
     return config.validate()
 
 
-def prepare_run(config: Optional[TrainConfig], options: dict, reporter: Reporter, prefix: str) -> RunSetup:
-    """Validate options, scan and split the data, build the learner and create the run folder.
+def prepare_run(config: Optional[TrainConfig], options: dict, reporter: Reporter, prefix: str = "") -> RunSetup:
+    """Validate options, scan and split the data, build the learner and create the run folder
+    (default ``runs/<prefix><arch>-<timestamp>``).
 
     Every check that can fail on user input runs before the run folder is created, so a bad
     option leaves nothing behind.
     """
     config = _merge(config, options)
     check_arch(config.arch)
-    run_dir = check_output_dir(config.out or default_run_dir(f"{prefix}-{config.arch}" if prefix != config.arch else prefix))
+    run_dir = check_output_dir(config.out or default_run_dir(f"{prefix}{config.arch}"))
     device = resolve_device(config.device)
     workers = resolve_workers(config.workers, device)
 
@@ -177,7 +178,7 @@ def train(config: Optional[TrainConfig] = None, reporter: Optional[Reporter] = N
     from .lr_find import run_lr_find, save_lr_find
 
     reporter = reporter or NullReporter()
-    setup = prepare_run(config, options, reporter, prefix=(config or TrainConfig()).arch if "arch" not in options else options["arch"])
+    setup = prepare_run(config, options, reporter)
     cfg, learn, run_dir, resolved = setup.config, setup.bundle.learn, setup.run_dir, setup.resolved
     pretrained = setup.bundle.weights.pretrained
     started = time.perf_counter()

@@ -14,6 +14,7 @@ from typing import Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import FlowerfastError
 from ..progress import EpochRecord, Reporter
@@ -111,13 +112,13 @@ def make_reporter() -> Reporter:
 
 def fail(message: str, code: int = 1) -> None:
     """Print ``error: message`` on one line to stderr and exit non-zero."""
-    err_console.print(f"[bold red]error:[/bold red] {message}", markup=True, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     text = str(message).strip().splitlines()[0]
-    err_console.print(f"[bold yellow]warning:[/bold yellow] {text}", soft_wrap=True)
+    err_console.print(f"[bold yellow]warning:[/bold yellow] {escape(text)}", soft_wrap=True)
 
 
 @contextlib.contextmanager

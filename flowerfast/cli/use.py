@@ -6,7 +6,6 @@ a fastai export), so ``flowerfast predict`` on one photo costs little more than 
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -24,21 +23,6 @@ Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")
 Bs = Annotated[int, typer.Option("--bs", help="Images per batch.")]
 Workers = Annotated[Optional[int], typer.Option("--workers", help="Image-decoding processes. Default: none for a few images, else one per core (up to 8).", show_default=False)]
 TrustPickle = Annotated[bool, typer.Option("--trust-pickle", help="Allow a fastai learn.export() .pkl as MODEL. Unpickling runs code from the file: only for files you trust.")]
-
-
-@contextlib.contextmanager
-def _errors():
-    """``user_errors`` prints messages as rich markup; escape them so text such as
-    ``flowerfast[onnx]`` or a path with brackets is shown as written."""
-    from rich.markup import escape
-
-    from ..errors import FlowerfastError
-
-    with user_errors():
-        try:
-            yield
-        except FlowerfastError as exc:
-            raise FlowerfastError(escape(str(exc))) from None
 
 
 def _emit(text: str, output: Optional[Path]) -> None:
@@ -86,7 +70,7 @@ def predict(
     trust_pickle: TrustPickle = False,
 ) -> None:
     """Classify photos with a trained model, in batches."""
-    with _errors():
+    with user_errors():
         from ..errors import FlowerfastError
         from ..inference import check_top_k, collect_image_paths, load_model
 
@@ -137,7 +121,7 @@ def evaluate(
     trust_pickle: TrustPickle = False,
 ) -> None:
     """Score a trained model on a labelled folder: accuracy, per-class metrics, confusion, mistakes."""
-    with _errors():
+    with user_errors():
         from ..evaluate import evaluate as run_evaluate, save_report
         from ..runs import check_output_dir, default_run_dir
 
@@ -193,7 +177,7 @@ def export(
     trust_pickle: TrustPickle = False,
 ) -> None:
     """Export a trained model to ONNX or TorchScript, with a preprocessing JSON beside it."""
-    with _errors():
+    with user_errors():
         from ..export import export_model
 
         result = export_model(model, format=format_, out=out, trust_pickle=trust_pickle)
