@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Callable, Optional
 
-import torch
 from fastai.callback.core import Callback
 
 from .progress import EpochRecord, Reporter

@@ -64,7 +64,7 @@ def preprocessing_info(model: LoadedModel, fmt: str) -> dict:
         "input": {"name": "input", "layout": "NCHW", "dtype": "float32", "shape": ["batch", 3, spec.size, spec.size]},
         "output": {"name": "probabilities", "shape": ["batch", len(spec.classes)], "meaning": "softmax over classes"},
         "steps": [
-            f"open the image, convert to RGB",
+            "open the image, convert to RGB",
             f"resize to {big}x{big} ignoring aspect ratio (bilinear)",
             f"crop the centre {spec.size}x{spec.size}",
             "HWC uint8 -> CHW float32, divide by 255",

@@ -76,7 +76,7 @@ def create_learner(data: FlowerData, arch: str = "resnet152", size: int = 224, p
     device = device if device is not None else resolve_device("auto")
     backbone, info = load_backbone(arch, pretrained=pretrained, weights=weights)
     model, cut, nf = assemble_classifier(backbone, arch, len(data.classes), size=size)
-    body, head = model[0], model[1]
+    head = model[1]
     learn = vision_learner(
         data.dls, lambda *args, **kwargs: backbone, normalize=False, pretrained=False, cut=cut,
         custom_head=head, loss_func=CrossEntropyLossFlat(), opt_func=Adam, metrics=accuracy,

@@ -19,7 +19,6 @@ from typing import Any, Optional
 from .archs import check_arch
 from .config import LR_AUTO, TrainConfig
 from .data import FlowerData, class_counts, load_data, relative_path, write_split_csv
-from .errors import FlowerfastError
 from .learner import LearnerBundle, create_learner, resolve_device, resolve_workers
 from .model import count_parameters, library_versions, save_model
 from .progress import EpochRecord, NullReporter, Reporter

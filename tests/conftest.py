@@ -53,3 +53,9 @@ def tiny_run(tmp_path_factory) -> Path:
                                   "--epochs", "2", "--bs", "16", "--out", out])
     assert result.exit_code == 0, result.output
     return out
+
+
+@pytest.fixture(scope="session")
+def run_dir(tiny_run) -> Path:
+    """The tiny run's folder, for the tests that use its model (predict, evaluate, export)."""
+    return tiny_run

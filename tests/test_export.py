@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 
 import numpy as np
@@ -18,16 +17,6 @@ from flowerfast.data import default_data_dir
 
 SAMPLE = default_data_dir()
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """One tiny model, trained once per test session and shared by the predict/evaluate/export tests."""
-    out = tmp_path_factory.getbasetemp() / "shared-tiny-model"
-    if not (out / "best.safetensors").exists():
-        shutil.rmtree(out, ignore_errors=True)
-        flowerfast.train(arch="resnet18", epochs=1, size=32, bs=16, pretrained=False, out=out)
-    return out
 
 
 def preprocess_without_flowerfast(path, info):

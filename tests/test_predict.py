@@ -23,16 +23,6 @@ SAMPLE = default_data_dir()
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """One tiny model, trained once per test session and shared by the predict/evaluate/export tests."""
-    out = tmp_path_factory.getbasetemp() / "shared-tiny-model"
-    if not (out / "best.safetensors").exists():
-        shutil.rmtree(out, ignore_errors=True)
-        flowerfast.train(arch="resnet18", epochs=1, size=32, bs=16, pretrained=False, out=out)
-    return out
-
-
 def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
 

@@ -6,7 +6,6 @@ import csv
 import json
 
 import pytest
-import torch
 
 from flowerfast.data import read_split_csv
 from flowerfast.model import load_classifier

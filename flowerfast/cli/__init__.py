@@ -6,7 +6,6 @@ inside the commands, so ``flowerfast --help`` answers at once.
 
 from __future__ import annotations
 
-from typing import Optional
 
 import typer
 
