@@ -22,8 +22,8 @@ class TrainConfig:
     """Every option of a run. ``None`` means "resolve a sensible default at run time".
 
     data: folder of class folders; ``None`` is the embedded sample set.
-    lr: a number, ``"auto"`` (run lr-find first and take its valley suggestion), or ``None``
-        (1e-3, a safe Adam learning rate for fine-tuning).
+    lr: the head's peak learning rate: a number, ``"auto"`` (run lr-find first and take its valley
+        suggestion), or ``None`` (2e-3 with pretrained weights, 3e-3 from scratch).
     freeze_epochs: epochs that train the new head with the pretrained body frozen before the
         full fine-tune; ``None`` means 1 when starting from pretrained weights, else 0.
     pretrained: ``True`` requires pretrained weights (error if they cannot be had), ``False``

@@ -69,9 +69,9 @@ def test_table_output_and_default_folder(run_dir, tmp_path, monkeypatch):
 
 
 def test_python_api(run_dir):
-    import flowerfast.evaluate as module  # importing the module must not hide the function
+    import flowerfast.evaluation  # noqa: F401  (importing the module must not hide the function)
 
-    result = module(run_dir, SAMPLE, mistakes=0)
+    result = flowerfast.evaluate(run_dir, SAMPLE, mistakes=0)
     assert isinstance(result, flowerfast.EvaluationResult) and result.mistakes == []
     assert result.n_images == 200 and callable(flowerfast.evaluate)
 

@@ -59,7 +59,7 @@ def compare(
     """Train several architectures on the identical split and compare them: accuracy, speed, size,
     and a paired significance test on the same validation images."""
     with user_errors():
-        from ..compare import compare as run_compare
+        from ..comparison import compare as run_compare
         from ..config import TrainConfig
 
         config = TrainConfig(data=data, epochs=epochs, lr=lr, bs=bs, size=size, valid_pct=valid_pct, seed=seed,
@@ -73,7 +73,7 @@ def compare(
 def report(run_dirs: RunDirs, out: ReportOut = None) -> None:
     """Build the comparison report from finished runs that share one split."""
     with user_errors():
-        from ..report import report as build
+        from ..reporting import report as build
 
         rep = build(run_dirs, out=out, reporter=make_reporter())
     show_report(rep)

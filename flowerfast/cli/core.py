@@ -10,12 +10,13 @@ from . import app, options as o
 from .output import console, make_reporter, user_errors
 
 
-def _config(data, arch, epochs, lr, bs, size, valid_pct, seed, freeze_epochs, pretrained, weights, out, device, workers):
+def _config(data, arch, epochs, lr, bs, size, valid_pct, seed, freeze_epochs, pretrained, weights, out, device, workers,
+            split_file=None):
     from ..config import TrainConfig
 
     return TrainConfig(data=data, arch=arch, epochs=epochs, lr=lr, bs=bs, size=size, valid_pct=valid_pct, seed=seed,
                        freeze_epochs=freeze_epochs, pretrained=pretrained, weights=weights, out=out, device=device,
-                       workers=workers).validate()
+                       workers=workers, split_file=split_file).validate()
 
 
 @app.command(epilog="Example: flowerfast train --arch resnet152 --epochs 10 --data photos/")
@@ -23,14 +24,14 @@ def train(
     data: o.Data = None, arch: o.Arch = "resnet152", epochs: o.Epochs = 10, lr: o.Lr = None, bs: o.Bs = 32,
     size: o.Size = 224, valid_pct: o.ValidPct = 0.2, seed: o.Seed = 42, freeze_epochs: o.FreezeEpochs = None,
     pretrained: o.Pretrained = None, weights: o.Weights = None, out: o.Out = None, device: o.Device = "auto",
-    workers: o.Workers = None,
+    workers: o.Workers = None, split_file: o.SplitFile = None,
 ) -> None:
     """Fine-tune a pretrained classifier and save the best and final models in a run folder."""
     with user_errors():
         from ..training import train as run_training
 
         config = _config(data, arch, epochs, lr, bs, size, valid_pct, seed, freeze_epochs, pretrained, weights,
-                         out, device, workers)
+                         out, device, workers, split_file)
         reporter = make_reporter()
         result = run_training(config, reporter=reporter)
     s = result.summary

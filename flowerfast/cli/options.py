@@ -22,3 +22,4 @@ Weights = Annotated[Optional[Path], typer.Option("--weights", help="Local backbo
 Out = Annotated[Optional[Path], typer.Option("--out", help="Run folder to create. Default: runs/<arch>-<timestamp>.", show_default=False)]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")]
 Workers = Annotated[Optional[int], typer.Option("--workers", help="Data-loading processes. Default: 0 on the CPU, up to 8 on a GPU.", show_default=False)]
+SplitFile = Annotated[Optional[Path], typer.Option("--split-file", help="Reuse the split.csv of an earlier run, so two runs are scored on the same images.", show_default=False)]

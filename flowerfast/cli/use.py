@@ -122,7 +122,7 @@ def evaluate(
 ) -> None:
     """Score a trained model on a labelled folder: accuracy, per-class metrics, confusion, mistakes."""
     with user_errors():
-        from ..evaluate import evaluate as run_evaluate, save_report
+        from ..evaluation import evaluate as run_evaluate, save_report
         from ..runs import check_output_dir, default_run_dir
 
         out_dir = check_output_dir(out if out is not None else default_run_dir("evaluate"))

@@ -14,8 +14,6 @@ the architecture. Run folders go side by side in one comparison folder, with the
 from __future__ import annotations
 
 import dataclasses
-import sys
-import types
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -23,7 +21,7 @@ from .archs import check_arch
 from .config import TrainConfig
 from .errors import FlowerfastError
 from .progress import NullReporter, Reporter
-from .report import ComparisonReport, build_report, write_report
+from .reporting import ComparisonReport, build_report, write_report
 from .runs import check_output_dir, create_run_dir, default_run_dir
 
 
@@ -81,15 +79,3 @@ def compare(archs: Union[str, Sequence[str]], config: Optional[TrainConfig] = No
             split_file = result.run_dir / "split.csv"
     reporter.stage("writing the comparison report")
     return write_report(build_report(run_dirs, reporter), out)
-
-
-class _CallableModule(types.ModuleType):
-    """``flowerfast.compare`` names both this module and its :func:`compare` function. Python binds
-    the package attribute to the module whenever the module is imported, so the module forwards
-    calls to the function: ``flowerfast.compare(archs)`` works whichever the attribute holds."""
-
-    def __call__(self, *args, **kwargs):
-        return compare(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -14,9 +14,7 @@ from __future__ import annotations
 import base64
 import html
 import re
-import sys
 import time
-import types
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -597,15 +595,3 @@ def render_html(rep: ComparisonReport, images: dict[str, bytes]) -> str:
              "td.r{text-align:right}th{background:#f3f3f3}img{max-width:100%}")
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title><style>{style}</style>"
             f"</head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
-
-
-class _CallableModule(types.ModuleType):
-    """``flowerfast.report`` names both this module and its :func:`report` function. Python binds
-    the package attribute to the module whenever the module is imported, so the module forwards
-    calls to the function: ``flowerfast.report(run_dirs)`` works whichever the attribute holds."""
-
-    def __call__(self, *args, **kwargs):
-        return report(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

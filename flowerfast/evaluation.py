@@ -7,8 +7,6 @@ predictions alone, so they can be checked by hand from ``predictions.csv``.
 
 from __future__ import annotations
 
-import sys
-import types
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -214,15 +212,3 @@ def save_report(result: EvaluationResult, out_dir: Path) -> EvaluationFiles:
     confusion = plot_confusion(result, out_dir / "confusion.png")
     mistakes = plot_mistakes(result, out_dir / "mistakes.png")
     return EvaluationFiles(out_dir, metrics, predictions, confusion, mistakes)
-
-
-class _CallableModule(types.ModuleType):
-    """``flowerfast.evaluate`` names both this module and its main function. Once the module is
-    imported (by the CLI, say), Python binds the package attribute to the module, so the module
-    itself forwards calls to :func:`evaluate` and ``flowerfast.evaluate(model, folder)`` always works."""
-
-    def __call__(self, *args, **kwargs) -> EvaluationResult:
-        return evaluate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
