@@ -48,9 +48,10 @@ def test_archs_lists_the_reports_models(runner):
 
 
 def _one_line_error(result, pattern: str) -> None:
+    """Non-zero exit, no traceback, and the error as exactly one line on stderr."""
     assert result.exit_code != 0
-    text = result.output.strip()
-    assert "Traceback" not in text
+    assert "Traceback" not in result.output
+    text = result.stderr.strip()
     assert len(text.splitlines()) == 1, text
     assert re.search(pattern, text), text
 
