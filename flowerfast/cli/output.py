@@ -19,8 +19,8 @@ from rich.markup import escape
 from ..errors import FlowerfastError
 from ..progress import EpochRecord, Reporter
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+console = Console(highlight=False, soft_wrap=True)  # log lines are never wrapped
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def interactive() -> bool:
@@ -29,10 +29,13 @@ def interactive() -> bool:
 
 
 def format_epoch(record: EpochRecord, total: int, best: bool) -> str:
+    """One log line per epoch, the same in a terminal and in CI."""
     width = len(str(total))
+    clean = record.train_accuracy_clean
     return (f"epoch {record.epoch:>{width}}/{total} {record.phase:<6} "
             f"train_loss {record.train_loss:.4f}  train_acc(aug) {record.train_accuracy_aug:6.1%}  "
-            f"valid_loss {record.valid_loss:.4f}  valid_acc {record.valid_accuracy:6.1%}  "
+            + (f"train_acc(clean) {clean:6.1%}  " if clean is not None else "")
+            + f"valid_loss {record.valid_loss:.4f}  valid_acc {record.valid_accuracy:6.1%}  "
             f"lr {record.lr:.2e}  {record.seconds:5.1f}s" + ("  *best" if best else ""))
 
 
