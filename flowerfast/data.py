@@ -295,7 +295,7 @@ def load_data(data: Optional[Path | str] = None, size: int = 224, bs: int = 32, 
 
     ``split_file`` reuses an earlier run's ``split.csv`` instead of splitting anew.
     """
-    root = Path(data).expanduser().absolute() if data is not None else default_data_dir()
+    root = Path(os.path.abspath(Path(data).expanduser())) if data is not None else default_data_dir()
     folder = scan_image_folder(root)
     if split_file is not None:
         rows = rows_from_split_file(folder, Path(split_file))
