@@ -8,7 +8,6 @@ The split is computed once, up front, so it can be written to ``split.csv`` and 
 
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,26 +204,22 @@ def split_rows(folder: ImageFolder, valid_pct: float = 0.2, seed: int = 42) -> l
 
 def write_split_csv(rows: Sequence[SplitRow], path: Path, root: Path) -> Path:
     """Write ``file,label,is_valid`` with files relative to the data root (portable across machines)."""
-    from .runs import atomic_write_text
-    import io
+    from .runs import write_csv
 
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["file", "label", "is_valid"])
-    for r in rows:
-        writer.writerow([relative_path(r.file, root), r.label, int(r.is_valid)])
-    return atomic_write_text(path, buf.getvalue())
+    return write_csv(path, ["file", "label", "is_valid"],
+                     ([relative_path(r.file, root), r.label, int(r.is_valid)] for r in rows))
 
 
 def read_split_csv(path: Path, root: Optional[Path] = None) -> list[SplitRow]:
     """Read a ``split.csv`` back; relative files are resolved against ``root`` when given."""
+    from .runs import read_csv
+
     rows = []
-    with open(path, newline="") as fh:
-        for rec in csv.DictReader(fh):
-            f = Path(rec["file"])
-            if root is not None and not f.is_absolute():
-                f = Path(root) / f
-            rows.append(SplitRow(f, rec["label"], rec["is_valid"] in ("1", "True", "true")))
+    for rec in read_csv(path):
+        f = Path(rec["file"])
+        if root is not None and not f.is_absolute():
+            f = Path(root) / f
+        rows.append(SplitRow(f, rec["label"], rec["is_valid"] in ("1", "True", "true")))
     return rows
 
 

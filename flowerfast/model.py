@@ -12,7 +12,7 @@ import json
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -227,7 +227,3 @@ def load_classifier(path: Path, device: Optional[str] = None):
 
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def class_list(classes: Sequence[str]) -> list[str]:
-    return [str(c) for c in classes]

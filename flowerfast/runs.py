@@ -14,12 +14,9 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Sequence
 
 from .errors import FlowerfastError
-
-RUN_MARKER = "config.json"
-
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` all at once: temp file in the same folder, fsync, rename."""
@@ -66,12 +63,17 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
+def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """CSV with a header row and Unix line ends, as one string."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
     writer.writerows(rows)
-    return atomic_write_text(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
+    return atomic_write_text(path, csv_text(header, rows))
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -119,8 +121,3 @@ def create_run_dir(path: Path) -> Path:
     except OSError as exc:
         raise FlowerfastError(f"cannot create output folder {path}: {exc.strerror}") from None
     return path
-
-
-def find_run_file(run_dir: Path, name: str) -> Optional[Path]:
-    p = Path(run_dir) / name
-    return p if p.exists() else None

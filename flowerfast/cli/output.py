@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import warnings
 from typing import Iterator, Optional
 
@@ -144,7 +143,3 @@ def user_errors() -> Iterator[None]:
             raise typer.Exit(130)
         finally:
             warnings.showwarning = previous
-
-
-def stdout_is_pipe() -> bool:
-    return not sys.stdout.isatty()

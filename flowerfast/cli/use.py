@@ -6,8 +6,6 @@ a fastai export), so ``flowerfast predict`` on one photo costs little more than 
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 from typing import Annotated, List, Optional
@@ -42,18 +40,18 @@ def _emit(text: str, output: Optional[Path]) -> None:
 
 
 def _predictions_csv(predictions, top_k: int) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    from ..runs import csv_text
+
     header = ["path", "label", "probability"]
     for k in range(2, top_k + 1):
         header += [f"label_{k}", f"probability_{k}"]
-    writer.writerow(header + ["error"])
+    rows = []
     for p in predictions:
         row = [str(p.path)]
         for lbl, prob in p.top_k or [("", "")] * top_k:
             row += [lbl, round(prob, 6) if prob != "" else ""]
-        writer.writerow(row + [p.error or ""])
-    return buf.getvalue()
+        rows.append(row + [p.error or ""])
+    return csv_text(header + ["error"], rows)
 
 
 @app.command(epilog="Example: flowerfast predict runs/resnet18-20240101-120000/ photos/ --top-k 3")
