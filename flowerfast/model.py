@@ -140,11 +140,18 @@ def assemble_classifier(backbone, arch: str, n_classes: int, size: int = 64):
 
 
 def build_classifier(spec: ModelSpec):
-    """The network described by ``spec``, with random weights (load a state dict next)."""
-    from .archs import build_backbone
+    """The network described by ``spec``, with random weights (load a state dict next).
 
-    backbone = build_backbone(spec.arch)
-    body = cut_body(backbone, spec.cut)
+    ResNet and VGG bodies come from :mod:`flowerfast.nets`, which avoids importing torchvision
+    (seconds); other architectures are built by torchvision and cut.
+    """
+    from .nets import build_body
+
+    body = build_body(spec.arch, spec.cut)
+    if body is None:
+        from .archs import build_backbone
+
+        body = cut_body(build_backbone(spec.arch), spec.cut)
     return nn.Sequential(body, build_head(spec.num_features, spec.n_classes))
 
 
