@@ -50,7 +50,7 @@ def preprocessing_info(model: LoadedModel, fmt: str) -> dict:
     """The preprocessing recipe, written for someone implementing it without flowerfast."""
     spec = model.spec
     big = resize_size(spec.size)
-    return {
+    info = {
         "format": "flowerfast-preprocessing",
         "model_format": fmt,
         "classes": list(spec.classes),
@@ -73,6 +73,12 @@ def preprocessing_info(model: LoadedModel, fmt: str) -> dict:
         "source_model": str(model.source),
         "arch": spec.arch,
     }
+    fastai_items = getattr(model.transform, "pipeline", None)
+    if fastai_items is not None:  # a fastai export resizes its own way: name its transforms instead
+        del info["resize"], info["center_crop"]
+        info["fastai_item_transforms"] = [repr(t) for t in fastai_items.fs]
+        info["steps"][1:3] = ["resize as the fastai item transforms listed do for validation"]
+    return info
 
 
 def default_export_path(model: LoadedModel, fmt: str) -> Path:
@@ -98,7 +104,7 @@ def export_model(model_or_path, format: str = "onnx", out: Optional[Path | str] 
         _require_onnx()
     model = as_loaded_model(model_or_path, device="cpu", trust_pickle=trust_pickle)
     if model.device.type != "cpu":
-        model = LoadedModel(model.network.to("cpu"), model.spec, torch.device("cpu"), model.source)
+        model = LoadedModel(model.network.to("cpu"), model.spec, torch.device("cpu"), model.source, model.transform)
     path = Path(out).expanduser() if out is not None else default_export_path(model, fmt)
     if path.is_dir():
         raise FlowerfastError(f"--out must be a file, not a folder: {path}")

@@ -19,7 +19,7 @@ from .output import console, err_console, user_errors
 Model = Annotated[Path, typer.Argument(help="Run folder, or a model file (.safetensors or .json).", show_default=False)]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")]
 Bs = Annotated[int, typer.Option("--bs", help="Images per batch.")]
-Workers = Annotated[Optional[int], typer.Option("--workers", help="Image-decoding processes. Default: none for a few images, else one per core (up to 8).", show_default=False)]
+Workers = Annotated[Optional[int], typer.Option("--workers", help="Image-decoding processes. Default: none on a CPU (the network needs the cores); on a GPU one per core, up to 8.", show_default=False)]
 TrustPickle = Annotated[bool, typer.Option("--trust-pickle", help="Allow a fastai learn.export() .pkl as MODEL. Unpickling runs code from the file: only for files you trust.")]
 
 
