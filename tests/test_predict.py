@@ -139,3 +139,49 @@ def test_predict_imports_neither_fastai_nor_torchvision(run_dir):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+@pytest.fixture(scope="module")
+def fastai_export(tmp_path_factory) -> Path:
+    """A learner made with fastai's own API (Resize crop, not flowerfast's transforms), exported."""
+    from fastai.vision.all import ImageDataLoaders, Resize, resnet18, vision_learner
+
+    root = tmp_path_factory.mktemp("fastai")
+    dls = ImageDataLoaders.from_folder(SAMPLE, valid_pct=0.2, seed=0, item_tfms=Resize(40), bs=8, num_workers=0)
+    learn = vision_learner(dls, resnet18, pretrained=False)
+    learn.export(root / "export.pkl")
+    return root / "export.pkl"
+
+
+def test_trusted_fastai_export_predicts_like_fastai(fastai_export, tmp_path):
+    from fastai.learner import load_learner
+    from PIL import Image
+
+    wide = tmp_path / "wide.jpg"  # not square, so fastai's crop differs from a squash
+    with Image.open(sorted((SAMPLE / "rose").glob("*.jpg"))[0]) as im:
+        im.crop((0, 0, 128, 80)).save(wide)
+    photos = sorted((SAMPLE / "daisy").glob("*.jpg"))[:5] + [wide]
+
+    result = invoke("predict", fastai_export, *photos, "--json", "--top-k", "5")
+    assert result.exit_code != 0 and "--trust-pickle" in result.stderr
+    result = invoke("predict", fastai_export, *photos, "--json", "--top-k", "5", "--trust-pickle")
+    assert result.exit_code == 0, result.output
+    ours = json.loads(result.stdout)
+
+    learn = load_learner(fastai_export, cpu=True)
+    for photo, pred in zip(photos, ours):
+        label, _, probs = learn.predict(photo)
+        assert pred["label"] == str(label)
+        got = {t["label"]: t["probability"] for t in pred["top_k"]}
+        expected = dict(zip(map(str, learn.dls.vocab), probs.tolist()))
+        assert got == pytest.approx(expected, abs=1e-5)
+
+
+def test_trusted_fastai_export_exports_with_its_own_resize(fastai_export, tmp_path):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "fa.onnx"
+    result = invoke("export", fastai_export, "--format", "onnx", "--out", out, "--trust-pickle")
+    assert result.exit_code == 0, result.output
+    info = json.loads((tmp_path / "fa.onnx.json").read_text())
+    assert info["size"] == 40 and "resize" not in info
+    assert any("Resize" in t and "crop" in t for t in info["fastai_item_transforms"])
