@@ -9,6 +9,8 @@ is caught here and not in production.
 
 from __future__ import annotations
 
+import copy
+
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,10 +76,15 @@ def preprocessing_info(model: LoadedModel, fmt: str) -> dict:
         "arch": spec.arch,
     }
     fastai_items = getattr(model.transform, "pipeline", None)
-    if fastai_items is not None:  # a fastai export resizes its own way: name its transforms instead
+    fastai_batch = getattr(model.batch_transform, "pipeline", None)
+    if fastai_items is not None and fastai_batch is not None:  # a fastai export: name its own transforms
         del info["resize"], info["center_crop"]
         info["fastai_item_transforms"] = [repr(t) for t in fastai_items.fs]
-        info["steps"][1:3] = ["resize as the fastai item transforms listed do for validation"]
+        info["fastai_batch_transforms"] = [repr(t) for t in fastai_batch.fs]
+        info["steps"] = ["open the image as the fastai export does",
+                         "apply the fastai item transforms listed, as in validation",
+                         "apply the fastai batch transforms listed, as in validation "
+                         "(they scale to floats and normalise)"]
     return info
 
 
@@ -104,14 +111,15 @@ def export_model(model_or_path, format: str = "onnx", out: Optional[Path | str] 
         _require_onnx()
     model = as_loaded_model(model_or_path, device="cpu", trust_pickle=trust_pickle)
     if model.device.type != "cpu":
-        model = LoadedModel(model.network.to("cpu"), model.spec, torch.device("cpu"), model.source, model.transform)
+        model = as_loaded_model(model.source, device="cpu", trust_pickle=True)  # already opened by the caller
     path = Path(out).expanduser() if out is not None else default_export_path(model, fmt)
     if path.is_dir():
         raise FlowerfastError(f"--out must be a file, not a folder: {path}")
     if not path.parent.exists():
         raise FlowerfastError(f"output folder does not exist: {path.parent}")
-    wrapped = WithSoftmax(model.network).eval()
-    example = torch.randn(2, 3, model.spec.size, model.spec.size, generator=torch.Generator().manual_seed(0))
+    # A plain-layout copy: the exported weights should not depend on the layout used for speed here.
+    wrapped = WithSoftmax(copy.deepcopy(model.network).to(memory_format=torch.contiguous_format)).eval()
+    example = torch.randn(2, len(model.spec.mean), model.spec.size, model.spec.size, generator=torch.Generator().manual_seed(0))
     data = _export_onnx(wrapped, example) if fmt == "onnx" else _export_torchscript(wrapped, example)
     from .runs import atomic_write_bytes, write_json
 
@@ -119,7 +127,7 @@ def export_model(model_or_path, format: str = "onnx", out: Optional[Path | str] 
     info_path = write_json(path.with_name(path.name + ".json"), preprocessing_info(model, fmt))
     diff = float("nan")
     if check:
-        check_batch = torch.randn(3, 3, model.spec.size, model.spec.size, generator=torch.Generator().manual_seed(1))
+        check_batch = torch.randn(3, len(model.spec.mean), model.spec.size, model.spec.size, generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
             expected = wrapped(check_batch)
         actual = run_onnx(path, check_batch) if fmt == "onnx" else run_torchscript(path, check_batch)

@@ -124,12 +124,12 @@ def collate_images(items):
 
 
 def default_workers(n_images: int, bs: int, device: torch.device) -> int:
-    """Decoding processes: on a GPU, one per core (up to 8), once there are a few batches to feed it.
+    """Decoding processes: on a CUDA GPU, one per core (up to 8), once there are a few batches to feed it.
 
     On a CPU the network itself uses every core and decoding these photos costs a few percent of
     its time, so extra processes would only compete with it: decode in the main process.
     """
-    if device.type == "cpu" or n_images < 2 * bs:
+    if device.type != "cuda" or n_images < 2 * bs:
         return 0
     return max(1, min(8, (os.cpu_count() or 1)))
 
@@ -179,7 +179,9 @@ class LoadedModel:
     spec: ModelSpec
     device: torch.device
     source: Path
-    transform: Optional[Callable[[Path], torch.Tensor]] = None  # None: :func:`preprocess`
+    transform: Optional[Callable[[Path], torch.Tensor]] = None  # file to uint8 CHW; None: :func:`preprocess`
+    batch_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None  # uint8 batch to input; None: :func:`normalise`
+    channels_last: bool = False  # feed the network NHWC batches (see :func:`for_inference`)
 
     @property
     def classes(self) -> list[str]:
@@ -206,8 +208,13 @@ class LoadedModel:
                 errors.update(bad)
                 if images is None:
                     continue
-                x = normalise(images.to(self.device, non_blocking=True), self.spec.mean, self.spec.std)
-                x = x.contiguous(memory_format=torch.channels_last) if self.device.type != "mps" else x
+                images = images.to(self.device, non_blocking=True)
+                if self.batch_transform is not None:
+                    x = self.batch_transform(images)
+                else:
+                    x = normalise(images, self.spec.mean, self.spec.std)
+                if self.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
                 rows.append(torch.softmax(self.network(x).float(), dim=-1).cpu())
         probs = torch.cat(rows) if rows else torch.zeros(0, self.spec.n_classes)
         return paths, probs, errors
@@ -238,15 +245,19 @@ def predictions_from(paths: Sequence[Path], probs: torch.Tensor, errors: dict[in
 # Loading
 
 
+CHANNELS_LAST_DEVICES = ("cpu", "cuda")
+
+
 def for_inference(network: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """Eval mode on ``device``, in channels-last memory layout on CPUs and CUDA GPUs.
 
     Why channels-last: oneDNN (CPU) and cuDNN run convolutions faster on NHWC tensors; on a
     2-core CPU a resnet18 at 128px goes from about 68 to 90 images/s. The results are the same
-    to float rounding.
+    to float rounding. Only for networks flowerfast builds (ResNet, VGG and other torchvision
+    bodies with its own head): a fastai export's custom layers may not accept NHWC tensors.
     """
     network = network.eval().to(device)
-    if device.type in ("cpu", "cuda"):
+    if device.type in CHANNELS_LAST_DEVICES:
         network = network.to(memory_format=torch.channels_last)
     return network
 
@@ -281,33 +292,58 @@ def load_model(path: Path | str, device: Optional[str | torch.device] = None,
     if not path.exists() and not path.with_name(path.name + ".safetensors").exists():
         raise FlowerfastError(f"model not found: {path}")
     network, spec = load_classifier(path, device=dev)
-    return LoadedModel(network=for_inference(network, dev), spec=spec, device=dev, source=path)
+    return LoadedModel(network=for_inference(network, dev), spec=spec, device=dev, source=path,
+                       channels_last=dev.type in CHANNELS_LAST_DEVICES)
 
 
 class FastaiItemTransform:
-    """A fastai export's own validation item pipeline (its resize, then ToTensor) for one file.
+    """A fastai export's own validation item pipeline for one file: open it as the export's image
+    type (``PILImage``, ``PILImageBW``...), then its resize and ToTensor.
 
     fastai learners resize in several ways (crop, squash, pad, random-resized crop), so an export
-    is preprocessed by its own transforms rather than by :func:`preprocess`. The batch
-    transforms that apply to validation are the uint8-to-float scaling and Normalize, which
-    :func:`normalise` does with the export's statistics.
+    is preprocessed by its own transforms rather than by :func:`preprocess`.
     """
 
-    def __init__(self, pipeline):
+    def __init__(self, create, pipeline):
+        self.create = create
         self.pipeline = pipeline
         self.pipeline.split_idx = 1  # validation behaviour: no random augmentation
 
-    def __call__(self, path: Path) -> torch.Tensor:
-        from fastai.vision.core import PILImage
+    def __call__(self, path) -> torch.Tensor:
+        return self.pipeline(self.create(path)).as_subclass(torch.Tensor)
 
-        return self.pipeline(PILImage.create(path)).as_subclass(torch.Tensor)
+
+class FastaiBatchTransform:
+    """A fastai export's own validation batch pipeline on a ``uint8`` batch: scaling to floats,
+    Normalize, and whatever else it applies in validation (a batch-level resize, for instance)."""
+
+    def __init__(self, pipeline):
+        self.pipeline = pipeline
+        self.pipeline.split_idx = 1
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        from fastai.torch_core import TensorImage
+
+        return self.pipeline(TensorImage(images)).as_subclass(torch.Tensor)
+
+
+def _image_creator(learn):
+    """The export's ``*.create`` type transform (how it opens a file), without any ``get_x`` step."""
+    from fastai.vision.core import PILImage
+
+    try:
+        fs = learn.dls.valid_ds.tls[0].tfms.fs
+    except (AttributeError, IndexError):
+        fs = []
+    creates = [t for t in fs if str(getattr(t, "name", "")).endswith(".create")]
+    return creates[-1] if creates else PILImage.create
 
 
 def _load_fastai_export(path: Path, device: torch.device) -> LoadedModel:
     """A fastai ``learn.export()`` pickle, read with fastai's ``load_learner`` (unpickles: trusted only).
 
-    Its images go through its own item transforms (:class:`FastaiItemTransform`) and its
-    Normalize statistics.
+    Its images go through its own item and batch transforms, as ``learn.predict`` sends them; the
+    network input size is what those transforms make of an image.
     """
     if not path.exists():
         raise FlowerfastError(f"model not found: {path}")
@@ -319,19 +355,29 @@ def _load_fastai_export(path: Path, device: torch.device) -> LoadedModel:
         learn = load_learner(path, cpu=device.type == "cpu")
     except Exception as exc:
         raise FlowerfastError(f"cannot load fastai learner {path}: {decode_error(exc)}") from None
-    size, mean, std = None, [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
+    learn.dls.to(device)  # the Normalize statistics, on the device the batches will be on
+    item_size = None
     for tfm in learn.dls.after_item.fs:
         if getattr(tfm, "size", None) is not None:
-            size = int(max(tfm.size))
+            item_size = int(max(tfm.size))
+    if item_size is None:
+        raise FlowerfastError(f"{path}: cannot find the image size in the learner's item transforms")
+    item_transform = FastaiItemTransform(_image_creator(learn), learn.dls.after_item)
+    batch_transform = FastaiBatchTransform(learn.dls.after_batch)
+    import numpy as np
+
+    with torch.inference_mode():  # one blank photo through both: the channels and the network input size
+        item = item_transform(np.zeros((item_size + 7, item_size + 3, 3), dtype=np.uint8))
+        probe = batch_transform(item[None].to(device))
+    mean, std = [0.0] * item.shape[0], [1.0] * item.shape[0]
     for tfm in learn.dls.after_batch.fs:
         if type(tfm).__name__ == "Normalize":
             mean, std = [float(v) for v in tfm.mean.flatten()], [float(v) for v in tfm.std.flatten()]
-    if size is None:
-        raise FlowerfastError(f"{path}: cannot find the image size in the learner's item transforms")
     classes = [str(c) for c in learn.dls.vocab]
-    spec = ModelSpec(arch="fastai-export", classes=classes, size=size, cut=0, num_features=0, mean=mean, std=std)
-    return LoadedModel(network=for_inference(learn.model, device), spec=spec, device=device, source=path,
-                       transform=FastaiItemTransform(learn.dls.after_item))
+    spec = ModelSpec(arch="fastai-export", classes=classes, size=int(probe.shape[-1]), cut=0, num_features=0,
+                     mean=mean, std=std)
+    return LoadedModel(network=learn.model.eval().to(device), spec=spec, device=device, source=path,
+                       transform=item_transform, batch_transform=batch_transform)
 
 
 def as_loaded_model(model_or_path, device=None, trust_pickle: bool = False) -> LoadedModel:

@@ -143,11 +143,13 @@ def test_predict_imports_neither_fastai_nor_torchvision(run_dir):
 
 @pytest.fixture(scope="module")
 def fastai_export(tmp_path_factory) -> Path:
-    """A learner made with fastai's own API (Resize crop, not flowerfast's transforms), exported."""
-    from fastai.vision.all import ImageDataLoaders, Resize, resnet18, vision_learner
+    """A learner made with fastai's own API and its presizing recipe (Resize crop to 60px per item,
+    then a batch-level resize to 32px and Normalize): not flowerfast's transforms. Exported."""
+    from fastai.vision.all import ImageDataLoaders, Normalize, Resize, aug_transforms, imagenet_stats, resnet18, vision_learner
 
     root = tmp_path_factory.mktemp("fastai")
-    dls = ImageDataLoaders.from_folder(SAMPLE, valid_pct=0.2, seed=0, item_tfms=Resize(40), bs=8, num_workers=0)
+    dls = ImageDataLoaders.from_folder(SAMPLE, valid_pct=0.2, seed=0, item_tfms=Resize(60), bs=8, num_workers=0,
+                                       batch_tfms=[*aug_transforms(size=32), Normalize.from_stats(*imagenet_stats)])
     learn = vision_learner(dls, resnet18, pretrained=False)
     learn.export(root / "export.pkl")
     return root / "export.pkl"
@@ -176,6 +178,12 @@ def test_trusted_fastai_export_predicts_like_fastai(fastai_export, tmp_path):
         expected = dict(zip(map(str, learn.dls.vocab), probs.tolist()))
         assert got == pytest.approx(expected, abs=1e-5)
 
+    api = flowerfast.load_model(fastai_export, device="cpu", trust_pickle=True)
+    assert api.spec.size == 32 and api.spec.mean == pytest.approx([0.485, 0.456, 0.406])
+    with_workers = api.predict(photos, workers=2, bs=2)  # the transforms also work in worker processes
+    assert [p.label for p in with_workers] == [p["label"] for p in ours]
+    assert [p.probability for p in with_workers] == pytest.approx([p["probability"] for p in ours], abs=1e-6)
+
 
 def test_trusted_fastai_export_exports_with_its_own_resize(fastai_export, tmp_path):
     pytest.importorskip("onnxruntime")
@@ -183,5 +191,6 @@ def test_trusted_fastai_export_exports_with_its_own_resize(fastai_export, tmp_pa
     result = invoke("export", fastai_export, "--format", "onnx", "--out", out, "--trust-pickle")
     assert result.exit_code == 0, result.output
     info = json.loads((tmp_path / "fa.onnx.json").read_text())
-    assert info["size"] == 40 and "resize" not in info
+    assert info["size"] == 32 and "resize" not in info
     assert any("Resize" in t and "crop" in t for t in info["fastai_item_transforms"])
+    assert any("Normalize" in t for t in info["fastai_batch_transforms"])
