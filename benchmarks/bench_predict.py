@@ -37,7 +37,7 @@ def parse_args():
     ap.add_argument("--model", type=Path, default=None, help="run folder or model file; default: train one")
     ap.add_argument("--size", type=int, default=128, help="image size of the model trained when --model is not given")
     ap.add_argument("--bs", type=int, default=64)
-    ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     ap.add_argument("--repeat", type=int, default=2, help="runs of each contender; the fastest counts")
     return ap.parse_args()
 
@@ -69,7 +69,8 @@ def plain_loop(network, spec, paths, bs, workers, device):
 def network_alone(network, spec, paths, bs, device, repeat):
     """The network's own speed on batches decoded and normalised beforehand (images/s)."""
     x = normalise(torch.stack([preprocess(p, spec.size) for p in paths]), spec.mean, spec.std).to(device)
-    x = x.contiguous(memory_format=torch.channels_last)
+    if device.type in ("cpu", "cuda"):
+        x = x.contiguous(memory_format=torch.channels_last)
 
     def run():
         for i in range(0, len(x), bs):
@@ -85,6 +86,8 @@ def network_alone(network, spec, paths, bs, device, repeat):
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def fastai_learner(model_path, spec, paths, device):

@@ -249,22 +249,26 @@ def measure_inference(run_dir: Path, device: Optional[str] = None, batch_size: i
                       repeats: int = 3) -> dict:
     """Latency of one image and throughput of a batch for the run's best model, on random input at
     the model's image size. Kept short (a warm-up and a few timed calls): it ranks models, it is no
-    benchmark. Stored in ``latency.json`` in the run folder and reused for the same device and batch.
+    benchmark. Stored in ``latency.json`` in the run folder and reused for the same device, batch and layout.
     """
     import torch
 
+    from .inference import CHANNELS_LAST_DEVICES, for_inference
     from .model import load_classifier
 
     device = device or _current_device()
+    layout = torch.channels_last if torch.device(device).type in CHANNELS_LAST_DEVICES else torch.contiguous_format
     cache = Path(run_dir) / LATENCY_FILE
     if cache.is_file():
         try:
             stored = read_json(cache)
-            if stored.get("device") == device and stored.get("batch_size") == batch_size:
+            if stored.get("device") == device and stored.get("batch_size") == batch_size \
+                    and stored.get("layout") == str(layout):
                 return stored
         except (OSError, ValueError):
             pass
     model, spec = load_classifier(run_dir / "best.safetensors", device=device)
+    model = for_inference(model, torch.device(device))  # as predict runs it
 
     def timed(x) -> float:
         if device == "cuda":
@@ -276,13 +280,13 @@ def measure_inference(run_dir: Path, device: Optional[str] = None, batch_size: i
         return time.perf_counter() - start
 
     with torch.inference_mode():
-        one = torch.randn(1, 3, spec.size, spec.size, device=device)
-        batch = torch.randn(batch_size, 3, spec.size, spec.size, device=device)
+        one = torch.randn(1, 3, spec.size, spec.size, device=device).contiguous(memory_format=layout)
+        batch = torch.randn(batch_size, 3, spec.size, spec.size, device=device).contiguous(memory_format=layout)
         for _ in range(2):  # warm-up: allocator, kernel selection, caches
             timed(one), timed(batch)
         single = sorted(timed(one) for _ in range(2 * repeats + 1))[repeats]  # the median
         batched = sum(timed(batch) for _ in range(repeats))
-    result = {"device": device, "batch_size": batch_size, "image_size": spec.size,
+    result = {"device": device, "batch_size": batch_size, "layout": str(layout), "image_size": spec.size,
               "latency_ms_per_image": 1000 * single, "images_per_second": batch_size * repeats / batched,
               "threads": torch.get_num_threads() if device == "cpu" else None}
     try:
