@@ -110,3 +110,20 @@ def test_weights_and_no_pretrained_contradict(runner, tmp_path):
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"x")
     _one_line_error(invoke(runner, ["train", "--weights", weights, "--no-pretrained"]), r"contradict")
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (["train", "--epochs", "abc"], r"^error: Invalid value for '--epochs'.*\(see flowerfast train --help\)$"),
+    (["predict"], r"^error: Missing argument 'model'\. \(see flowerfast predict --help\)$"),
+    (["evaluate", "run", "photos", "--bogus"], r"^error: No such option: --bogus"),
+    (["trian"], r"^error: No such command 'trian'\. Did you mean 'train'\?"),
+])
+def test_usage_mistakes_get_one_line(runner, args, pattern):
+    result = invoke(runner, args)
+    _one_line_error(result, pattern)
+    assert result.exit_code == 2
+
+
+def test_no_arguments_still_shows_the_help(runner):
+    result = invoke(runner, [])
+    assert "Usage: flowerfast" in result.output and "train" in result.output

@@ -10,9 +10,11 @@ from __future__ import annotations
 import typer
 
 from .. import __version__
+from .output import OneLineUsageErrors
 
 app = typer.Typer(
     name="flowerfast",
+    cls=OneLineUsageErrors,
     help="Fine-tune pretrained image classifiers on a folder of photos (one folder per class).",
     add_completion=False,
     no_args_is_help=True,

@@ -123,6 +123,40 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     err_console.print(f"[bold yellow]warning:[/bold yellow] {escape(text)}", soft_wrap=True)
 
 
+def _is_usage_error(exc: BaseException) -> bool:
+    """click's UsageError, whether from click itself or from the copy newer typer versions carry."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return "UsageError" in names and "NoArgsIsHelpError" not in names  # a bare command shows its help
+
+
+@contextlib.contextmanager
+def one_line_usage_errors() -> Iterator[None]:
+    """A usage mistake (unknown option, bad value, missing argument) as one ``error:`` line that
+    says where help is, like every other error, instead of click's boxed usage panel."""
+    try:
+        yield
+    except Exception as exc:
+        if not _is_usage_error(exc):
+            raise
+        where = exc.ctx.command_path if exc.ctx is not None else "flowerfast"
+        message = " ".join(exc.format_message().split())
+        err_console.print(f"[bold red]error:[/bold red] {escape(message)} (see {escape(where)} --help)",
+                          soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+
+
+class OneLineUsageErrors(typer.core.TyperGroup):
+    """The command group: parsing and dispatch under :func:`one_line_usage_errors`."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        with one_line_usage_errors():
+            return super().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx):
+        with one_line_usage_errors():
+            return super().invoke(ctx)
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Turn FlowerfastError into one line and an exit code; show warnings as one line each.
