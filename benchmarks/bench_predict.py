@@ -25,7 +25,7 @@ import flowerfast
 from flowerfast.data import SplitRow, _image_files_under
 from flowerfast.learner import resolve_device
 from flowerfast.model import load_classifier
-from flowerfast.inference import ImageFileDataset, collate_images, default_workers, normalise, preprocess
+from flowerfast.inference import ImageFileDataset, collate_images, default_workers, normalise
 
 
 def parse_args():
@@ -68,7 +68,9 @@ def plain_loop(network, spec, paths, bs, workers, device):
 
 def network_alone(network, spec, paths, bs, device, repeat):
     """The network's own speed on batches decoded and normalised beforehand (images/s)."""
-    x = normalise(torch.stack([preprocess(p, spec.size) for p in paths]), spec.mean, spec.std).to(device)
+    dataset = ImageFileDataset(paths, spec.size)
+    decoded = [image for _, image, error in (dataset[i] for i in range(len(dataset))) if error is None]
+    x = normalise(torch.stack(decoded), spec.mean, spec.std).to(device)
     if device.type in ("cpu", "cuda"):
         x = x.contiguous(memory_format=torch.channels_last)
 
