@@ -59,7 +59,7 @@ def preprocessing_info(model: LoadedModel, fmt: str) -> dict:
         "size": spec.size,
         "resize": {"width": big, "height": big, "keep_aspect_ratio": False, "interpolation": "bilinear (PIL)"},
         "center_crop": {"width": spec.size, "height": spec.size},
-        "color": "RGB",
+        "color": "RGB" if len(spec.mean) == 3 else "L (grayscale)",
         "scale": 1 / 255,
         "mean": list(spec.mean),
         "std": list(spec.std),

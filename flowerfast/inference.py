@@ -339,6 +339,17 @@ def _image_creator(learn):
     return creates[-1] if creates else PILImage.create
 
 
+def _blank_png(width: int, height: int) -> bytes:
+    """A black RGB photo as PNG bytes: opened like a file, so the export's colour mode applies."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def _load_fastai_export(path: Path, device: torch.device) -> LoadedModel:
     """A fastai ``learn.export()`` pickle, read with fastai's ``load_learner`` (unpickles: trusted only).
 
@@ -364,10 +375,8 @@ def _load_fastai_export(path: Path, device: torch.device) -> LoadedModel:
         raise FlowerfastError(f"{path}: cannot find the image size in the learner's item transforms")
     item_transform = FastaiItemTransform(_image_creator(learn), learn.dls.after_item)
     batch_transform = FastaiBatchTransform(learn.dls.after_batch)
-    import numpy as np
-
     with torch.inference_mode():  # one blank photo through both: the channels and the network input size
-        item = item_transform(np.zeros((item_size + 7, item_size + 3, 3), dtype=np.uint8))
+        item = item_transform(_blank_png(item_size + 3, item_size + 7))
         probe = batch_transform(item[None].to(device))
     mean, std = [0.0] * item.shape[0], [1.0] * item.shape[0]
     for tfm in learn.dls.after_batch.fs:

@@ -194,3 +194,23 @@ def test_trusted_fastai_export_exports_with_its_own_resize(fastai_export, tmp_pa
     assert info["size"] == 32 and "resize" not in info
     assert any("Resize" in t and "crop" in t for t in info["fastai_item_transforms"])
     assert any("Normalize" in t for t in info["fastai_batch_transforms"])
+
+
+def test_trusted_grayscale_fastai_export(tmp_path):
+    """A fastai export of a one-channel (PILImageBW) model: opened in its own colour mode."""
+    from fastai.learner import load_learner
+    from fastai.vision.all import (CategoryBlock, DataBlock, ImageBlock, PILImageBW, RandomSplitter, Resize,
+                                   get_image_files, parent_label, resnet18, vision_learner)
+
+    block = DataBlock(blocks=(ImageBlock(PILImageBW), CategoryBlock), get_items=get_image_files, get_y=parent_label,
+                      item_tfms=Resize(40), splitter=RandomSplitter(seed=0))
+    learn = vision_learner(block.dataloaders(SAMPLE, bs=8, num_workers=0), resnet18, pretrained=False, n_in=1)
+    learn.export(tmp_path / "bw.pkl")
+    model = flowerfast.load_model(tmp_path / "bw.pkl", device="cpu", trust_pickle=True)
+    assert model.spec.size == 40 and len(model.spec.mean) == 1
+    photos = sorted((SAMPLE / "tulip").glob("*.jpg"))[:3]
+    reference = load_learner(tmp_path / "bw.pkl", cpu=True)
+    for photo, pred in zip(photos, model.predict(photos, top_k=5)):
+        label, _, probs = reference.predict(photo)
+        assert pred.label == str(label)
+        assert dict(pred.top_k) == pytest.approx(dict(zip(map(str, reference.dls.vocab), probs.tolist())), abs=1e-5)
