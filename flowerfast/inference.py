@@ -2,8 +2,8 @@
 
 Why not fastai's ``learn.predict``: it runs one image at a time through the whole fastai pipeline
 and needs fastai imported (seconds). Here the saved model is rebuilt in plain PyTorch
-(:mod:`flowerfast.model`), images are decoded by DataLoader workers and the network sees whole
-batches. The preprocessing reproduces fastai's *validation* pipeline for the model's training
+(:mod:`flowerfast.model`), images are decoded by a DataLoader (in worker processes when a GPU
+computes) and the network sees whole batches, in channels-last layout. The preprocessing reproduces fastai's *validation* pipeline for the model's training
 transforms exactly (see :func:`preprocess`), so a photo gets the same probabilities here as it got
 in the training run's validation.
 """
