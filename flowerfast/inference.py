@@ -3,9 +3,10 @@
 Why not fastai's ``learn.predict``: it runs one image at a time through the whole fastai pipeline
 and needs fastai imported (seconds). Here the saved model is rebuilt in plain PyTorch
 (:mod:`flowerfast.model`), images are decoded by a DataLoader (in worker processes when a GPU
-computes) and the network sees whole batches, in channels-last layout. The preprocessing reproduces fastai's *validation* pipeline for the model's training
-transforms exactly (see :func:`preprocess`), so a photo gets the same probabilities here as it got
-in the training run's validation.
+computes) and the network sees whole batches, in channels-last layout. The preprocessing
+reproduces fastai's *validation* pipeline for the model's training transforms exactly (see
+:func:`preprocess`), so a photo gets the same probabilities here as it got in the training run's
+validation.
 """
 
 from __future__ import annotations
