@@ -214,3 +214,29 @@ def test_trusted_grayscale_fastai_export(tmp_path):
         label, _, probs = reference.predict(photo)
         assert pred.label == str(label)
         assert dict(pred.top_k) == pytest.approx(dict(zip(map(str, reference.dls.vocab), probs.tolist())), abs=1e-5)
+
+
+def test_folding_batch_norms_keeps_the_outputs(run_dir):
+    import copy
+
+    from flowerfast.inference import fold_batch_norms, normalise, preprocess
+    from flowerfast.model import load_classifier
+    from flowerfast.nets import build_body
+
+    network, spec = load_classifier(run_dir)
+    vgg = build_body("vgg11_bn", 1).eval()
+    for m in vgg.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    files = sorted((SAMPLE / "rose").glob("*.jpg"))[:8]
+    x = normalise(torch.stack([preprocess(p, spec.size) for p in files]), spec.mean, spec.std)
+    for net in (network.eval(), vgg):
+        folded = fold_batch_norms(copy.deepcopy(net))
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+        with torch.no_grad():
+            expected, got = net(x), folded(x)
+        assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4), float((got - expected).abs().max())
+    head_norms = [m for m in fold_batch_norms(copy.deepcopy(network)).modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    assert len(head_norms) == 2  # the head's batch norms follow no convolution: kept
