@@ -6,8 +6,9 @@ against a hand-written batched PyTorch loop, plus the CLI's start-up time. Not a
 Without ``--model`` a resnet18 is trained for one epoch from scratch on the embedded sample (the
 weights do not change the speed). Targets: at least 10x fastai's loop, at least 0.9x the plain loop.
 
-It also times the network alone on batches decoded beforehand: no predictor can beat that, so
-"network alone / fastai" is the most any batched predictor can gain over fastai on this machine.
+It also times the network alone, as flowerfast runs it, on batches decoded beforehand: a predictor
+that decodes the photos cannot beat that, so "network alone / fastai" bounds what batching gains
+over fastai on this machine.
 """
 
 from __future__ import annotations
