@@ -117,6 +117,7 @@ def test_weights_and_no_pretrained_contradict(runner, tmp_path):
     (["predict"], r"^error: Missing argument 'model'\. \(see flowerfast predict --help\)$"),
     (["evaluate", "run", "photos", "--bogus"], r"^error: No such option: --bogus"),
     (["trian"], r"^error: No such command 'trian'\. Did you mean 'train'\?"),
+    (["train", "--epochs"], r"^error: Option '--epochs' requires an argument\. \(see flowerfast train --help\)$"),
 ])
 def test_usage_mistakes_get_one_line(runner, args, pattern):
     result = invoke(runner, args)

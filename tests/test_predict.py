@@ -240,3 +240,6 @@ def test_folding_batch_norms_keeps_the_outputs(run_dir):
         assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4), float((got - expected).abs().max())
     head_norms = [m for m in fold_batch_norms(copy.deepcopy(network)).modules() if isinstance(m, torch.nn.BatchNorm1d)]
     assert len(head_norms) == 2  # the head's batch norms follow no convolution: kept
+    training = fold_batch_norms(copy.deepcopy(network).train())  # statistics not fixed yet: nothing folded
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in training.modules()) == \
+        sum(isinstance(m, torch.nn.BatchNorm2d) for m in network.modules())

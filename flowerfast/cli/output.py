@@ -126,23 +126,37 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 def _is_usage_error(exc: BaseException) -> bool:
     """click's UsageError, whether from click itself or from the copy newer typer versions carry."""
     names = {cls.__name__ for cls in type(exc).__mro__}
-    return "UsageError" in names and "NoArgsIsHelpError" not in names  # a bare command shows its help
+    usage = "UsageError" in names and hasattr(exc, "format_message")
+    return usage and "NoArgsIsHelpError" not in names  # a bare command shows its help
+
+
+def _help_path(group_ctx) -> str:
+    """The command an error without a context is about: the subcommand being parsed, if any."""
+    if group_ctx is None:
+        return "flowerfast"
+    sub = getattr(group_ctx, "invoked_subcommand", None)
+    return f"{group_ctx.command_path} {sub}" if sub else group_ctx.command_path
 
 
 @contextlib.contextmanager
-def one_line_usage_errors() -> Iterator[None]:
+def one_line_usage_errors(group_ctx=None) -> Iterator[None]:
     """A usage mistake (unknown option, bad value, missing argument) as one ``error:`` line that
-    says where help is, like every other error, instead of click's boxed usage panel."""
+    says where help is, like every other error, instead of click's boxed usage panel.
+
+    ``group_ctx`` (the command group's context) names the help to point to when the error does
+    not say which command it is about.
+    """
     try:
         yield
     except Exception as exc:
         if not _is_usage_error(exc):
             raise
-        where = exc.ctx.command_path if exc.ctx is not None else "flowerfast"
+        ctx = getattr(exc, "ctx", None)
+        where = ctx.command_path if ctx is not None else _help_path(group_ctx)
         message = " ".join(exc.format_message().split())
         err_console.print(f"[bold red]error:[/bold red] {escape(message)} (see {escape(where)} --help)",
                           soft_wrap=True)
-        raise typer.Exit(exc.exit_code) from None
+        raise typer.Exit(getattr(exc, "exit_code", 2)) from None
 
 
 class OneLineUsageErrors(typer.core.TyperGroup):
@@ -153,7 +167,7 @@ class OneLineUsageErrors(typer.core.TyperGroup):
             return super().make_context(info_name, args, parent=parent, **extra)
 
     def invoke(self, ctx):
-        with one_line_usage_errors():
+        with one_line_usage_errors(ctx):
             return super().invoke(ctx)
 
 
