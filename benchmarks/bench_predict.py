@@ -67,13 +67,12 @@ def plain_loop(network, spec, paths, bs, workers, device):
     return torch.cat(out)
 
 
-def network_alone(network, spec, paths, bs, device, repeat):
-    """The network's own speed on batches decoded and normalised beforehand (images/s)."""
+def network_alone(model, paths, bs, repeat):
+    """The loaded model's network on batches decoded and normalised beforehand (images/s)."""
+    network, spec, device = model.network, model.spec, model.device
     dataset = ImageFileDataset(paths, spec.size)
     decoded = [image for _, image, error in (dataset[i] for i in range(len(dataset))) if error is None]
-    x = normalise(torch.stack(decoded), spec.mean, spec.std).to(device)
-    if device.type in ("cpu", "cuda"):
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = normalise(torch.stack(decoded), spec.mean, spec.std).to(device).contiguous(memory_format=model.memory_format)
 
     def run():
         for i in range(0, len(x), bs):
@@ -140,7 +139,7 @@ def main() -> int:
     preds, t_ff = best_of(args.repeat, lambda: model.predict(paths, bs=args.bs))
     _, t_plain = best_of(args.repeat, lambda: plain_loop(plain_network, model.spec, paths, args.bs, workers, device))
     ff_rate, plain_rate = len(paths) / t_ff, len(paths) / t_plain
-    alone_rate = network_alone(model.network, model.spec, paths[:512], args.bs, device, args.repeat)
+    alone_rate = network_alone(model, paths[:512], args.bs, args.repeat)
 
     learn = fastai_learner(model_path, model.spec, paths, device)
     sub = paths[: args.fastai_n]

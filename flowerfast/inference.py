@@ -182,7 +182,7 @@ class LoadedModel:
     source: Path
     transform: Optional[Callable[[Path], torch.Tensor]] = None  # file to uint8 CHW; None: :func:`preprocess`
     batch_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None  # uint8 batch to input; None: :func:`normalise`
-    channels_last: bool = False  # feed the network NHWC batches (see :func:`for_inference`)
+    memory_format: torch.memory_format = torch.contiguous_format  # of the batches (see :func:`inference_layout`)
 
     @property
     def classes(self) -> list[str]:
@@ -214,8 +214,7 @@ class LoadedModel:
                     x = self.batch_transform(images)
                 else:
                     x = normalise(images, self.spec.mean, self.spec.std)
-                if self.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
+                x = x.contiguous(memory_format=self.memory_format)
                 rows.append(torch.softmax(self.network(x).float(), dim=-1).cpu())
         probs = torch.cat(rows) if rows else torch.zeros(0, self.spec.n_classes)
         return paths, probs, errors
@@ -246,7 +245,10 @@ def predictions_from(paths: Sequence[Path], probs: torch.Tensor, errors: dict[in
 # Loading
 
 
-CHANNELS_LAST_DEVICES = ("cpu", "cuda")
+def inference_layout(device: torch.device) -> torch.memory_format:
+    """Channels-last (NHWC) on CPUs and CUDA GPUs, whose convolutions (oneDNN, cuDNN) run faster
+    in it; the usual NCHW elsewhere. For the networks flowerfast builds and the batches fed to them."""
+    return torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
 
 
 def fold_batch_norms(network: torch.nn.Module) -> torch.nn.Module:
@@ -282,18 +284,15 @@ def fold_batch_norms(network: torch.nn.Module) -> torch.nn.Module:
 
 
 def for_inference(network: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """Eval mode on ``device``, batch norms folded (:func:`fold_batch_norms`), in channels-last
-    memory layout on CPUs and CUDA GPUs.
+    """Eval mode on ``device``, batch norms folded (:func:`fold_batch_norms`), in the memory layout
+    of :func:`inference_layout`.
 
-    Why channels-last: oneDNN (CPU) and cuDNN run convolutions faster on NHWC tensors; on a
-    2-core CPU a resnet18 at 128px goes from about 68 to 90 images/s. The results are the same
-    to float rounding. Only for networks flowerfast builds (ResNet, VGG and other torchvision
-    bodies with its own head): a fastai export's custom layers may not accept NHWC tensors.
+    Why channels-last: on a 2-core CPU a resnet18 at 128px goes from about 68 to 90 images/s. The
+    results are the same to float rounding. Only for networks flowerfast builds (ResNet, VGG and
+    other torchvision bodies with its own head): a fastai export's custom layers may not accept
+    NHWC tensors.
     """
-    network = fold_batch_norms(network.eval()).to(device)
-    if device.type in CHANNELS_LAST_DEVICES:
-        network = network.to(memory_format=torch.channels_last)
-    return network
+    return fold_batch_norms(network.eval()).to(device, memory_format=inference_layout(device))
 
 
 def is_pickle_file(path: Path) -> bool:
@@ -327,7 +326,7 @@ def load_model(path: Path | str, device: Optional[str | torch.device] = None,
         raise FlowerfastError(f"model not found: {path}")
     network, spec = load_classifier(path, device=dev)
     return LoadedModel(network=for_inference(network, dev), spec=spec, device=dev, source=path,
-                       channels_last=dev.type in CHANNELS_LAST_DEVICES)
+                       memory_format=inference_layout(dev))
 
 
 class FastaiItemTransform:

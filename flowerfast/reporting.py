@@ -253,11 +253,11 @@ def measure_inference(run_dir: Path, device: Optional[str] = None, batch_size: i
     """
     import torch
 
-    from .inference import CHANNELS_LAST_DEVICES, for_inference
+    from .inference import for_inference, inference_layout
     from .model import load_classifier
 
     device = device or _current_device()
-    layout = torch.channels_last if torch.device(device).type in CHANNELS_LAST_DEVICES else torch.contiguous_format
+    layout = inference_layout(torch.device(device))
     cache = Path(run_dir) / LATENCY_FILE
     if cache.is_file():
         try:
