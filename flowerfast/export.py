@@ -10,7 +10,6 @@ is caught here and not in production.
 from __future__ import annotations
 
 import copy
-
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,7 +118,8 @@ def export_model(model_or_path, format: str = "onnx", out: Optional[Path | str] 
         raise FlowerfastError(f"output folder does not exist: {path.parent}")
     # A plain-layout copy: the exported weights should not depend on the layout used for speed here.
     wrapped = WithSoftmax(copy.deepcopy(model.network).to(memory_format=torch.contiguous_format)).eval()
-    example = torch.randn(2, len(model.spec.mean), model.spec.size, model.spec.size, generator=torch.Generator().manual_seed(0))
+    shape = (len(model.spec.mean), model.spec.size, model.spec.size)  # channels, height, width
+    example = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
     data = _export_onnx(wrapped, example) if fmt == "onnx" else _export_torchscript(wrapped, example)
     from .runs import atomic_write_bytes, write_json
 
@@ -127,7 +127,7 @@ def export_model(model_or_path, format: str = "onnx", out: Optional[Path | str] 
     info_path = write_json(path.with_name(path.name + ".json"), preprocessing_info(model, fmt))
     diff = float("nan")
     if check:
-        check_batch = torch.randn(3, len(model.spec.mean), model.spec.size, model.spec.size, generator=torch.Generator().manual_seed(1))
+        check_batch = torch.randn(3, *shape, generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
             expected = wrapped(check_batch)
         actual = run_onnx(path, check_batch) if fmt == "onnx" else run_torchscript(path, check_batch)

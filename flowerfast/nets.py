@@ -7,8 +7,8 @@ including ResNeXt and wide ResNets, and VGG) that layout is short enough to stat
 
 The modules, their order and their parameter names are exactly torchvision's, so the same weights
 load into either; ``tests/test_nets.py`` checks every name in :data:`BODIES` against torchvision,
-layer by layer, and the outputs of one member of each kind of block. Other architectures are built with torchvision (see
-:func:`flowerfast.model.build_classifier`).
+layer by layer, and the outputs of one member of each kind of block. Other architectures are
+built with torchvision (see :func:`flowerfast.model.build_classifier`).
 """
 
 from __future__ import annotations
