@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 
 import flowerfast
-from flowerfast.data import SplitRow, _image_files_under
-from flowerfast.learner import resolve_device
+from flowerfast.devices import resolve_device
+from flowerfast.imagefiles import image_files_under
+from flowerfast.runfolder import SplitRow
 from flowerfast.model import load_classifier
 from flowerfast.inference import ImageFileDataset, collate_images, default_workers, normalise
 
@@ -114,7 +115,7 @@ def main() -> int:
     if not args.data.is_dir():
         print(f"data folder not found: {args.data} (pass --data)")
         return 1
-    paths = _image_files_under(args.data)[: args.n]
+    paths = image_files_under(args.data)[: args.n]
     if not paths:
         print(f"no images in {args.data}")
         return 1

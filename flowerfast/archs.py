@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import FlowerfastError
+from .weights import load_state_into, read_state_dict
 
 FEATURED = {
     "resnet152": "ResNet-152, the flower report's main model",
@@ -114,70 +115,45 @@ def download_pretrained_state(name: str) -> tuple[dict, str]:
     return state, f"imagenet:{weights}"
 
 
-def read_state_dict(path: Path) -> dict:
-    """Read a state dict from safetensors or a torch file, never running pickled code.
+# --- the body cut: feature layers kept, ImageNet classifier dropped ----------------------------
 
-    torch files are read with ``weights_only=True``: tensors and plain containers only.
-    Checkpoints that wrap the state dict (``{"model": ...}`` or ``{"state_dict": ...}``, as
-    torchvision's reference scripts and Lightning write them) are unwrapped.
+def _is_classifier_tail(module) -> bool:
+    """Layers at the end of a torchvision model that belong to its ImageNet classifier."""
+    import torch.nn as nn
+
+    tail_types = (nn.Linear, nn.Dropout, nn.Flatten, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d)
+    if isinstance(module, tail_types):
+        return True
+    if isinstance(module, nn.Sequential):
+        parts = list(module.children())
+        return any(isinstance(p, nn.Linear) for p in parts) or (
+            bool(parts) and isinstance(parts[-1], (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)))
+    return False
+
+
+def body_cut(backbone) -> int:
+    """How many top-level children form the feature body: all but the classifier tail.
+
+    For ResNets and VGGs this is fastai's own cut (-2: drop pooling and classifier).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FlowerfastError(f"weights file not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            import torch
-
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FlowerfastError(f"cannot read weights file {path}: {first}") from None
-    if isinstance(state, dict):
-        for key in ("model", "state_dict", "model_state_dict"):
-            if key in state and isinstance(state[key], dict):
-                state = state[key]
-                break
-    if not isinstance(state, dict) or not all(hasattr(v, "shape") for v in state.values()):
-        raise FlowerfastError(f"weights file {path} does not hold a state dict (name -> tensor)")
-    return state
+    children = list(backbone.children())
+    cut = len(children)
+    while cut > 0 and _is_classifier_tail(children[cut - 1]):
+        cut -= 1
+    if cut == 0:
+        raise FlowerfastError(f"cannot find the feature layers of {type(backbone).__name__}")
+    return cut
 
 
-def load_state_into(model, state: dict, what: str, arch: str, ignore_prefixes: tuple[str, ...] = ()) -> None:
-    """Load ``state`` strictly, turning key and shape mismatches into one readable error.
+def cut_body(backbone, cut: int):
+    """The first ``cut`` top-level children of ``backbone``: its feature body."""
+    import torch.nn as nn
 
-    Keys under ``ignore_prefixes`` (layers that will be cut off, such as an ImageNet classifier
-    with another number of classes) are left out on both sides.
-    """
-    if ignore_prefixes:
-        state = {k: v for k, v in state.items() if not k.startswith(ignore_prefixes)}
-    expected = {k: v for k, v in model.state_dict().items() if not k.startswith(ignore_prefixes)}
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [
-        f"{k} (file {tuple(state[k].shape)}, model {tuple(expected[k].shape)})"
-        for k in expected
-        if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
-    if shapes:
-        problems.append(f"{len(shapes)} shape mismatches (e.g. {'; '.join(shapes[:2])})")
-    if problems:
-        raise FlowerfastError(f"{what} does not fit {arch}: {', '.join(problems)}")
-    model.load_state_dict(state, strict=not ignore_prefixes)
+    return nn.Sequential(*list(backbone.children())[:cut])
 
 
 def classifier_prefixes(model) -> tuple[str, ...]:
     """State-dict prefixes of the layers that the body cut drops (the ImageNet classifier)."""
-    from .model import body_cut
-
     names = [name for name, _ in model.named_children()]
     return tuple(f"{name}." for name in names[body_cut(model):])
 

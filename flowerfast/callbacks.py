@@ -7,7 +7,8 @@ from typing import Callable, Optional
 
 from fastai.callback.core import Callback
 
-from .progress import EpochRecord, Reporter
+from .progress import Reporter
+from .runfolder import EpochRecord
 
 
 class EpochStats(Callback):

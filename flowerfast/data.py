@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from .errors import FlowerfastError
+from .imagefiles import check_image, image_files_under, is_hidden
+from .runfolder import SplitRow, read_split_csv
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 VALID_FOLDER_NAMES = ("valid", "val")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -32,15 +33,6 @@ class SkippedFile:
 
     path: Path
     reason: str
-
-
-@dataclass(frozen=True)
-class SplitRow:
-    """One image of a run: its file, its class and which side of the split it is on."""
-
-    file: Path
-    label: str
-    is_valid: bool
 
 
 @dataclass
@@ -80,48 +72,14 @@ class FlowerData:
         return sum(r.is_valid for r in self.rows)
 
 
-def _is_hidden(name: str) -> bool:
-    return name.startswith(".") or name.startswith("__")
-
-
-def _image_files_under(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursively), hidden files and folders ignored, sorted."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
-        for name in filenames:
-            if not _is_hidden(name) and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                found.append(Path(dirpath) / name)
-    return sorted(found)
-
-
-def check_image(path: Path) -> Optional[str]:
-    """Return why ``path`` is not a usable image, or ``None`` if it is.
-
-    ``verify`` catches broken headers; a reduced-size decode (JPEG draft mode, cheap even for big
-    photos) catches truncated data that ``verify`` lets through.
-    """
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im.verify()
-        with Image.open(path) as im:
-            im.draft("RGB", (64, 64))
-            im.load()
-    except Exception as exc:  # PIL raises many types for bad files; every one means "skip it"
-        return f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
-    return None
-
-
 def _class_folders(parent: Path) -> list[Path]:
-    return sorted(p for p in parent.iterdir() if p.is_dir() and not _is_hidden(p.name))
+    return sorted(p for p in parent.iterdir() if p.is_dir() and not is_hidden(p.name))
 
 
 def _scan_classes(parent: Path, files: list, labels: list, skipped: list, check: bool) -> list[str]:
     classes = []
     for folder in _class_folders(parent):
-        images = _image_files_under(folder)
+        images = image_files_under(folder)
         good = []
         for path in images:
             reason = check_image(path) if check else None
@@ -164,7 +122,7 @@ def scan_image_folder(root: Path | str, check: bool = True) -> ImageFolder:
     skipped: list[SkippedFile] = []
     presplit = _presplit_folders(root)
     if presplit is None:
-        if not any(_image_files_under(root)):
+        if not any(image_files_under(root)):
             raise FlowerfastError(f"no images found in {root} (expected one folder per class, e.g. {root}/daisy/1.jpg)")
         classes = _scan_classes(root, files, labels, skipped, check)
         preset = None
@@ -200,34 +158,6 @@ def split_rows(folder: ImageFolder, valid_pct: float = 0.2, seed: int = 42) -> l
     if all(r.is_valid for r in rows):
         raise FlowerfastError("the training set is empty: add images or lower --valid-pct")
     return rows
-
-
-def write_split_csv(rows: Sequence[SplitRow], path: Path, root: Path) -> Path:
-    """Write ``file,label,is_valid`` with files relative to the data root (portable across machines)."""
-    from .runs import write_csv
-
-    return write_csv(path, ["file", "label", "is_valid"],
-                     ([relative_path(r.file, root), r.label, int(r.is_valid)] for r in rows))
-
-
-def read_split_csv(path: Path, root: Optional[Path] = None) -> list[SplitRow]:
-    """Read a ``split.csv`` back; relative files are resolved against ``root`` when given."""
-    from .runs import read_csv
-
-    rows = []
-    for rec in read_csv(path):
-        f = Path(rec["file"])
-        if root is not None and not f.is_absolute():
-            f = Path(root) / f
-        rows.append(SplitRow(f, rec["label"], rec["is_valid"] in ("1", "True", "true")))
-    return rows
-
-
-def relative_path(path: Path, root: Path) -> str:
-    try:
-        return Path(path).relative_to(root).as_posix()
-    except ValueError:
-        return str(path)
 
 
 def train_transforms(size: int):

@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .data import SkippedFile, relative_path, scan_image_folder
+from .data import SkippedFile, scan_image_folder
+from .runfolder import relative_path
 from .errors import FlowerfastError
 from .inference import LoadedModel, as_loaded_model
 

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 
-from .data import IMAGE_EXTENSIONS, _image_files_under
+from .imagefiles import collect_image_paths, describe_error
 from .errors import FlowerfastError
 from .model import ModelSpec
 
@@ -32,34 +32,6 @@ VALID_EXTRA = 0.14  # fastai RandomResizedCrop's val_xtra: the border cropped aw
 # Finding the images
 
 
-def collect_image_paths(paths: Iterable[Path | str]) -> list[Path]:
-    """Files, folders (recursive; hidden and non-image files ignored) and globs, in order, once each.
-
-    A file named explicitly is kept whatever its extension: if it is not an image, it is reported
-    as unreadable rather than silently dropped.
-    """
-    found: list[Path] = []
-    for raw in paths:
-        p = Path(raw).expanduser()
-        if p.is_dir():
-            found.extend(_image_files_under(p))
-        elif p.is_file():
-            found.append(p)
-        else:
-            matches = sorted(glob.glob(str(p), recursive=True)) if glob.has_magic(str(p)) else []
-            if not matches:
-                raise FlowerfastError(f"no such file or folder: {raw}")
-            for m in map(Path, matches):
-                if m.is_dir():
-                    found.extend(_image_files_under(m))
-                elif m.is_file() and m.suffix.lower() in IMAGE_EXTENSIONS and not m.name.startswith("."):
-                    found.append(m)
-    unique = list(dict.fromkeys(found))
-    if not unique:
-        raise FlowerfastError(f"no images found in {', '.join(str(p) for p in paths)}")
-    return unique
-
-
 # ----------------------------------------------------------------------------------------------
 # Preprocessing
 
@@ -67,10 +39,6 @@ def collect_image_paths(paths: Iterable[Path | str]) -> list[Path]:
 def resize_size(size: int) -> int:
     """The square size fastai's RandomResizedCrop squashes a validation image to before cropping."""
     return size + math.ceil(size * VALID_EXTRA / 8) * 8
-
-
-def decode_error(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
 
 
 def preprocess(path: Path | str, size: int) -> torch.Tensor:
@@ -113,7 +81,7 @@ class ImageFileDataset(torch.utils.data.Dataset):
             image = self.transform(self.paths[i]) if self.transform else preprocess(self.paths[i], self.size)
             return i, image, None
         except Exception as exc:  # every decode failure means "report this file, go on"
-            return i, None, decode_error(exc)
+            return i, None, describe_error(exc)
 
 
 def collate_images(items):
@@ -313,7 +281,7 @@ def load_model(path: Path | str, device: Optional[str | torch.device] = None,
 
     ``device`` is ``auto`` (the default), ``cpu``, ``cuda``, ``mps`` or a torch device.
     """
-    from .learner import resolve_device
+    from .devices import resolve_device
     from .model import load_classifier
 
     path = Path(path).expanduser()
@@ -398,7 +366,7 @@ def _load_fastai_export(path: Path, device: torch.device) -> LoadedModel:
     try:
         learn = load_learner(path, cpu=device.type == "cpu")
     except Exception as exc:
-        raise FlowerfastError(f"cannot load fastai learner {path}: {decode_error(exc)}") from None
+        raise FlowerfastError(f"cannot load fastai learner {path}: {describe_error(exc)}") from None
     learn.dls.to(device)  # the Normalize statistics, on the device the batches will be on
     item_size = None
     for tfm in learn.dls.after_item.fs:

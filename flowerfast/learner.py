@@ -16,35 +16,10 @@ from typing import Optional
 import torch
 
 from .archs import WeightsInfo, load_backbone
+from .devices import resolve_device
 from .data import FlowerData
 from .errors import FlowerfastError
 from .model import ModelSpec, assemble_classifier
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then Apple MPS, then the CPU; an explicit device must exist."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise FlowerfastError("--device cuda was asked for, but no CUDA GPU is available (try --device auto)")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
-        raise FlowerfastError("--device mps was asked for, but Apple MPS is not available (try --device auto)")
-    if name not in ("cpu", "cuda", "mps"):
-        raise FlowerfastError(f"unknown device {name!r}: use auto, cpu, cuda or mps")
-    return torch.device(name)
-
-
-def resolve_workers(workers: Optional[int], device: torch.device) -> int:
-    """Data-loading processes: on a CPU they would fight the model for cores, on a GPU they feed it."""
-    if workers is not None:
-        return workers
-    if device.type == "cpu":
-        return 0
-    return min(8, os.cpu_count() or 1)
 
 
 @dataclass

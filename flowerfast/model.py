@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from .archs import body_cut, cut_body
 from .errors import FlowerfastError
 
 FORMAT_VERSION = 1
@@ -50,36 +51,6 @@ def build_head(num_features: int, n_classes: int):
         nn.Dropout(HEAD_DROPOUT[1]),
         nn.Linear(HEAD_HIDDEN, n_classes, bias=False),
     )
-
-
-def _is_classifier_tail(module) -> bool:
-    """Layers at the end of a torchvision model that belong to its ImageNet classifier."""
-    tail_types = (nn.Linear, nn.Dropout, nn.Flatten, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d)
-    if isinstance(module, tail_types):
-        return True
-    if isinstance(module, nn.Sequential):
-        parts = list(module.children())
-        return any(isinstance(p, nn.Linear) for p in parts) or (
-            bool(parts) and isinstance(parts[-1], (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)))
-    return False
-
-
-def body_cut(backbone) -> int:
-    """How many top-level children form the feature body: all but the classifier tail.
-
-    For ResNets and VGGs this is fastai's own cut (-2: drop pooling and classifier).
-    """
-    children = list(backbone.children())
-    cut = len(children)
-    while cut > 0 and _is_classifier_tail(children[cut - 1]):
-        cut -= 1
-    if cut == 0:
-        raise FlowerfastError(f"cannot find the feature layers of {type(backbone).__name__}")
-    return cut
-
-
-def cut_body(backbone, cut: int):
-    return nn.Sequential(*list(backbone.children())[:cut])
 
 
 def body_features(body, arch: str, size: int = 64) -> int:
@@ -178,9 +149,11 @@ def model_paths(path: Path) -> tuple[Path, Path]:
 
     A run folder resolves to its best model (``best.*``), else its final one.
     """
+    from .runfolder import BEST, FINAL
+
     path = Path(path).expanduser()
     if path.is_dir():
-        for stem in ("best", "final", "model"):
+        for stem in (BEST, FINAL, "model"):
             if (path / f"{stem}.safetensors").exists():
                 path = path / f"{stem}.safetensors"
                 break
@@ -216,7 +189,7 @@ def load_classifier(path: Path, device: Optional[str] = None):
     """
     from safetensors.torch import load_file
 
-    from .archs import load_state_into
+    from .weights import load_state_into
 
     weights_path, json_path = model_paths(path)
     spec = read_spec(json_path)

@@ -7,41 +7,10 @@ terminal, or one clean line per epoch in logs and CI (``flowerfast.cli.output``)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-
-@dataclass
-class EpochRecord:
-    """One row of ``history.csv``: what one epoch did.
-
-    ``train_accuracy_aug`` is measured on the augmented training batches as the model saw them
-    (in training mode, dropout on), so it is not comparable with ``valid_accuracy`` one to one.
-    ``train_accuracy_clean`` is measured after the epoch in eval mode on a fixed, un-augmented
-    sample of the training images: the honest figure to set against ``valid_accuracy``.
-    ``lr`` is the head's learning rate at the end of the epoch.
-    """
-
-    epoch: int
-    phase: str
-    train_loss: float
-    train_accuracy_aug: float
-    valid_loss: float
-    valid_accuracy: float
-    lr: float
-    seconds: float
-    train_accuracy_clean: Optional[float] = None
-
-    FIELDS = ("epoch", "phase", "train_loss", "train_accuracy_aug", "train_accuracy_clean", "valid_loss",
-              "valid_accuracy", "lr", "seconds")
-
-    def as_row(self) -> list:
-        """Values for ``history.csv``, floats to 6 significant digits."""
-        return [_round(getattr(self, f)) for f in self.FIELDS]
-
-
-def _round(value):
-    return float(f"{value:.6g}") if isinstance(value, float) else ("" if value is None else value)
+if TYPE_CHECKING:
+    from .runfolder import EpochRecord
 
 
 class Reporter:

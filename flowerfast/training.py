@@ -18,10 +18,13 @@ from typing import Any, Optional
 
 from .archs import check_arch
 from .config import LR_AUTO, TrainConfig
-from .data import FlowerData, class_counts, load_data, relative_path, write_split_csv
-from .learner import LearnerBundle, create_learner, resolve_device, resolve_workers
+from .data import FlowerData, class_counts, load_data
+from .runfolder import relative_path, write_split_csv
+from .devices import resolve_device, resolve_workers
+from .learner import LearnerBundle, create_learner
 from .model import count_parameters, library_versions, save_model
-from .progress import EpochRecord, NullReporter, Reporter
+from .progress import NullReporter, Reporter
+from .runfolder import EpochRecord
 from .runs import check_output_dir, create_run_dir, default_run_dir, write_csv, write_json
 
 DEFAULT_LR_PRETRAINED = 2e-3

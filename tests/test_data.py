@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-from flowerfast.data import (load_data, read_split_csv, rows_from_split_file, scan_image_folder, split_rows,
-                             write_split_csv)
+from flowerfast.data import load_data, rows_from_split_file, scan_image_folder, split_rows
+from flowerfast.runfolder import read_split_csv, write_split_csv
 from flowerfast.errors import FlowerfastError
 
 from .conftest import SAMPLE, make_folder, sample_files

@@ -9,7 +9,8 @@ import torch
 import torchvision
 
 from flowerfast.errors import FlowerfastError
-from flowerfast.model import (ModelSpec, assemble_classifier, body_cut, build_classifier, load_classifier,
+from flowerfast.archs import body_cut
+from flowerfast.model import (ModelSpec, assemble_classifier, build_classifier, load_classifier,
                               save_model)
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchvision
 
-from flowerfast.model import body_cut, cut_body
+from flowerfast.archs import body_cut, cut_body
 from flowerfast.nets import BODIES, build_body
 
 

@@ -45,7 +45,8 @@ def test_cli_json_equals_python_api(run_dir):
 def test_predictions_equal_fastai_validation(run_dir):
     """The training run's valid_predictions.csv comes from fastai's validation DataLoader: our
     preprocessing must reproduce it, and the preprocessed tensors must equal fastai's batch."""
-    from flowerfast.data import build_dataloaders, read_split_csv
+    from flowerfast.data import build_dataloaders
+    from flowerfast.runfolder import read_split_csv
     from flowerfast.inference import normalise, preprocess
 
     model = flowerfast.load_model(run_dir, device="cpu")

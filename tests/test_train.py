@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from flowerfast.data import read_split_csv
+from flowerfast.runfolder import read_split_csv
 from flowerfast.model import load_classifier
 
 from .conftest import SAMPLE, SHARED, invoke, make_folder, requires_shared

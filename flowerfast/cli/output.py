@@ -16,7 +16,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..errors import FlowerfastError
-from ..progress import EpochRecord, Reporter
+from ..progress import Reporter
+from ..runfolder import EpochRecord
 
 console = Console(highlight=False, soft_wrap=True)  # log lines are never wrapped
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
