@@ -31,8 +31,6 @@ ALPHA = 0.05
 CI_LEVEL = 0.95
 N_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
-LATENCY_FILE = "latency.json"
-LATENCY_BATCH = 8
 RUN_FILES = ("split.csv", "history.csv", "summary.json", "valid_predictions.csv", "best.safetensors", "best.json")
 CURVES_PLOT = "curves.png"
 PER_CLASS_PLOT = "per-class-accuracy.png"
@@ -235,65 +233,7 @@ def check_same_split(runs: Sequence[RunRecord], show: int = 3) -> None:
 
 # --- measurements -----------------------------------------------------------------------------
 
-def _current_device() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def measure_inference(run_dir: Path, device: Optional[str] = None, batch_size: int = LATENCY_BATCH,
-                      repeats: int = 3) -> dict:
-    """Latency of one image and throughput of a batch for the run's best model, on random input at
-    the model's image size. Kept short (a warm-up and a few timed calls): it ranks models, it is no
-    benchmark. Stored in ``latency.json`` in the run folder and reused for the same device, batch and layout.
-    """
-    import torch
-
-    from .inference import for_inference, inference_layout
-    from .model import load_classifier
-
-    device = device or _current_device()
-    layout = inference_layout(torch.device(device))
-    cache = Path(run_dir) / LATENCY_FILE
-    if cache.is_file():
-        try:
-            stored = read_json(cache)
-            if stored.get("device") == device and stored.get("batch_size") == batch_size \
-                    and stored.get("layout") == str(layout):
-                return stored
-        except (OSError, ValueError):
-            pass
-    model, spec = load_classifier(run_dir / "best.safetensors", device=device)
-    model = for_inference(model, torch.device(device))  # as predict runs it
-
-    def timed(x) -> float:
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        model(x)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
-
-    with torch.inference_mode():
-        one = torch.randn(1, 3, spec.size, spec.size, device=device).contiguous(memory_format=layout)
-        batch = torch.randn(batch_size, 3, spec.size, spec.size, device=device).contiguous(memory_format=layout)
-        for _ in range(2):  # warm-up: allocator, kernel selection, caches
-            timed(one), timed(batch)
-        single = sorted(timed(one) for _ in range(2 * repeats + 1))[repeats]  # the median
-        batched = sum(timed(batch) for _ in range(repeats))
-    result = {"device": device, "batch_size": batch_size, "layout": str(layout), "image_size": spec.size,
-              "latency_ms_per_image": 1000 * single, "images_per_second": batch_size * repeats / batched,
-              "threads": torch.get_num_threads() if device == "cpu" else None}
-    try:
-        write_json(cache, result)
-    except OSError:  # a read-only run folder: the report still has the figures
-        pass
-    return result
+from .latency import measure_inference  # noqa: E402
 
 
 def _per_class(run: RunRecord) -> tuple[dict, list[list[int]]]:
