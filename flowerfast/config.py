@@ -1,7 +1,10 @@
-"""Run configuration: one dataclass that holds every option of a training or lr-find run.
+"""Run configuration: the options a person gives (:class:`TrainConfig`, the one source of
+defaults, read by the CLI too) and what they resolve to on this machine (:class:`ResolvedConfig`).
 
-The same object is built by the CLI and by Python callers, validated in one place, and written to
-``config.json`` so that a run can be understood (and repeated) from its folder alone.
+Resolution happens in one step, :func:`resolve`, before the first epoch: device, data-loading
+processes, learning rate (a number, the default for the weights in use, or lr-find's valley), frozen
+epochs, the body's learning rate, where the weights came from and any warnings, as data. The result
+is written once to ``config.json``, so a run can be understood (and repeated) from its folder alone.
 """
 
 from __future__ import annotations
@@ -15,6 +18,10 @@ from .errors import FlowerfastError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 LR_AUTO = "auto"
+DEFAULT_LR_PRETRAINED = 2e-3
+DEFAULT_LR_SCRATCH = 3e-3
+BODY_LR_DIVISOR = 100
+PATH_OPTIONS = ("data", "weights", "out", "split_file")
 
 
 @dataclass
@@ -85,6 +92,126 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (paths as strings)."""
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+
+    def with_options(self, **options) -> "TrainConfig":
+        """A copy with ``options`` applied (paths coerced to ``Path``), validated.
+
+        ``train(config, epochs=3)`` and ``compare(archs, config, size=64)`` both go through here, so
+        an unknown keyword is refused the same way everywhere.
+        """
+        unknown = set(options) - {f.name for f in dataclasses.fields(TrainConfig)}
+        if unknown:
+            raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
+        config = dataclasses.replace(self, **options, extra=dict(options.get("extra", self.extra)))
+        for name in PATH_OPTIONS:
+            value = getattr(config, name)
+            if value is not None and not isinstance(value, Path):
+                setattr(config, name, Path(value))
+        return config.validate()
+
+
+DEFAULTS = TrainConfig()
+"""The defaults of every option, for the CLI and the library functions that take single options."""
+
+
+def make_config(config: Optional[TrainConfig] = None, **options) -> TrainConfig:
+    """``config`` (or the defaults) with ``options`` applied, validated."""
+    return (config or TrainConfig()).with_options(**options)
+
+
+def default_lr(pretrained: bool) -> float:
+    """The head's peak learning rate when none is given: lower for pretrained weights, which are
+    already close to a good solution."""
+    return DEFAULT_LR_PRETRAINED if pretrained else DEFAULT_LR_SCRATCH
+
+
+def default_freeze_epochs(pretrained: bool) -> int:
+    """One epoch of head-only training first protects pretrained features from the large, random
+    gradients of a new head; from random weights there is nothing to protect."""
+    return 1 if pretrained else 0
+
+
+def body_lr(lr: float, pretrained: bool) -> float:
+    """The lowest (first) body layer group's peak learning rate: fastai's ``slice(lr / 100, lr)``
+    spreads the groups geometrically from this value up to the head's ``lr``."""
+    return lr / BODY_LR_DIVISOR if pretrained else lr
+
+
+@dataclass
+class ResolvedConfig:
+    """What a run's options became on this machine and this data: ``config.json``.
+
+    ``options`` is what was asked for; every other field is decided by :func:`resolve`. ``lr`` is
+    ``None`` only for an lr-find run (which chooses no learning rate).
+    """
+
+    options: TrainConfig
+    data: str
+    out: str
+    classes: list[str]
+    n_train: int
+    n_valid: int
+    preset_split: bool
+    skipped: list[dict[str, str]]
+    bs: int
+    device: str
+    workers: int
+    mixed_precision: bool
+    pretrained: bool
+    weights_source: str
+    warnings: list[str]
+    versions: dict[str, str]
+    lr: Optional[float] = None
+    lr_find: Optional[dict[str, float]] = None
+    freeze_epochs: Optional[int] = None
+    body_lr: Optional[float] = None
+
+    @property
+    def phases(self) -> list[tuple[str, int]]:
+        """``[("frozen", n), ("full", epochs)]``: the one-cycle fits a training run makes, in order."""
+        frozen = [("frozen", self.freeze_epochs)] if self.freeze_epochs else []
+        return frozen + [("full", self.options.epochs)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """``config.json``: the options as given, overlaid with what they resolved to (one flat dict)."""
+        out = self.options.to_dict()
+        for f in dataclasses.fields(self):
+            if f.name != "options":
+                out[f.name] = getattr(self, f.name)
+        out["pretrained_requested"] = self.options.pretrained
+        return out
+
+
+def resolve(options: TrainConfig, *, data, run_dir: Path, device, workers: int, mixed_precision: bool,
+            weights, versions: dict[str, str], training: bool = True, lr_finder=None) -> ResolvedConfig:
+    """Decide everything the options left open, in one place, before the first epoch.
+
+    ``data`` is the :class:`flowerfast.data.FlowerData`, ``weights`` the backbone's
+    :class:`flowerfast.archs.WeightsInfo`. For a training run the learning rate is the one given,
+    the default for the weights in use, or (``lr="auto"``) the valley suggestion of ``lr_finder``,
+    a function that runs lr-find and returns its suggestions. An lr-find run (``training=False``)
+    resolves no learning rate and no phases.
+    """
+    pretrained = weights.pretrained
+    lr = found = freeze = lower = None
+    if training:
+        if options.lr == LR_AUTO:
+            if lr_finder is None:
+                raise ValueError("lr='auto' needs an lr_finder")
+            found = dict(lr_finder())
+            lr = float(found["valley"])
+        else:
+            lr = float(options.lr) if options.lr is not None else default_lr(pretrained)
+        freeze = options.freeze_epochs if options.freeze_epochs is not None else default_freeze_epochs(pretrained)
+        lower = body_lr(lr, pretrained)
+    return ResolvedConfig(
+        options=options, data=str(data.root), out=str(run_dir), classes=list(data.classes), n_train=data.n_train,
+        n_valid=data.n_valid, preset_split=data.preset_split,
+        skipped=[{"file": str(s.path), "reason": s.reason} for s in data.skipped], bs=data.bs, device=str(device),
+        workers=workers, mixed_precision=mixed_precision, pretrained=pretrained, weights_source=weights.source,
+        warnings=[weights.note] if weights.note else [], versions=versions,
+        lr=lr, lr_find=found, freeze_epochs=freeze, body_lr=lower,
+    )
 
 
 def parse_lr(value: Union[float, str, None]) -> Union[float, str, None]:

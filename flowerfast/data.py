@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
+from .config import DEFAULTS
 from .errors import FlowerfastError
 from .imagefiles import check_image, image_files_under, is_hidden
 from .runfolder import SplitRow, read_split_csv
@@ -142,7 +143,7 @@ def scan_image_folder(root: Path | str, check: bool = True) -> ImageFolder:
     return ImageFolder(root=root, classes=classes, files=files, labels=labels, skipped=skipped, preset_split=preset)
 
 
-def split_rows(folder: ImageFolder, valid_pct: float = 0.2, seed: int = 42) -> list[SplitRow]:
+def split_rows(folder: ImageFolder, valid_pct: float = DEFAULTS.valid_pct, seed: int = DEFAULTS.seed) -> list[SplitRow]:
     """Assign each image to train or valid: the folder's own split, or fastai's RandomSplitter."""
     if folder.preset_split is not None:
         is_valid = folder.preset_split
@@ -178,7 +179,7 @@ def train_transforms(size: int):
 
 
 def build_dataloaders(rows: Sequence[SplitRow], classes: Sequence[str], size: int, bs: int,
-                      workers: int = 0, device=None, seed: int = 42):
+                      workers: int = 0, device=None, seed: int = DEFAULTS.seed):
     """fastai DataBlock over the split rows: one DataLoaders with train and valid."""
     from fastai.data.block import CategoryBlock, DataBlock
     from fastai.data.transforms import IndexSplitter, ItemGetter
@@ -214,8 +215,9 @@ def rows_from_split_file(folder: ImageFolder, split_file: Path) -> list[SplitRow
     return rows
 
 
-def load_data(data: Optional[Path | str] = None, size: int = 224, bs: int = 32, valid_pct: float = 0.2,
-              seed: int = 42, workers: int = 0, device=None, split_file: Optional[Path] = None) -> FlowerData:
+def load_data(data: Optional[Path | str] = None, size: int = DEFAULTS.size, bs: int = DEFAULTS.bs,
+              valid_pct: float = DEFAULTS.valid_pct, seed: int = DEFAULTS.seed, workers: int = 0, device=None,
+              split_file: Optional[Path] = None) -> FlowerData:
     """Scan a data folder, split it and build DataLoaders. ``data=None`` uses the embedded sample.
 
     ``split_file`` reuses an earlier run's ``split.csv`` instead of splitting anew.

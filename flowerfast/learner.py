@@ -7,19 +7,33 @@ Adam optimiser, the body/head parameter groups used for freezing, and ``fit_one_
 
 from __future__ import annotations
 
-import os
+import contextlib
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 
 from .archs import WeightsInfo, load_backbone
-from .devices import resolve_device
+from .config import DEFAULTS
 from .data import FlowerData
-from .errors import FlowerfastError
+from .devices import resolve_device
 from .model import ModelSpec, assemble_classifier
+
+
+@contextlib.contextmanager
+def learner_workspace() -> Iterator[Path]:
+    """A scratch folder for a Learner (fastai's ``lr_find`` saves and restores the weights there),
+    removed on every way out: success, an error, Ctrl-C, or SIGTERM turned into an exception by the
+    CLI. Nothing a run keeps is written here; the run folder holds those files.
+    """
+    path = Path(tempfile.mkdtemp(prefix="flowerfast-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @dataclass
@@ -33,12 +47,15 @@ class LearnerBundle:
     mixed_precision: bool
 
 
-def create_learner(data: FlowerData, arch: str = "resnet152", size: int = 224, pretrained: Optional[bool] = None,
-                   weights: Optional[Path] = None, device: Optional[torch.device] = None,
-                   mixed_precision: Optional[bool] = None) -> LearnerBundle:
+def create_learner(data: FlowerData, arch: str = DEFAULTS.arch, size: int = DEFAULTS.size,
+                   pretrained: Optional[bool] = DEFAULTS.pretrained, weights: Optional[Path] = None,
+                   device: Optional[torch.device] = None, mixed_precision: Optional[bool] = None,
+                   path: Optional[Path] = None) -> LearnerBundle:
     """Build the classifier for ``data.classes`` and wrap it in a fastai Learner (Adam, accuracy).
 
     ``mixed_precision`` defaults to on for CUDA (about twice the throughput), off elsewhere.
+    ``path`` is the Learner's scratch folder (use :func:`learner_workspace`); by default fastai's,
+    the current folder.
     """
     from fastai.losses import CrossEntropyLossFlat
     from fastai.metrics import accuracy
@@ -55,7 +72,7 @@ def create_learner(data: FlowerData, arch: str = "resnet152", size: int = 224, p
     learn = vision_learner(
         data.dls, lambda *args, **kwargs: backbone, normalize=False, pretrained=False, cut=cut,
         custom_head=head, loss_func=CrossEntropyLossFlat(), opt_func=Adam, metrics=accuracy,
-        path=Path(tempfile.mkdtemp(prefix="flowerfast-")),
+        **({"path": Path(path)} if path is not None else {}),
     )
     learn.remove_cb(ProgressCallback)
     learn.logger = lambda *args, **kwargs: None

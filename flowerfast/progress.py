@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
+    from .config import ResolvedConfig
     from .runfolder import EpochRecord
 
 
@@ -19,8 +20,8 @@ class Reporter:
     def stage(self, text: str) -> None:
         """A step of the run starts (scanning data, loading weights, ...)."""
 
-    def run_ready(self, resolved: dict) -> None:
-        """Data, model and run folder are ready; ``resolved`` is what ``config.json`` will hold."""
+    def run_ready(self, config: "ResolvedConfig") -> None:
+        """Data, model and run folder are ready; ``config`` is what ``config.json`` holds."""
 
     def epochs_started(self, total_epochs: int) -> None:
         """Training is about to run ``total_epochs`` epochs."""

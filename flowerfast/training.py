@@ -3,262 +3,180 @@ erasing, Adam, one-cycle learning rate), made to work and written to a run folde
 
 Why it works where the report's run stalled at 80%: ImageNet normalisation matching the pretrained
 weights, a new head trained first with the pretrained body frozen, then the whole network with
-discriminative learning rates (the body at 1/100 of the head's), all under one-cycle schedules.
+discriminative learning rates (the body from 1/100 of the head's), all under one-cycle schedules.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import shutil
 import time
-import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional, Sequence
 
-from .archs import check_arch
-from .config import LR_AUTO, TrainConfig
-from .data import FlowerData, class_counts, load_data
-from .runfolder import relative_path, write_split_csv
-from .devices import resolve_device, resolve_workers
-from .learner import LearnerBundle, create_learner
-from .model import count_parameters, library_versions, save_model
+from .config import ResolvedConfig, TrainConfig, make_config
+from .data import class_counts
+from .model import count_parameters, save_model
 from .progress import NullReporter, Reporter
-from .runfolder import EpochRecord
-from .runs import check_output_dir, create_run_dir, default_run_dir, write_csv, write_json
-
-DEFAULT_LR_PRETRAINED = 2e-3
-DEFAULT_LR_SCRATCH = 3e-3
-BODY_LR_DIVISOR = 100
-
-
-@dataclass
-class RunSetup:
-    """Data, learner and run folder, ready for lr-find or training."""
-
-    config: TrainConfig
-    data: FlowerData
-    bundle: LearnerBundle
-    run_dir: Path
-    resolved: dict[str, Any]
+from .runfolder import BEST, FINAL, EpochRecord, RunSummary, ValidPrediction, relative_path
+from .session import RunSetup, prepare_run
 
 
 @dataclass
 class TrainResult:
-    """What a training run produced. Paths point into ``run_dir``."""
+    """What a training run produced: its folder, per-epoch history, resolved configuration and
+    summary (the content of ``config.json``, ``history.csv`` and ``summary.json``)."""
 
     run_dir: Path
     history: list[EpochRecord]
-    best_epoch: int
-    best_valid_accuracy: float
-    final_valid_accuracy: float
-    best_model: Path
-    final_model: Path
-    classes: list[str]
-    pretrained: bool
-    lr: float
-    seconds: float
-    summary: dict[str, Any] = field(default_factory=dict)
-    config: dict[str, Any] = field(default_factory=dict)
+    config: ResolvedConfig
+    summary: RunSummary
+
+    @property
+    def best_epoch(self) -> int:
+        return self.summary.best_epoch
+
+    @property
+    def best_valid_accuracy(self) -> float:
+        return self.summary.best_valid_accuracy
+
+    @property
+    def final_valid_accuracy(self) -> float:
+        return self.summary.final_valid_accuracy
+
+    @property
+    def best_model(self) -> Path:
+        return Path(self.summary.best_model)
+
+    @property
+    def final_model(self) -> Path:
+        return Path(self.summary.final_model)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.summary.classes)
+
+    @property
+    def pretrained(self) -> bool:
+        return self.summary.pretrained
+
+    @property
+    def lr(self) -> float:
+        return self.summary.lr
+
+    @property
+    def seconds(self) -> float:
+        return self.summary.seconds
 
 
-def _merge(config: Optional[TrainConfig], options: dict) -> TrainConfig:
-    config = config or TrainConfig()
-    unknown = set(options) - {f.name for f in dataclasses.fields(TrainConfig)}
-    if unknown:
-        raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
-    config = dataclasses.replace(config, **options)
-    for name in ("data", "weights", "out", "split_file"):
-        value = getattr(config, name)
-        if value is not None and not isinstance(value, Path):
-            setattr(config, name, Path(value))
-    return config.validate()
-
-
-def prepare_run(config: Optional[TrainConfig], options: dict, reporter: Reporter, prefix: str = "") -> RunSetup:
-    """Validate options, scan and split the data, build the learner and create the run folder
-    (default ``runs/<prefix><arch>-<timestamp>``).
-
-    Every check that can fail on user input runs before the run folder is created, so a bad
-    option leaves nothing behind.
-    """
-    config = _merge(config, options)
-    check_arch(config.arch)
-    run_dir = check_output_dir(config.out or default_run_dir(f"{prefix}{config.arch}"))
-    device = resolve_device(config.device)
-    workers = resolve_workers(config.workers, device)
-
-    reporter.stage(f"scanning {config.data or 'the embedded sample photos'}")
-    data = load_data(config.data, size=config.size, bs=config.bs, valid_pct=config.valid_pct,
-                     seed=config.seed, workers=workers, device=device, split_file=config.split_file)
-    reporter.stage(f"building {config.arch}")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        bundle = create_learner(data, arch=config.arch, size=config.size, pretrained=config.pretrained,
-                                weights=config.weights, device=device)
-    notes = [str(w.message) for w in caught if issubclass(w.category, UserWarning) and "pretrained" in str(w.message)]
-    for w in caught:  # hand warnings on to the caller's filters (the CLI shows them loudly)
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-
-    run_dir = create_run_dir(run_dir)
-    write_split_csv(data.rows, run_dir / "split.csv", data.root)
-    resolved = config.to_dict()
-    resolved.update({
-        "data": str(data.root),
-        "out": str(run_dir),
-        "classes": data.classes,
-        "n_train": data.n_train,
-        "n_valid": data.n_valid,
-        "preset_split": data.preset_split,
-        "skipped": [{"file": str(s.path), "reason": s.reason} for s in data.skipped],
-        "bs": data.bs,
-        "device": str(device),
-        "workers": workers,
-        "mixed_precision": bundle.mixed_precision,
-        "pretrained": bundle.weights.pretrained,
-        "pretrained_requested": config.pretrained,
-        "weights_source": bundle.weights.source,
-        "warnings": notes,
-        "versions": library_versions(),
-    })
-    reporter.run_ready(resolved)
-    return RunSetup(config=config, data=data, bundle=bundle, run_dir=run_dir, resolved=resolved)
-
-
-def clean_train_dl(data: FlowerData, n: int, seed: int):
+def clean_train_dl(setup: RunSetup, n: int, seed: int):
     """A DataLoader over a fixed random sample of up to ``n`` training images, with validation
     transforms (no augmentation); ``None`` when ``n`` is 0."""
     import random
 
     if n <= 0:
         return None
-    train_rows = [r for r in data.rows if not r.is_valid]
+    train_rows = [r for r in setup.data.rows if not r.is_valid]
     sample = random.Random(seed).sample(train_rows, min(n, len(train_rows)))
-    return data.dls.test_dl([(str(r.file), r.label) for r in sample], with_labels=True)
+    return setup.data.dls.test_dl([(str(r.file), r.label) for r in sample], with_labels=True)
 
 
-def write_valid_predictions(learn, setup: RunSetup, weights: Path, path: Path) -> float:
-    """Score the saved best model on the validation images and write one row per image:
-    ``file,label,predicted,confidence`` and each class's probability. These paired predictions are
-    what a comparison of two models on the same split is computed from. Returns the accuracy.
-    """
+def score_best_model(setup: RunSetup) -> float:
+    """Score the saved best model on the validation images and write ``valid_predictions.csv``
+    (one row per image, each class's probability): what a comparison of two models on the same
+    split is computed from. Returns the accuracy."""
     from safetensors.torch import load_file
 
     from .learner import predict_batches
 
-    learn.model.load_state_dict(load_file(str(weights), device=str(setup.bundle.device)))
+    learn, run = setup.bundle.learn, setup.run
+    learn.model.load_state_dict(load_file(str(run.best_model), device=str(setup.bundle.device)))
     probs, targets = predict_batches(learn.model, setup.data.dls.valid, setup.bundle.mixed_precision)
     classes = setup.data.classes
     valid_rows = [r for r in setup.data.rows if r.is_valid]
     preds = probs.argmax(dim=-1)
-    out_rows = []
-    for row, p, pr in zip(valid_rows, preds.tolist(), probs.tolist()):
-        out_rows.append([relative_path(row.file, setup.data.root), row.label, classes[p], round(pr[p], 6),
-                         *[round(x, 6) for x in pr]])
-    write_csv(path, ["file", "label", "predicted", "confidence", *[f"p_{c}" for c in classes]], out_rows)
+    rows = [ValidPrediction(file=relative_path(row.file, setup.data.root), label=row.label, predicted=classes[p],
+                            confidence=pr[p], probabilities=dict(zip(classes, pr)))
+            for row, p, pr in zip(valid_rows, preds.tolist(), probs.tolist())]
+    run.write_valid_predictions(rows, classes)
     return float((preds == targets).float().mean())
 
 
-def _history_writer(path: Path, records: list[EpochRecord]):
-    def write(record: EpochRecord) -> None:
-        records.append(record)
-        write_csv(path, EpochRecord.FIELDS, (r.as_row() for r in records))
-    return write
-
-
-def train(config: Optional[TrainConfig] = None, reporter: Optional[Reporter] = None, **options) -> TrainResult:
-    """Fine-tune ``config.arch`` on ``config.data`` and write the run folder.
-
-    The folder holds ``config.json`` (every resolved option), ``split.csv``, ``history.csv`` (one
-    row per epoch, written as each epoch ends), ``best.safetensors``/``best.json`` (highest
-    validation accuracy), ``final.safetensors``/``final.json`` and ``summary.json``.
-    ``options`` override fields of ``config``: ``train(arch="resnet18", epochs=3)``.
-    """
+def fit_phases(setup: RunSetup, reporter: Reporter, callbacks: Sequence = ()) -> tuple[list[EpochRecord], object]:
+    """Run the frozen and full one-cycle phases; ``history.csv`` is rewritten after every epoch and
+    the best model saved whenever validation accuracy improves. Returns the history and the saver."""
     from fastai.torch_core import set_seed
 
     from .callbacks import CleanTrainAccuracy, EpochStats, ReportProgress, SaveBestModel
-    from .lr_find import run_lr_find, save_lr_find
 
-    reporter = reporter or NullReporter()
-    setup = prepare_run(config, options, reporter)
-    cfg, learn, run_dir, resolved = setup.config, setup.bundle.learn, setup.run_dir, setup.resolved
-    pretrained = setup.bundle.weights.pretrained
-    started = time.perf_counter()
-
-    lr_find_suggestions = None
-    if cfg.lr == LR_AUTO:
-        reporter.stage("running the learning-rate finder (--lr auto)")
-        found = save_lr_find(run_lr_find(learn, reporter), run_dir, title=f"lr-find: {cfg.arch}")
-        lr_find_suggestions = found.suggestions
-        lr = found.valley
-    else:
-        lr = float(cfg.lr) if cfg.lr is not None else (DEFAULT_LR_PRETRAINED if pretrained else DEFAULT_LR_SCRATCH)
-    freeze_epochs = cfg.freeze_epochs if cfg.freeze_epochs is not None else (1 if pretrained else 0)
-    resolved.update({"lr": lr, "lr_find": lr_find_suggestions, "freeze_epochs": freeze_epochs,
-                     "body_lr": lr / BODY_LR_DIVISOR if pretrained else lr})
-    write_json(run_dir / "config.json", resolved)
-
+    config, learn, run = setup.config, setup.bundle.learn, setup.run
     history: list[EpochRecord] = []
-    saver = SaveBestModel(lambda: save_model(learn.model, setup.bundle.spec, run_dir / "best"), reporter)
-    phases = []
-    if freeze_epochs:
-        phases.append(("frozen", freeze_epochs))
-    phases.append(("full", cfg.epochs))
-    reporter.epochs_started(sum(n for _, n in phases))
-    clean_dl = clean_train_dl(setup.data, cfg.clean_train_sample, cfg.seed)
-    set_seed(cfg.seed)
+
+    def record(epoch: EpochRecord) -> None:
+        history.append(epoch)
+        run.write_history(history)
+
+    saver = SaveBestModel(lambda: save_model(learn.model, setup.bundle.spec, run.model_stem(BEST)), reporter)
+    reporter.epochs_started(sum(n for _, n in config.phases))
+    clean_dl = clean_train_dl(setup, config.options.clean_train_sample, config.options.seed)
+    set_seed(config.options.seed)
     offset = 0
     try:
-        for phase, n_epochs in phases:
+        for phase, n_epochs in config.phases:
             stats = EpochStats(phase=phase, epoch_offset=offset)
-            stats.listeners += [_history_writer(run_dir / "history.csv", history), saver]
-            cbs = [stats, ReportProgress(reporter, epoch_offset=offset)]
+            stats.listeners += [record, saver]
+            cbs = [stats, ReportProgress(reporter, epoch_offset=offset), *callbacks]
             if clean_dl is not None:
                 cbs.append(CleanTrainAccuracy(clean_dl, setup.bundle.mixed_precision))
             if phase == "frozen":
                 learn.freeze()
-                learn.fit_one_cycle(n_epochs, lr, pct_start=0.99, cbs=cbs)
+                learn.fit_one_cycle(n_epochs, config.lr, pct_start=0.99, cbs=cbs)
             else:
                 learn.unfreeze()
-                lr_max = slice(lr / BODY_LR_DIVISOR, lr) if pretrained else lr
+                lr_max = slice(config.body_lr, config.lr) if config.pretrained else config.lr
                 learn.fit_one_cycle(n_epochs, lr_max, cbs=cbs)
             offset += n_epochs
     finally:
         reporter.finished()
-        shutil.rmtree(learn.path, ignore_errors=True)
-    seconds = time.perf_counter() - started
+    return history, saver
 
-    final_paths = save_model(learn.model, setup.bundle.spec, run_dir / "final")
-    reporter.stage("scoring the best model on the validation set")
-    best_valid = write_valid_predictions(learn, setup, run_dir / "best.safetensors", run_dir / "valid_predictions.csv")
+
+def train(config: Optional[TrainConfig] = None, reporter: Optional[Reporter] = None, callbacks: Sequence = (),
+          **options) -> TrainResult:
+    """Fine-tune ``config.arch`` on ``config.data`` and write the run folder.
+
+    The folder holds ``config.json`` (every resolved option), ``split.csv``, ``history.csv`` (one
+    row per epoch, written as each epoch ends), ``best.safetensors``/``best.json`` (highest
+    validation accuracy), ``final.safetensors``/``final.json``, ``valid_predictions.csv`` and
+    ``summary.json``. ``options`` override fields of ``config``: ``train(arch="resnet18", epochs=3)``.
+    ``callbacks`` are extra fastai callbacks added to every fit (both phases).
+    """
+    from .lr_find import find_and_save_lr
+
+    reporter = reporter or NullReporter()
+    options_ = make_config(config, **options)
+    with prepare_run(options_, reporter, lr_finder=find_and_save_lr) as setup:
+        started = time.perf_counter()
+        history, saver = fit_phases(setup, reporter, callbacks)
+        seconds = time.perf_counter() - started
+        final_paths = save_model(setup.bundle.learn.model, setup.bundle.spec, setup.run.model_stem(FINAL))
+        reporter.stage("scoring the best model on the validation set")
+        rescored = score_best_model(setup)
+        summary = summarise(setup, history, saver, rescored, seconds, final_paths[0])
+        setup.run.write_summary(summary)
+    return TrainResult(run_dir=setup.run.path, history=history, config=setup.config, summary=summary)
+
+
+def summarise(setup: RunSetup, history: list[EpochRecord], saver, rescored: float, seconds: float,
+              final_model: Path) -> RunSummary:
+    config = setup.config
     train_seconds = sum(r.seconds for r in history)
-    summary = {
-        "arch": cfg.arch,
-        "classes": setup.data.classes,
-        "class_counts": class_counts(setup.data.rows),
-        "pretrained": pretrained,
-        "weights_source": setup.bundle.weights.source,
-        "epochs": len(history),
-        "best_epoch": saver.best_epoch,
-        "best_valid_accuracy": saver.best_accuracy,
-        "best_valid_accuracy_rescored": best_valid,
-        "final_valid_accuracy": history[-1].valid_accuracy,
-        "final_train_loss": history[-1].train_loss,
-        "lr": lr,
-        "lr_find": lr_find_suggestions,
-        "seconds": seconds,
-        "seconds_per_epoch": train_seconds / len(history),
-        "train_images_per_second": setup.data.n_train * len(history) / train_seconds if train_seconds else None,
-        "parameters": count_parameters(learn.model),
-        "device": resolved["device"],
-        "skipped_files": len(setup.data.skipped),
-        "best_model": str(run_dir / "best.safetensors"),
-        "final_model": str(final_paths[0]),
-    }
-    write_json(run_dir / "summary.json", summary)
-    return TrainResult(
-        run_dir=run_dir, history=history, best_epoch=saver.best_epoch, best_valid_accuracy=saver.best_accuracy,
-        final_valid_accuracy=history[-1].valid_accuracy, best_model=run_dir / "best.safetensors",
-        final_model=final_paths[0], classes=setup.data.classes, pretrained=pretrained, lr=lr, seconds=seconds,
-        summary=summary, config=resolved,
+    return RunSummary(
+        arch=config.options.arch, classes=list(setup.data.classes), class_counts=class_counts(setup.data.rows),
+        pretrained=config.pretrained, weights_source=config.weights_source, epochs=len(history),
+        best_epoch=saver.best_epoch, best_valid_accuracy=saver.best_accuracy, best_valid_accuracy_rescored=rescored,
+        final_valid_accuracy=history[-1].valid_accuracy, final_train_loss=history[-1].train_loss, lr=config.lr,
+        lr_find=config.lr_find, seconds=seconds, seconds_per_epoch=train_seconds / len(history),
+        train_images_per_second=setup.data.n_train * len(history) / train_seconds if train_seconds else None,
+        parameters=count_parameters(setup.bundle.learn.model), device=config.device,
+        skipped_files=len(setup.data.skipped), best_model=str(setup.run.best_model), final_model=str(final_model),
     )

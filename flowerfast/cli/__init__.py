@@ -1,43 +1,15 @@
 """The ``flowerfast`` command: thin typer commands over the library.
 
-Each command module registers its commands on :data:`app`; heavy imports (fastai, torch) happen
-inside the commands, so ``flowerfast --help`` answers at once.
+Each command module registers its commands on :data:`app` (``cli/app.py``); heavy imports
+(fastai, torch) happen inside the commands, so ``flowerfast --help`` answers at once.
 """
 
 from __future__ import annotations
 
+from . import compare, core, use  # noqa: F401  (each module registers its commands)
+from .app import app
 
-import typer
-
-from .. import __version__
-from .output import OneLineUsageErrors
-
-app = typer.Typer(
-    name="flowerfast",
-    cls=OneLineUsageErrors,
-    help="Fine-tune pretrained image classifiers on a folder of photos (one folder per class).",
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"flowerfast {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                           help="Print the version and exit."),
-) -> None:
-    """Fine-tune pretrained image classifiers on a folder of photos (one folder per class)."""
-
-
-from . import compare, core, use  # noqa: E402,F401  (each module registers its commands)
+__all__ = ["app", "main"]
 
 
 def main() -> None:

@@ -1,12 +1,15 @@
-"""Options shared by the commands that train (train, lr-find, compare), defined once."""
+"""Options shared by the commands that train (train, lr-find, compare), defined once.
+
+Only names and help live here; every default comes from :data:`flowerfast.config.DEFAULTS`, so
+the CLI and the Python API cannot drift apart.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
-from typing import Annotated
 
 Data = Annotated[Optional[Path], typer.Option("--data", help="Folder of class folders (or train/ + valid/). Default: the embedded sample photos.", show_default=False)]
 Arch = Annotated[str, typer.Option("--arch", help="Architecture name (see `flowerfast archs`).")]
@@ -23,3 +26,4 @@ Out = Annotated[Optional[Path], typer.Option("--out", help="Run folder to create
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")]
 Workers = Annotated[Optional[int], typer.Option("--workers", help="Data-loading processes. Default: 0 on the CPU, up to 8 on a GPU.", show_default=False)]
 SplitFile = Annotated[Optional[Path], typer.Option("--split-file", help="Reuse the split.csv of an earlier run, so two runs are scored on the same images.", show_default=False)]
+CleanTrainSample = Annotated[int, typer.Option("--clean-train-sample", help="Training images scored each epoch without augmentation, for an honest train accuracy (0: off).")]

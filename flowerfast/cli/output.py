@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import warnings
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -18,6 +19,9 @@ from rich.markup import escape
 from ..errors import FlowerfastError
 from ..progress import Reporter
 from ..runfolder import EpochRecord
+
+if TYPE_CHECKING:
+    from ..config import ResolvedConfig
 
 console = Console(highlight=False, soft_wrap=True)  # log lines are never wrapped
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -39,21 +43,19 @@ def format_epoch(record: EpochRecord, total: int, best: bool) -> str:
             f"lr {record.lr:.2e}  {record.seconds:5.1f}s" + ("  *best" if best else ""))
 
 
-def print_run_header(resolved: dict, out: Console = console) -> None:
+def print_run_header(config: "ResolvedConfig", out: Console = console) -> None:
     """What the run is about to do: data, split, classes, skipped files, weights."""
-    out.print(f"data: {resolved['data']}  ({resolved['n_train']} train / {resolved['n_valid']} valid, "
-                  f"{'given split' if resolved['preset_split'] else 'random split, seed %d' % resolved['seed']})",
-                  markup=False)
-    out.print(f"classes ({len(resolved['classes'])}): {', '.join(resolved['classes'])}", markup=False)
-    skipped = resolved["skipped"]
-    if skipped:
-        out.print(f"[yellow]skipped {len(skipped)} unreadable file(s):[/yellow]")
-        for s in skipped[:10]:
+    split = "given split" if config.preset_split else f"random split, seed {config.options.seed}"
+    out.print(f"data: {config.data}  ({config.n_train} train / {config.n_valid} valid, {split})", markup=False)
+    out.print(f"classes ({len(config.classes)}): {', '.join(config.classes)}", markup=False)
+    if config.skipped:
+        out.print(f"[yellow]skipped {len(config.skipped)} unreadable file(s):[/yellow]")
+        for s in config.skipped[:10]:
             out.print(f"  {s['file']}: {s['reason']}", markup=False)
-        if len(skipped) > 10:
-            out.print(f"  ... and {len(skipped) - 10} more (all listed in config.json)")
-    out.print(f"model: {resolved['arch']} from {resolved['weights_source']} on {resolved['device']}"
-                  + (" (mixed precision)" if resolved["mixed_precision"] else ""), markup=False)
+        if len(config.skipped) > 10:
+            out.print(f"  ... and {len(config.skipped) - 10} more (all listed in config.json)")
+    out.print(f"model: {config.options.arch} from {config.weights_source} on {config.device}"
+              + (" (mixed precision)" if config.mixed_precision else ""), markup=False)
 
 
 class LineReporter(Reporter):
@@ -66,8 +68,8 @@ class LineReporter(Reporter):
     def stage(self, text: str) -> None:
         self.out.print(f"[dim]{text}...[/dim]")
 
-    def run_ready(self, resolved: dict) -> None:
-        print_run_header(resolved, self.out)
+    def run_ready(self, config: "ResolvedConfig") -> None:
+        print_run_header(config, self.out)
 
     def epochs_started(self, total_epochs: int) -> None:
         self.total = total_epochs
@@ -172,13 +174,37 @@ class OneLineUsageErrors(typer.core.TyperGroup):
             return super().invoke(ctx)
 
 
+class Terminated(Exception):
+    """SIGTERM, raised in the main thread so that every ``finally`` and context manager runs."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def terminate_as_exception() -> Iterator[None]:
+    """While a command runs, SIGTERM (a job scheduler, ``kill``) unwinds the stack like Ctrl-C
+    does, so scratch folders are removed and files being written are not left half-done."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread: leave the default behaviour
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn FlowerfastError into one line and an exit code; show warnings as one line each.
+    """Turn FlowerfastError into one line and an exit code; show warnings as one line each;
+    Ctrl-C and SIGTERM end the command with one line and exit 130 / 143.
 
     Library noise (deprecation and future warnings from dependencies) is hidden.
     """
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), terminate_as_exception():
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         previous = warnings.showwarning
@@ -190,5 +216,8 @@ def user_errors() -> Iterator[None]:
         except KeyboardInterrupt:
             err_console.print("[bold red]interrupted[/bold red]: files already written in the run folder are complete")
             raise typer.Exit(130)
+        except Terminated:
+            err_console.print("[bold red]terminated[/bold red]: files already written in the run folder are complete")
+            raise typer.Exit(143)
         finally:
             warnings.showwarning = previous

@@ -1,0 +1,75 @@
+"""Setting up a run: options checked, data scanned and split, the Learner built, the run folder
+created and the configuration resolved, in that order, for training and lr-find alike.
+
+Every check that can fail on user input runs before the run folder is created, so a bad option
+leaves nothing behind; the Learner's scratch folder lives exactly as long as the ``with`` block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional
+
+from .archs import check_arch
+from .config import ResolvedConfig, TrainConfig, resolve
+from .data import FlowerData, load_data
+from .devices import resolve_device, resolve_workers
+from .learner import LearnerBundle, create_learner, learner_workspace
+from .model import library_versions
+from .progress import Reporter
+from .runfolder import RunFolder
+from .runs import default_run_dir
+
+LRFinder = Callable[[LearnerBundle, RunFolder, Reporter], dict]
+"""Runs lr-find on the learner, saves its files into the run folder, returns the suggestions."""
+
+
+@dataclass
+class RunSetup:
+    """Data, learner, run folder and the resolved configuration, ready for lr-find or training."""
+
+    config: ResolvedConfig
+    data: FlowerData
+    bundle: LearnerBundle
+    run: RunFolder
+
+    @property
+    def options(self) -> TrainConfig:
+        return self.config.options
+
+
+@contextlib.contextmanager
+def prepare_run(options: TrainConfig, reporter: Reporter, prefix: str = "", training: bool = True,
+                lr_finder: Optional[LRFinder] = None) -> Iterator[RunSetup]:
+    """Set up a run of ``options`` (validated) in a new run folder (default
+    ``runs/<prefix><arch>-<timestamp>``) and write ``split.csv`` and ``config.json``.
+
+    ``lr_finder`` is used for ``lr="auto"`` on a training run. The Learner's scratch folder is
+    removed when the block ends, however it ends.
+    """
+    check_arch(options.arch)
+    run_dir = RunFolder.check_new(options.out or default_run_dir(f"{prefix}{options.arch}"))
+    device = resolve_device(options.device)
+    workers = resolve_workers(options.workers, device)
+
+    reporter.stage(f"scanning {options.data or 'the embedded sample photos'}")
+    data = load_data(options.data, size=options.size, bs=options.bs, valid_pct=options.valid_pct,
+                     seed=options.seed, workers=workers, device=device, split_file=options.split_file)
+    with learner_workspace() as scratch:
+        reporter.stage(f"building {options.arch}")
+        bundle = create_learner(data, arch=options.arch, size=options.size, pretrained=options.pretrained,
+                                weights=options.weights, device=device, path=scratch)
+        run = RunFolder.create(run_dir)
+        run.write_split(data.rows, data.root)
+
+        def find() -> dict:
+            reporter.stage("running the learning-rate finder (--lr auto)")
+            return lr_finder(bundle, run, reporter)
+
+        config = resolve(options, data=data, run_dir=run.path, device=device, workers=workers,
+                         mixed_precision=bundle.mixed_precision, weights=bundle.weights, versions=library_versions(),
+                         training=training, lr_finder=find if lr_finder is not None else None)
+        run.write_config(config)
+        reporter.run_ready(config)
+        yield RunSetup(config=config, data=data, bundle=bundle, run=run)
