@@ -45,6 +45,8 @@ _EXPORTS = {
     "compare": "comparison",
     "report": "reporting",
     "ComparisonReport": "reporting",
+    "ModelEntry": "reporting",
+    "PairResult": "reporting",
     "mcnemar_exact": "stats",
     "paired_bootstrap_ci": "stats",
 }

@@ -13,15 +13,14 @@ the architecture. Run folders go side by side in one comparison folder, with the
 
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from .archs import check_arch
-from .config import TrainConfig
+from .config import TrainConfig, make_config
 from .errors import FlowerfastError
 from .progress import NullReporter, Reporter
 from .reporting import ComparisonReport, build_report, write_report
+from .runfolder import SPLIT, RunFolder
 from .runs import check_output_dir, create_run_dir, default_run_dir
 
 
@@ -53,29 +52,18 @@ def compare(archs: Union[str, Sequence[str]], config: Optional[TrainConfig] = No
 
     reporter = reporter or NullReporter()
     names = parse_archs(archs)
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = set(train_options) - fields
-    if unknown:
-        raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
-    base = dataclasses.replace(config or TrainConfig(), **train_options)
-    for name in ("data", "weights", "out", "split_file"):
-        value = getattr(base, name)
-        if value is not None and not isinstance(value, Path):
-            setattr(base, name, Path(value))
-    base.validate()
+    base = make_config(config, **train_options)
     if base.weights is not None:
         raise FlowerfastError("--weights holds one backbone's state dict and cannot serve several architectures")
-    out = check_output_dir(base.out or default_run_dir("compare"))
-    create_run_dir(out)
+    out = create_run_dir(check_output_dir(base.out or default_run_dir("compare")))
 
     split_file = base.split_file
     run_dirs = []
     for i, arch in enumerate(names, 1):
         reporter.stage(f"model {i}/{len(names)}: {arch}")
-        cfg = dataclasses.replace(base, arch=arch, out=out / arch, split_file=split_file, extra=dict(base.extra))
-        result = train(cfg, reporter=reporter)
+        result = train(base.with_options(arch=arch, out=out / arch, split_file=split_file), reporter=reporter)
         run_dirs.append(result.run_dir)
         if split_file is None:
-            split_file = result.run_dir / "split.csv"
+            split_file = RunFolder(result.run_dir).file(SPLIT)
     reporter.stage("writing the comparison report")
     return write_report(build_report(run_dirs, reporter), out)

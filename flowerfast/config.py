@@ -102,7 +102,7 @@ class TrainConfig:
         unknown = set(options) - {f.name for f in dataclasses.fields(TrainConfig)}
         if unknown:
             raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
-        config = dataclasses.replace(self, **options, extra=dict(options.get("extra", self.extra)))
+        config = dataclasses.replace(self, **{"extra": dict(self.extra), **options})
         for name in PATH_OPTIONS:
             value = getattr(config, name)
             if value is not None and not isinstance(value, Path):

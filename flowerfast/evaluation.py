@@ -1,8 +1,10 @@
 """Scoring a trained classifier on a labelled folder: accuracy, per-class metrics, confusion, mistakes.
 
 The folder is scanned like training data (one folder per class, unreadable files skipped and
-reported), predicted with :mod:`flowerfast.inference`, and the metrics computed here from the
-predictions alone, so they can be checked by hand from ``predictions.csv``.
+reported), predicted with :mod:`flowerfast.inference`, and scored from the predictions alone with
+scikit-learn's metrics (a well-tested standard, not a hand-written count), so every figure can be
+checked by hand from ``predictions.csv``. The plots come from :mod:`flowerfast.plots`, so the
+confusion matrix looks exactly like the comparison report's.
 """
 
 from __future__ import annotations
@@ -11,10 +13,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
 from .data import SkippedFile, scan_image_folder
-from .runfolder import relative_path
 from .errors import FlowerfastError
 from .inference import LoadedModel, as_loaded_model
+from .plots import confusion_png, mistakes_png
+from .runfolder import relative_path
+from .runs import atomic_write_bytes, create_run_dir, write_csv, write_json
 
 
 @dataclass
@@ -71,25 +77,17 @@ class EvaluationResult:
         }
 
 
-def confusion_matrix(labels: Sequence[str], predicted: Sequence[str], classes: Sequence[str]) -> list[list[int]]:
-    index = {c: i for i, c in enumerate(classes)}
-    matrix = [[0] * len(classes) for _ in classes]
-    for t, p in zip(labels, predicted):
-        matrix[index[t]][index[p]] += 1
-    return matrix
+def count_confusion(labels: Sequence[str], predicted: Sequence[str], classes: Sequence[str]) -> list[list[int]]:
+    """``[i][j]``: images of ``classes[i]`` predicted as ``classes[j]`` (scikit-learn's count, as plain ints)."""
+    return [[int(v) for v in row] for row in confusion_matrix(labels, predicted, labels=list(classes))]
 
 
-def class_metrics(confusion: Sequence[Sequence[int]], classes: Sequence[str]) -> list[ClassMetrics]:
-    out = []
-    for i, name in enumerate(classes):
-        tp = confusion[i][i]
-        predicted = sum(row[i] for row in confusion)
-        support = sum(confusion[i])
-        precision = tp / predicted if predicted else 0.0
-        recall = tp / support if support else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        out.append(ClassMetrics(name, precision, recall, f1, support))
-    return out
+def score_classes(labels: Sequence[str], predicted: Sequence[str], classes: Sequence[str]) -> list[ClassMetrics]:
+    """Precision, recall, F1 and support of each class (scikit-learn's; 0 where undefined)."""
+    precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=list(classes),
+                                                                     zero_division=0)
+    return [ClassMetrics(name, float(p), float(r), float(f), int(n))
+            for name, p, r, f, n in zip(classes, precision, recall, f1, support)]
 
 
 def evaluate(model_or_path, data_dir: Path | str, mistakes: int = 9, bs: int = 64,
@@ -118,76 +116,19 @@ def evaluate(model_or_path, data_dir: Path | str, mistakes: int = 9, bs: int = 6
     conf, idx = probs.max(dim=1)
     predicted = [model.classes[int(j)] for j in idx]
     confidence = [float(c) for c in conf]
-    confusion = confusion_matrix(labels, predicted, model.classes)
+    confusion = count_confusion(labels, predicted, model.classes)
     correct = sum(t == p for t, p in zip(labels, predicted))
     wrong = sorted((i for i in range(len(files)) if labels[i] != predicted[i]), key=lambda i: -confidence[i])
     return EvaluationResult(
         data_dir=folder.root, classes=model.classes, n_images=len(files), accuracy=correct / len(files),
-        per_class=class_metrics(confusion, model.classes), confusion=confusion,
+        per_class=score_classes(labels, predicted, model.classes), confusion=confusion,
         mistakes=[Mistake(files[i], labels[i], predicted[i], confidence[i]) for i in wrong[:mistakes]],
         files=files, labels=labels, predicted=predicted, confidence=confidence, skipped=skipped)
 
 
-def plot_confusion(result: EvaluationResult, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .runs import atomic_write_bytes
-
-    n = len(result.classes)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * n, 1.0 + 0.7 * n))
-    ax.imshow(result.confusion, cmap="Blues")
-    ax.set_xticks(range(n), result.classes, rotation=45, ha="right")
-    ax.set_yticks(range(n), result.classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("actual")
-    top = max(max(row) for row in result.confusion) or 1
-    for i, row in enumerate(result.confusion):
-        for j, v in enumerate(row):
-            ax.text(j, i, str(v), ha="center", va="center", color="white" if v > top / 2 else "black")
-    ax.set_title(f"accuracy {result.accuracy:.1%} ({result.n_images} images)")
-    fig.tight_layout()
-    return _save_figure(fig, path, atomic_write_bytes)
-
-
-def plot_mistakes(result: EvaluationResult, path: Path) -> Optional[Path]:
-    """A grid of the most confident mistakes (``None`` when there are none)."""
-    if not result.mistakes:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from PIL import Image
-
-    from .runs import atomic_write_bytes
-
-    n = len(result.mistakes)
-    cols = min(4, n)
-    rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.3 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, m in zip(axes.flat, result.mistakes):
-        with Image.open(m.path) as im:
-            im.thumbnail((256, 256))
-            ax.imshow(im.convert("RGB"))
-        ax.set_title(f"{m.true} -> {m.predicted}\n{m.probability:.1%}  {m.path.name}", fontsize=8)
-    fig.tight_layout()
-    return _save_figure(fig, path, atomic_write_bytes)
-
-
-def _save_figure(fig, path: Path, write) -> Path:
-    import io
-
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return write(path, buf.getvalue())
+def confusion_title(result: EvaluationResult) -> str:
+    """The title of ``confusion.png``: what the matrix adds up to."""
+    return f"accuracy {result.accuracy:.1%} ({result.n_images} images)"
 
 
 @dataclass
@@ -203,13 +144,13 @@ class EvaluationFiles:
 
 def save_report(result: EvaluationResult, out_dir: Path) -> EvaluationFiles:
     """Write ``metrics.json``, ``predictions.csv``, ``confusion.png`` and ``mistakes.png`` into a new folder."""
-    from .runs import create_run_dir, write_csv, write_json
-
     out_dir = create_run_dir(out_dir)
     metrics = write_json(out_dir / "metrics.json", result.to_dict())
     predictions = write_csv(out_dir / "predictions.csv", ["file", "label", "predicted", "confidence"],
                             [[relative_path(f, result.data_dir), t, p, round(c, 6)] for f, t, p, c in
                              zip(result.files, result.labels, result.predicted, result.confidence)])
-    confusion = plot_confusion(result, out_dir / "confusion.png")
-    mistakes = plot_mistakes(result, out_dir / "mistakes.png")
+    confusion = atomic_write_bytes(out_dir / "confusion.png",
+                                   confusion_png(confusion_title(result), result.classes, result.confusion))
+    mistakes = (atomic_write_bytes(out_dir / "mistakes.png", mistakes_png(result.mistakes))
+                if result.mistakes else None)
     return EvaluationFiles(out_dir, metrics, predictions, confusion, mistakes)

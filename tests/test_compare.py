@@ -17,6 +17,8 @@ from typer.testing import CliRunner
 
 import flowerfast
 from flowerfast.cli import app
+from flowerfast.plots import confusion_png
+from flowerfast.runfolder import RunFolder, ValidPrediction
 
 ARCHS = ("resnet18", "vgg11_bn")
 REPORT_FILES = ("report.md", "report.json", "report.html", "curves.png", "per-class-accuracy.png",
@@ -37,7 +39,7 @@ def _read_csv(path: Path) -> list[dict]:
 def comparison(tmp_path_factory):
     out = tmp_path_factory.mktemp("cmp") / "compare"
     result, text = _run("compare", "--archs", ",".join(ARCHS), "--epochs", 1, "--size", 32, "--no-pretrained",
-                        "--clean-train-sample", 16, "--bs", 32, "--out", out)
+                        "--clean-train-sample", 16, "--bs", 32, "--device", "cpu", "--out", out)
     assert result.exit_code == 0, text + repr(result.exception)
     return out, text
 
@@ -136,9 +138,57 @@ def test_python_api_report(comparison, tmp_path):
 
     rep = flowerfast.report([out / a for a in ARCHS], out=tmp_path / "api")
     assert isinstance(rep, flowerfast.ComparisonReport)
+    assert all(isinstance(m, flowerfast.ModelEntry) for m in rep.models)
+    assert all(isinstance(p, flowerfast.PairResult) for p in rep.pairs)
     assert rep.to_dict() == json.loads((tmp_path / "api" / "report.json").read_text())
     assert rep.to_dict() == json.loads((out / "report.json").read_text())
-    assert rep.verdicts == [p["verdict"] for p in rep.pairs]
+    assert rep.verdicts == [p.verdict for p in rep.pairs]
+    assert rep.out == tmp_path / "api" and {f.name for f in rep.files} == set(REPORT_FILES)
+
+
+def test_confusion_plots_come_from_the_shared_plot_function(comparison):
+    """The same drawing as ``evaluate``'s confusion.png (see test_evaluate): one function, one look."""
+    out, _ = comparison
+    report = json.loads((out / "report.json").read_text())
+    for m in report["models"]:
+        expected = confusion_png(f"confusion matrix: {m['name']}", report["split"]["classes"], m["confusion_matrix"])
+        assert (out / m["confusion_plot"]).read_bytes() == expected
+
+
+def _rewrite_predictions(run: Path, correct: bool) -> None:
+    """Make the run's best model right on every validation image, or wrong on every one."""
+    folder = RunFolder.open(run)
+    classes = folder.read_summary().classes
+    rewritten = []
+    for p in folder.read_valid_predictions():
+        guess = p.label if correct else classes[(classes.index(p.label) + 1) % len(classes)]
+        rewritten.append(ValidPrediction(p.file, p.label, guess, 1.0, {c: float(c == guess) for c in classes}))
+    folder.write_valid_predictions(rewritten, classes)
+
+
+def test_tiny_p_value_is_shown_as_less_than_in_every_pairs_table(comparison, tmp_path):
+    out, _ = comparison
+    runs = [shutil.copytree(out / arch, tmp_path / arch, ignore=shutil.ignore_patterns("final.*")) for arch in ARCHS]
+    _rewrite_predictions(runs[0], correct=True)
+    _rewrite_predictions(runs[1], correct=False)
+    result, text = _run("report", *runs, "--out", tmp_path / "rep")
+    assert result.exit_code == 0, text + repr(result.exception)
+
+    (pair,) = json.loads((tmp_path / "rep" / "report.json").read_text())["pairs"]
+    assert pair["only_a_correct"] == pair["n_images"] >= 11 and pair["only_b_correct"] == 0
+    assert pair["p_value"] < 0.001
+    assert pair["verdict"] == f"{ARCHS[0]} is better than {ARCHS[1]} on this split (p < 0.001)"
+
+    md = (tmp_path / "rep" / "report.md").read_text()
+    (row,) = [line for line in md.splitlines() if line.startswith(f"| {ARCHS[0]} | {ARCHS[1]} |")]
+    assert row.endswith(" | < 0.001 |")
+    html = (tmp_path / "rep" / "report.html").read_text()
+    table = html.split("<h2>Paired comparison</h2>", 1)[1].split("</table>", 1)[0]
+    assert "<td class=r>&lt; 0.001</td>" in table
+    (terminal_row,) = [line for line in text.splitlines() if f"{ARCHS[0]} vs" in line]
+    assert "< 0.001 │" in terminal_row
+    for shown in (md, html, text):
+        assert "= 0.001" not in shown and "| 0.001 |" not in shown and "│ 0.001 │" not in shown
 
 
 def test_report_refuses_runs_on_different_splits(comparison, tmp_path):

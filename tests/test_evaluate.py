@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ from typer.testing import CliRunner
 import flowerfast
 from flowerfast.cli import app
 from flowerfast.data import default_data_dir
+from flowerfast.evaluation import confusion_title, save_report
+from flowerfast.plots import confusion_png, mistakes_png
 
 SAMPLE = default_data_dir()
 runner = CliRunner()
@@ -68,12 +71,36 @@ def test_table_output_and_default_folder(run_dir, tmp_path, monkeypatch):
     assert (report_dir / "confusion.png").exists()
 
 
-def test_python_api(run_dir):
+def test_python_api_equals_cli_json(run_dir, tmp_path):
     import flowerfast.evaluation  # noqa: F401  (importing the module must not hide the function)
+
+    cli = runner.invoke(app, ["evaluate", str(run_dir), str(SAMPLE), "--json", "--mistakes", "0",
+                              "--out", str(tmp_path / "cli")])
+    assert cli.exit_code == 0, cli.output
+    expected = json.loads(cli.stdout)
 
     result = flowerfast.evaluate(run_dir, SAMPLE, mistakes=0)
     assert isinstance(result, flowerfast.EvaluationResult) and result.mistakes == []
-    assert result.n_images == 200 and callable(flowerfast.evaluate)
+    assert result.n_images == expected["n_images"] == 200
+    assert result.classes == expected["classes"]
+    assert result.accuracy == expected["accuracy"]
+    assert result.confusion == expected["confusion"]
+    assert [asdict(m) for m in result.per_class] == expected["per_class"]
+    assert result.macro_f1 == pytest.approx(expected["macro_f1"])
+    # plain Python numbers, not numpy's
+    assert type(result.accuracy) is float
+    assert all(type(v) is int for row in result.confusion for v in row)
+    for m in result.per_class:
+        assert [type(x) for x in (m.precision, m.recall, m.f1, m.support)] == [float, float, float, int]
+
+
+def test_confusion_png_is_the_shared_plot(run_dir, tmp_path):
+    """evaluate's confusion.png is drawn by plots.confusion_png, as the comparison report's are."""
+    result = flowerfast.evaluate(run_dir, SAMPLE, mistakes=3)
+    files = save_report(result, tmp_path / "report")
+    assert files.confusion.read_bytes() == confusion_png(confusion_title(result), result.classes, result.confusion)
+    if result.mistakes:
+        assert files.mistakes.read_bytes() == mistakes_png(result.mistakes)
 
 
 def test_unknown_classes_are_named(run_dir, tmp_path):

@@ -82,9 +82,15 @@ def test_bootstrap_is_deterministic_with_a_seed():
 
 def test_bootstrap_wider_at_higher_level():
     a, b = _synthetic(n=100)
-    _, lo90, hi90 = paired_bootstrap_ci(a, b, seed=0, level=0.90)
-    _, lo99, hi99 = paired_bootstrap_ci(a, b, seed=0, level=0.99)
-    assert lo99 <= lo90 and hi99 >= hi90
+    _, lo90, hi90 = paired_bootstrap_ci(a, b, n_resamples=2000, seed=0, level=0.90)
+    _, lo99, hi99 = paired_bootstrap_ci(a, b, n_resamples=2000, seed=0, level=0.99)
+    assert lo99 < lo90 and hi99 > hi90
+    # the same resamples drawn here: each interval is exactly the percentiles its level asks for
+    d = a.astype(float) - b.astype(float)
+    idx = np.random.default_rng(0).integers(0, d.size, size=(2000, d.size))
+    means = d[idx].mean(axis=1)
+    assert (lo90, hi90) == pytest.approx(tuple(np.percentile(means, [5, 95])), abs=1e-12)
+    assert (lo99, hi99) == pytest.approx(tuple(np.percentile(means, [0.5, 99.5])), abs=1e-12)
 
 
 def test_bootstrap_rejects_bad_input():

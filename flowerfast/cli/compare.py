@@ -8,13 +8,14 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from . import app, options as o
+from ..config import DEFAULTS as D
+from . import options as o
+from .app import app
 from .output import console, make_reporter, user_errors
 
 Archs = Annotated[str, typer.Option("--archs", help="Architectures to compare, comma-separated (at least 2), e.g. resnet152,vgg11_bn.", show_default=False)]
 CompareOut = Annotated[Optional[Path], typer.Option("--out", help="Comparison folder to create: one run folder per architecture plus the report. Default: runs/compare-<timestamp>.", show_default=False)]
 ReportOut = Annotated[Optional[Path], typer.Option("--out", help="Folder to create for the report. Default: runs/report-<timestamp>.", show_default=False)]
-CleanTrainSample = Annotated[int, typer.Option("--clean-train-sample", help="Training images scored each epoch without augmentation (0: off).")]
 RunDirs = Annotated[list[Path], typer.Argument(help="Finished run folders trained on the same split (2 or more).", show_default=False)]
 
 
@@ -30,19 +31,25 @@ def _transposed(table, title: str) -> Table:
 
 
 def _pairs(rep) -> Table:
+    """One row per pair of models, read from the named fields of each :class:`~flowerfast.reporting.PairResult`."""
+    from ..render import format_p_cell, format_percent, format_points
+
     level = f"{rep.settings['ci_level']:.0%}"
-    out = Table(title=f"paired comparison on the same {rep.pairs[0]['n_images']} validation images")
+    out = Table(title=f"paired comparison on the same {rep.pairs[0].n_images} validation images")
     for header in ("A vs B", "accuracy A / B", f"A - B [{level} CI]", "only A / only B right", "McNemar p"):
         out.add_column(header, justify="left" if header == "A vs B" else "right")
-    for row in rep.pairs_table().rows:
-        a, b, _, acc_a, acc_b, diff, ci, only_a, only_b, p = row
-        out.add_row(f"{a} vs {b}", f"{acc_a} / {acc_b}", f"{diff} {ci}", f"{only_a} / {only_b}", p)
+    for p in rep.pairs:
+        out.add_row(f"{p.a} vs {p.b}", f"{format_percent(p.accuracy_a)} / {format_percent(p.accuracy_b)}",
+                    f"{format_points(p.difference)} [{format_points(p.ci_low)}, {format_points(p.ci_high)}]",
+                    f"{p.only_a_correct} / {p.only_b_correct}", format_p_cell(p.p_value))
     return out
 
 
 def show_report(rep) -> None:
     """The summary and paired comparison as rich tables, then the verdicts and where the files are."""
-    console.print(_transposed(rep.summary_table(), "summary"))
+    from ..render import summary_table
+
+    console.print(_transposed(summary_table(rep.models), "summary"))
     console.print(_pairs(rep))
     for v in rep.verdicts:
         console.print(f"[bold]{v}[/bold]", highlight=False)
@@ -51,10 +58,11 @@ def show_report(rep) -> None:
 
 @app.command(epilog="Example: flowerfast compare --archs resnet152,vgg11_bn --epochs 10")
 def compare(
-    archs: Archs, data: o.Data = None, epochs: o.Epochs = 10, lr: o.Lr = None, bs: o.Bs = 32, size: o.Size = 224,
-    valid_pct: o.ValidPct = 0.2, seed: o.Seed = 42, freeze_epochs: o.FreezeEpochs = None,
-    pretrained: o.Pretrained = None, out: CompareOut = None, device: o.Device = "auto",
-    workers: o.Workers = None, clean_train_sample: CleanTrainSample = 256,
+    archs: Archs, data: o.Data = D.data, epochs: o.Epochs = D.epochs, lr: o.Lr = D.lr, bs: o.Bs = D.bs,
+    size: o.Size = D.size, valid_pct: o.ValidPct = D.valid_pct, seed: o.Seed = D.seed,
+    freeze_epochs: o.FreezeEpochs = D.freeze_epochs, pretrained: o.Pretrained = D.pretrained, out: CompareOut = D.out,
+    device: o.Device = D.device, workers: o.Workers = D.workers,
+    clean_train_sample: o.CleanTrainSample = D.clean_train_sample,
 ) -> None:
     """Train several architectures on the identical split and compare them: accuracy, speed, size,
     and a paired significance test on the same validation images."""

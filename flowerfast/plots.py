@@ -1,0 +1,155 @@
+"""Every plot flowerfast draws, as PNG bytes: training curves, per-class accuracy, confusion
+matrices, the grid of mistakes and the learning-rate finder's curve.
+
+One module, so a confusion matrix looks the same in an evaluation and in a comparison, and so
+every plot is drawn the same safe way: a :class:`matplotlib.figure.Figure` on its own Agg canvas,
+never pyplot. That keeps plotting free of global state (no backend switch with
+``matplotlib.use``, no figure registry to leak into, no display needed), so it is safe in a
+library, in threads and on servers. Functions return bytes and write nothing: the caller writes
+them through :mod:`flowerfast.runs`, atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import TYPE_CHECKING, Mapping, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+if TYPE_CHECKING:
+    from .evaluation import Mistake
+    from .reporting import ModelEntry
+
+LR_FIND_COLORS = {"valley": "#d62728", "slide": "#2ca02c", "minimum": "#9467bd", "steep": "#ff7f0e"}
+
+
+def new_figure(width: float, height: float, dpi: int = 100, layout: str | None = None) -> Figure:
+    """A figure on its own Agg canvas (no pyplot, no global backend)."""
+    fig = Figure(figsize=(width, height), dpi=dpi, layout=layout)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def figure_png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def curves_png(models: Sequence["ModelEntry"]) -> bytes:
+    """Loss and accuracy per epoch, every model on the same two panels (one colour per model)."""
+    fig = new_figure(11, 4)
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    for i, m in enumerate(models):
+        color = f"C{i}"
+        epochs = [h.epoch for h in m.history]
+        loss_ax.plot(epochs, [h.train_loss for h in m.history], "-o", color=color, ms=3, label=f"{m.name} train")
+        loss_ax.plot(epochs, [h.valid_loss for h in m.history], "--s", color=color, ms=3, label=f"{m.name} valid")
+        acc_ax.plot(epochs, [h.valid_accuracy for h in m.history], "-o", color=color, ms=3, label=f"{m.name} valid")
+        clean = [(h.epoch, h.train_accuracy_clean) for h in m.history if h.train_accuracy_clean is not None]
+        if clean:
+            acc_ax.plot(*zip(*clean), "--s", color=color, ms=3, label=f"{m.name} train (clean)")
+    loss_ax.set(title="loss", xlabel="epoch")
+    acc_ax.set(title="accuracy", xlabel="epoch", ylim=(0, 1.02))
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    return figure_png(fig)
+
+
+def per_class_png(models: Sequence["ModelEntry"], classes: Sequence[str]) -> bytes:
+    """Validation accuracy per class, the models' bars side by side."""
+    fig = new_figure(max(6, 1 + 0.9 * len(classes) * max(1, len(models)) / 2), 4)
+    ax = fig.subplots()
+    x = np.arange(len(classes))
+    width = 0.8 / len(models)
+    for i, m in enumerate(models):
+        values = [m.per_class_accuracy.get(c) or 0.0 for c in classes]
+        ax.bar(x - 0.4 + width * (i + 0.5), values, width, label=m.name, color=f"C{i}")
+    tilt = len(classes) > 8
+    ax.set_xticks(x, list(classes), rotation=45 if tilt else 0, ha="right" if tilt else "center")
+    ax.set(ylabel="validation accuracy", ylim=(0, 1.05), title="per-class validation accuracy")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return figure_png(fig)
+
+
+def confusion_png(title: str, classes: Sequence[str], matrix: Sequence[Sequence[int]]) -> bytes:
+    """Counts of true class (rows) against predicted class (columns), each cell labelled when
+    there are at most 30 classes. Used by both ``evaluate`` and the comparison report."""
+    n = len(classes)
+    side = min(12, 2.5 + 0.45 * n)
+    fig = new_figure(side, side)
+    ax = fig.subplots()
+    data = np.asarray(matrix, dtype=np.int64).reshape(n, n)
+    ax.imshow(data, cmap="Blues")
+    if n <= 30:
+        top = data.max() if data.size else 0
+        top = top or 1
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, str(data[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if data[i, j] > top / 2 else "black")
+    ax.set_xticks(range(n), list(classes), rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(n), list(classes), fontsize=8)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    fig.tight_layout()
+    return figure_png(fig)
+
+
+def mistakes_png(mistakes: Sequence["Mistake"], columns: int = 4) -> bytes:
+    """A grid of wrongly classified images, each titled with its true class, the predicted class
+    and the probability the model gave that (wrong) class. Only as many cells as images."""
+    if not mistakes:
+        raise ValueError("no mistakes to plot")
+    from PIL import Image
+
+    n = len(mistakes)
+    cols = min(columns, n)
+    rows = (n + cols - 1) // cols
+    # constrained layout sizes the rows around the three-line titles, so none is cut off
+    fig = new_figure(3 * cols, 3.6 * rows, layout="constrained")
+    for k, m in enumerate(mistakes):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        ax.axis("off")
+        with Image.open(m.path) as im:
+            im.thumbnail((256, 256))
+            ax.imshow(im.convert("RGB"))
+        ax.set_title(f"true {m.true}, predicted {m.predicted}\nP({m.predicted}) = {m.probability:.1%}\n"
+                     f"{m.path.name}", fontsize=8)
+    return figure_png(fig)
+
+
+def _loss_at(lrs: Sequence[float], losses: Sequence[float], lr: float) -> float:
+    best = min(range(len(lrs)), key=lambda i: abs(math.log(lrs[i]) - math.log(lr)))
+    return losses[best]
+
+
+def lr_find_png(lrs: Sequence[float], losses: Sequence[float], suggestions: Mapping[str, float],
+                title: str = "") -> bytes:
+    """Loss against a log-scale learning rate, each suggestion marked and labelled."""
+    fig = new_figure(7, 4.5, dpi=110)
+    ax = fig.subplots()
+    ax.plot(lrs, losses, color="#1f77b4", lw=1.6, label="loss (smoothed)")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("training loss")
+    finite = [l for l in losses if math.isfinite(l)]
+    if finite:
+        lo, hi = min(finite), min(max(finite), min(finite) + 3 * (sorted(finite)[len(finite) // 2] - min(finite) + 0.1))
+        ax.set_ylim(lo - 0.05 * (hi - lo + 1e-9), hi + 0.05 * (hi - lo + 1e-9))
+    for name, lr in suggestions.items():
+        ax.plot([lr], [_loss_at(lrs, losses, lr)], "o", color=LR_FIND_COLORS.get(name, "k"), ms=8,
+                label=f"{name}: {lr:.2e}")
+    ax.legend(loc="upper left", fontsize=9)
+    ax.set_title(title or "learning-rate finder")
+    ax.grid(True, which="both", alpha=0.25)
+    fig.tight_layout()
+    return figure_png(fig)
