@@ -1,18 +1,25 @@
 """Fine-tune on a photo folder from Python, then print the flower report's per-epoch table.
 
-    python examples/train_and_inspect.py                 # the embedded sample photos
+    python examples/train_and_inspect.py                          # the embedded sample photos
     python examples/train_and_inspect.py photos/ resnet50
+    python examples/train_and_inspect.py photos/ resnet18 --epochs 5 --size 128 --no-pretrained
 """
 
-import sys
+import argparse
 
 import flowerfast
 
 
 def main() -> None:
-    data = sys.argv[1] if len(sys.argv) > 1 else None
-    arch = sys.argv[2] if len(sys.argv) > 2 else "resnet18"
-    result = flowerfast.train(data=data, arch=arch, epochs=3, size=96, bs=32)
+    ap = argparse.ArgumentParser(description="Fine-tune and print the per-epoch table.")
+    ap.add_argument("data", nargs="?", default=None, help="folder of class folders (default: the embedded sample)")
+    ap.add_argument("arch", nargs="?", default="resnet18")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--size", type=int, default=96)
+    ap.add_argument("--no-pretrained", dest="pretrained", action="store_const", const=False, default=None)
+    args = ap.parse_args()
+    result = flowerfast.train(data=args.data, arch=args.arch, epochs=args.epochs, size=args.size, bs=32,
+                              pretrained=args.pretrained)
     print(f"run folder: {result.run_dir}  (pretrained weights: {result.pretrained})")
     print(f"{'epoch':>5} {'train acc (aug)':>16} {'train acc (clean)':>18} {'valid acc':>10} {'train loss':>11}")
     for e in result.history:

@@ -98,7 +98,7 @@ def score_best_model(setup: RunSetup) -> float:
                             confidence=pr[p], probabilities=dict(zip(classes, pr)))
             for row, p, pr in zip(valid_rows, preds.tolist(), probs.tolist())]
     run.write_valid_predictions(rows, classes)
-    return float((preds == targets).float().mean())
+    return int((preds == targets).sum()) / len(targets)
 
 
 def fit_phases(setup: RunSetup, reporter: Reporter, callbacks: Sequence = ()) -> tuple[list[EpochRecord], object]:

@@ -47,10 +47,14 @@ def invoke(runner: CliRunner, args: list[str]):
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
-    """One real training run through the CLI on the embedded photos (resnet18, 32px, 2 epochs)."""
+    """One real training run through the CLI on the embedded photos (resnet18, 32px, 2 epochs).
+
+    Pinned to the CPU: tests compare its numbers with other computations, and on a GPU training
+    would run in mixed precision.
+    """
     out = tmp_path_factory.mktemp("runs") / "tiny"
     result = invoke(CliRunner(), ["train", "--arch", "resnet18", "--no-pretrained", "--size", "32",
-                                  "--epochs", "2", "--bs", "16", "--out", out])
+                                  "--epochs", "2", "--bs", "16", "--device", "cpu", "--out", out])
     assert result.exit_code == 0, result.output
     return out
 

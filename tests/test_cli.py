@@ -128,3 +128,31 @@ def test_usage_mistakes_get_one_line(runner, args, pattern):
 def test_no_arguments_still_shows_the_help(runner):
     result = invoke(runner, [])
     assert "Usage: flowerfast" in result.output and "train" in result.output
+
+
+def _options(command_name: str) -> dict:
+    """The click parameters of a command, by option name (``clean_train_sample`` ...)."""
+    import typer.main
+
+    group = typer.main.get_command(app)
+    return {p.name: p for p in group.commands[command_name].params}
+
+
+@pytest.mark.parametrize("command_name", ["train", "lr-find", "compare"])
+def test_cli_defaults_are_the_library_defaults(command_name):
+    """One source of defaults: every training option's CLI default is TrainConfig's."""
+    from flowerfast.config import DEFAULTS, TrainConfig
+    import dataclasses
+
+    params = _options(command_name)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    shared = fields & set(params)
+    assert {"data", "bs", "size", "seed", "device", "workers"} <= shared
+    for name in shared:
+        assert params[name].default == getattr(DEFAULTS, name), name
+
+
+def test_train_and_compare_offer_the_same_training_options():
+    train, compare = set(_options("train")), set(_options("compare"))
+    assert train - compare == {"arch", "weights", "split_file"}  # one architecture, one backbone file, one split
+    assert compare - train == {"archs"}

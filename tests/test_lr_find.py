@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
 from PIL import Image
 
 from .conftest import invoke, make_folder
@@ -31,12 +32,37 @@ def test_lr_find_prints_suggestions_and_writes_plot_and_curve(tmp_path, runner):
     assert (out / "split.csv").exists() and (out / "config.json").exists()
 
 
-def test_train_lr_auto_uses_the_valley_suggestion(tmp_path, runner):
+def test_train_lr_auto_trains_with_the_valley_suggestion(tmp_path):
+    """``lr="auto"``: lr-find runs first, its files land in the run folder, and the one-cycle
+    schedule the model is then trained with peaks at exactly the valley suggestion."""
+    import flowerfast
+
+    from .test_train import _ScheduleProbe
+
     data = make_folder(tmp_path / "d", {"daisy": 12, "sunflower": 12})
-    out = tmp_path / "run"
-    result = invoke(runner, ["train", "--data", data, "--arch", "resnet18", "--no-pretrained", "--size", "32",
-                             "--bs", "8", "--epochs", "1", "--lr", "auto", "--out", out])
+    probe = _ScheduleProbe()
+    result = flowerfast.train(data=data, arch="resnet18", pretrained=False, size=32, bs=8, epochs=1, lr="auto",
+                              device="cpu", out=tmp_path / "run", callbacks=[probe])
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    suggestions = json.loads((tmp_path / "run" / "lr_find.json").read_text())["suggestions"]
+    assert config["lr"] == config["lr_find"]["valley"] == suggestions["valley"] == result.lr
+    assert config["lr"] != 3e-3  # not the from-scratch default
+    (peak,) = probe.peaks  # from scratch: one full phase, every group at the same rate
+    assert peak == pytest.approx([config["lr"]] * len(peak), rel=1e-6)
+    assert max(max(lrs) for lrs in probe.batch_lrs) <= config["lr"] * (1 + 1e-6)
+    assert (tmp_path / "run" / "lr_find.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(tmp_path / "run" / "lr_find.csv", newline="") as fh:
+        assert len(list(csv.DictReader(fh))) > 20
+
+
+def test_lr_find_leaves_no_scratch_folder(tmp_path, runner, monkeypatch):
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    data = make_folder(tmp_path / "d", {"daisy": 6, "sunflower": 6})
+    result = invoke(runner, ["lr-find", "--data", data, "--arch", "resnet18", "--no-pretrained", "--size", "32",
+                             "--bs", "4", "--out", tmp_path / "lr"])
     assert result.exit_code == 0, result.output
-    config = json.loads((out / "config.json").read_text())
-    assert config["lr"] == config["lr_find"]["valley"]
-    assert (out / "lr_find.png").exists() and (out / "lr_find.csv").exists()
+    assert list(scratch.iterdir()) == []
