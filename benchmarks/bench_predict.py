@@ -18,16 +18,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
 import flowerfast
-from flowerfast.devices import resolve_device
+from flowerfast.devices import resolve_device, synchronize
 from flowerfast.imagefiles import image_files_under
-from flowerfast.runfolder import SplitRow
+from flowerfast.inference import ImageFileDataset, collate_images, default_workers
 from flowerfast.model import load_classifier
-from flowerfast.inference import ImageFileDataset, collate_images, default_workers, normalise
+from flowerfast.preprocessing import normalise, preprocess
+from flowerfast.runfolder import SplitRow
 
 
 def parse_args():
@@ -58,8 +60,8 @@ def best_of(repeat, fn):
 
 def plain_loop(network, spec, paths, bs, workers, device):
     """What one would write by hand: a Dataset, a DataLoader, no_grad, softmax."""
-    loader = torch.utils.data.DataLoader(ImageFileDataset(paths, spec.size), batch_size=bs, num_workers=workers,
-                                         collate_fn=collate_images)
+    loader = torch.utils.data.DataLoader(ImageFileDataset(paths, partial(preprocess, size=spec.size)), batch_size=bs,
+                                         num_workers=workers, collate_fn=collate_images)
     out = []
     with torch.no_grad():
         for _, images, _ in loader:
@@ -70,27 +72,20 @@ def plain_loop(network, spec, paths, bs, workers, device):
 
 def network_alone(model, paths, bs, repeat):
     """The loaded model's network on batches decoded and normalised beforehand (images/s)."""
-    network, spec, device = model.network, model.spec, model.device
-    dataset = ImageFileDataset(paths, spec.size)
+    network, device = model.network, model.device
+    dataset = ImageFileDataset(paths, model.preprocessing.load)
     decoded = [image for _, image, error in (dataset[i] for i in range(len(dataset))) if error is None]
-    x = normalise(torch.stack(decoded), spec.mean, spec.std).to(device).contiguous(memory_format=model.memory_format)
+    x = model.preprocessing.to_input(torch.stack(decoded).to(device)).contiguous(memory_format=model.memory_format)
 
     def run():
         for i in range(0, len(x), bs):
             network(x[i:i + bs])
-        sync(device)
+        synchronize(device)
 
     with torch.inference_mode():
         network(x[:bs])
         _, secs = best_of(repeat, run)
     return len(x) / secs
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    elif device.type == "mps":
-        torch.mps.synchronize()
 
 
 def fastai_learner(model_path, spec, paths, device):

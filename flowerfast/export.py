@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 
 from .errors import FlowerfastError
-from .inference import LoadedModel, as_loaded_model, resize_size
+from .inference import LoadedModel, as_loaded_model, check_pickle_allowed
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 CHECK_TOLERANCE = 1e-4
@@ -48,43 +48,28 @@ class WithSoftmax(torch.nn.Module):
 
 
 def preprocessing_info(model: LoadedModel, fmt: str) -> dict:
-    """The preprocessing recipe, written for someone implementing it without flowerfast."""
+    """The preprocessing recipe, written for someone implementing it without flowerfast.
+
+    The model's :class:`~flowerfast.preprocessing.Preprocessing` describes itself (resize and crop,
+    or a fastai export's own transforms); the input and output of the exported file are added here.
+    """
     spec = model.spec
-    big = resize_size(spec.size)
-    info = {
+    recipe = model.preprocessing.describe()
+    steps = recipe.pop("steps")
+    channels = model.preprocessing.channels
+    return {
         "format": "flowerfast-preprocessing",
         "model_format": fmt,
         "classes": list(spec.classes),
         "size": spec.size,
-        "resize": {"width": big, "height": big, "keep_aspect_ratio": False, "interpolation": "bilinear (PIL)"},
-        "center_crop": {"width": spec.size, "height": spec.size},
-        "color": "RGB" if len(spec.mean) == 3 else "L (grayscale)",
-        "scale": 1 / 255,
-        "mean": list(spec.mean),
-        "std": list(spec.std),
-        "input": {"name": "input", "layout": "NCHW", "dtype": "float32", "shape": ["batch", 3, spec.size, spec.size]},
+        **recipe,
+        "input": {"name": "input", "layout": "NCHW", "dtype": "float32",
+                  "shape": ["batch", channels, spec.size, spec.size]},
         "output": {"name": "probabilities", "shape": ["batch", len(spec.classes)], "meaning": "softmax over classes"},
-        "steps": [
-            "open the image, convert to RGB",
-            f"resize to {big}x{big} ignoring aspect ratio (bilinear)",
-            f"crop the centre {spec.size}x{spec.size}",
-            "HWC uint8 -> CHW float32, divide by 255",
-            "subtract mean and divide by std per channel",
-        ],
+        "steps": steps,
         "source_model": str(model.source),
         "arch": spec.arch,
     }
-    fastai_items = getattr(model.transform, "pipeline", None)
-    fastai_batch = getattr(model.batch_transform, "pipeline", None)
-    if fastai_items is not None and fastai_batch is not None:  # a fastai export: name its own transforms
-        del info["resize"], info["center_crop"]
-        info["fastai_item_transforms"] = [repr(t) for t in fastai_items.fs]
-        info["fastai_batch_transforms"] = [repr(t) for t in fastai_batch.fs]
-        info["steps"] = ["open the image as the fastai export does",
-                         "apply the fastai item transforms listed, as in validation",
-                         "apply the fastai batch transforms listed, as in validation "
-                         "(they scale to floats and normalise)"]
-    return info
 
 
 def default_export_path(model: LoadedModel, fmt: str) -> Path:
@@ -106,6 +91,7 @@ def export_model(model_or_path, format: str = "onnx", out: Optional[Path | str] 
     fmt = str(format).lower()
     if fmt not in FORMATS:
         raise FlowerfastError(f"unknown export format {format!r}: use {' or '.join(FORMATS)}")
+    check_pickle_allowed(model_or_path, trust_pickle)  # before anything else: never a hint to install onnx first
     if fmt == "onnx":
         _require_onnx()
     model = as_loaded_model(model_or_path, device="cpu", trust_pickle=trust_pickle)
@@ -118,7 +104,7 @@ def export_model(model_or_path, format: str = "onnx", out: Optional[Path | str] 
         raise FlowerfastError(f"output folder does not exist: {path.parent}")
     # A plain-layout copy: the exported weights should not depend on the layout used for speed here.
     wrapped = WithSoftmax(copy.deepcopy(model.network).to(memory_format=torch.contiguous_format)).eval()
-    shape = (len(model.spec.mean), model.spec.size, model.spec.size)  # channels, height, width
+    shape = (model.preprocessing.channels, model.spec.size, model.spec.size)  # channels, height, width
     example = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
     data = _export_onnx(wrapped, example) if fmt == "onnx" else _export_torchscript(wrapped, example)
     from .runs import atomic_write_bytes, write_json

@@ -1,8 +1,11 @@
 """Inference speed of a trained model: latency of one image and throughput of a batch.
 
-Measured as ``flowerfast predict`` runs the network (same loading, same memory layout, batch norms
-folded), on random input at the model's size. Stored in the run folder (``latency.json``) so a
-report rebuilt later shows the same figures.
+Measured on the network exactly as ``flowerfast predict`` runs it: loaded by
+:func:`flowerfast.inference.load_model` (same rebuilding, batch norms folded, same memory layout),
+on random input at the model's size, by default on the device the run trained on when this machine
+has it. Stored in the run folder (``latency.json``, through :class:`~flowerfast.runfolder.RunFolder`)
+and reused for the same device, batch size and layout, so a report rebuilt later shows the same
+figures.
 """
 
 from __future__ import annotations
@@ -11,61 +14,81 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .devices import best_device_name
-from .runs import read_json, write_json
+from .devices import best_device_name, mps_available, resolve_device, synchronize
+from .runfolder import RunFolder
 
-LATENCY_FILE = "latency.json"
 LATENCY_BATCH = 8
+
+
+def available_here(device: Optional[str]) -> bool:
+    """Whether ``device`` (``cpu``, ``cuda``, ``cuda:1``, ``mps``) can compute on this machine."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        return False
+    if dev.type == "cpu":
+        return True
+    if dev.type == "cuda":
+        return torch.cuda.is_available() and (dev.index is None or dev.index < torch.cuda.device_count())
+    if dev.type == "mps":
+        return mps_available()
+    return False
+
+
+def default_device(run_dir: Path | str) -> str:
+    """The device the run trained on (its ``config.json``), when this machine has it; else the best here.
+
+    Why: a report set beside the run's training figures should time the model on the same kind
+    of device, not on whatever happens to be fastest where the report is built.
+    """
+    trained_on = RunFolder(run_dir).read_config().get("device")
+    if isinstance(trained_on, str) and trained_on != "auto" and available_here(trained_on):
+        return trained_on
+    return best_device_name()
 
 
 def measure_inference(run_dir: Path, device: Optional[str] = None, batch_size: int = LATENCY_BATCH,
                       repeats: int = 3) -> dict:
     """Latency of one image and throughput of a batch for the run's best model, on random input at
     the model's image size. Kept short (a warm-up and a few timed calls): it ranks models, it is no
-    benchmark. Stored in ``latency.json`` in the run folder and reused for the same device, batch and layout.
+    benchmark. ``device`` defaults to :func:`default_device`. Stored in ``latency.json`` in the run
+    folder and reused for the same device, batch size and layout.
     """
     import torch
 
-    from .inference import for_inference, inference_layout
-    from .model import load_classifier
+    from .inference import load_model
+    from .optimize import inference_layout
 
-    device = device or best_device_name()
+    folder = RunFolder(run_dir)
+    device = default_device(run_dir) if device in (None, "auto") else str(device)
     layout = inference_layout(torch.device(device))
-    cache = Path(run_dir) / LATENCY_FILE
-    if cache.is_file():
-        try:
-            stored = read_json(cache)
-            if stored.get("device") == device and stored.get("batch_size") == batch_size \
-                    and stored.get("layout") == str(layout):
-                return stored
-        except (OSError, ValueError):
-            pass
-    model, spec = load_classifier(run_dir / "best.safetensors", device=device)
-    model = for_inference(model, torch.device(device))  # as predict runs it
+    stored = folder.read_latency()
+    if isinstance(stored, dict) and stored.get("device") == device and stored.get("batch_size") == batch_size \
+            and stored.get("layout") == str(layout):
+        return stored
+    dev = torch.device(device) if ":" in device else resolve_device(device)  # a clear error for a missing one
+    model = load_model(folder.best_model, device=dev)  # the network as predict runs it
+    network, spec = model.network, model.spec
 
     def timed(x) -> float:
-        if device == "cuda":
-            torch.cuda.synchronize()
+        synchronize(dev)
         start = time.perf_counter()
-        model(x)
-        if device == "cuda":
-            torch.cuda.synchronize()
+        network(x)
+        synchronize(dev)
         return time.perf_counter() - start
 
+    shape = (model.preprocessing.channels, spec.size, spec.size)
     with torch.inference_mode():
-        one = torch.randn(1, 3, spec.size, spec.size, device=device).contiguous(memory_format=layout)
-        batch = torch.randn(batch_size, 3, spec.size, spec.size, device=device).contiguous(memory_format=layout)
+        one = torch.randn(1, *shape, device=dev).contiguous(memory_format=model.memory_format)
+        batch = torch.randn(batch_size, *shape, device=dev).contiguous(memory_format=model.memory_format)
         for _ in range(2):  # warm-up: allocator, kernel selection, caches
             timed(one), timed(batch)
         single = sorted(timed(one) for _ in range(2 * repeats + 1))[repeats]  # the median
         batched = sum(timed(batch) for _ in range(repeats))
     result = {"device": device, "batch_size": batch_size, "layout": str(layout), "image_size": spec.size,
               "latency_ms_per_image": 1000 * single, "images_per_second": batch_size * repeats / batched,
-              "threads": torch.get_num_threads() if device == "cpu" else None}
-    try:
-        write_json(cache, result)
-    except OSError:  # a read-only run folder: the report still has the figures
-        pass
+              "threads": torch.get_num_threads() if dev.type == "cpu" else None}
+    folder.write_latency(result)  # best effort: a read-only run folder still gets its figures
     return result
-
-

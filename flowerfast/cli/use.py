@@ -13,7 +13,7 @@ from typing import Annotated, List, Optional
 import typer
 from rich.table import Table
 
-from . import app
+from .app import app
 from .output import console, err_console, user_errors
 
 Model = Annotated[Path, typer.Argument(help="Run folder, or a model file (.safetensors or .json).", show_default=False)]
@@ -70,7 +70,8 @@ def predict(
     """Classify photos with a trained model, in batches."""
     with user_errors():
         from ..errors import FlowerfastError
-        from ..inference import check_top_k, collect_image_paths, load_model
+        from ..imagefiles import collect_image_paths
+        from ..inference import check_top_k, load_model
 
         if json_ and csv_:
             raise FlowerfastError("choose one of --json and --csv")
@@ -145,7 +146,7 @@ def _print_evaluation(result) -> None:
     for m in result.per_class:
         metrics.add_row(m.name, f"{m.precision:.3f}", f"{m.recall:.3f}", f"{m.f1:.3f}", str(m.support))
     console.print(metrics)
-    confusion = Table(title="confusion (rows: actual, columns: predicted)")
+    confusion = Table(title="confusion (rows: true class, columns: predicted)")
     confusion.add_column("")
     for c in result.classes:
         confusion.add_column(c, justify="right")
@@ -155,7 +156,7 @@ def _print_evaluation(result) -> None:
     if result.mistakes:
         table = Table(title=f"most confident mistakes ({len(result.mistakes)})")
         table.add_column("file", overflow="fold")
-        table.add_column("actual")
+        table.add_column("true")
         table.add_column("predicted")
         table.add_column("probability", justify="right")
         for m in result.mistakes:
