@@ -315,7 +315,7 @@ def test_the_example_script_runs(tmp_path):
     assert [int(r[0]) for r in rows] == [h.epoch for h in history] == [1, 2]
     for row, h in zip(rows, history):
         assert float(row[3].rstrip("%")) == pytest.approx(100 * h.valid_accuracy, abs=0.051)
-        assert float(row[4]) == pytest.approx(h.train_loss, abs=5e-5)
+        assert float(row[4]) == pytest.approx(h.train_loss, abs=1e-4)  # 4 decimals against 6 digits
     assert lines[-1].startswith(f"best valid accuracy {100 * run.read_summary().best_valid_accuracy:.1f}%")
 
 
@@ -331,7 +331,7 @@ def test_sigterm_ends_training_cleanly_and_leaves_no_scratch_folder(tmp_path):
     try:
         deadline = time.monotonic() + 300
         for line in proc.stdout:
-            if line.startswith("epoch 1/50"):
+            if line.split()[:2] == ["epoch", "1/50"]:
                 break
             assert time.monotonic() < deadline, "training did not start"
         assert any(p.name.startswith("flowerfast-") for p in scratch.iterdir())  # the learner's scratch folder

@@ -174,8 +174,12 @@ class OneLineUsageErrors(typer.core.TyperGroup):
             return super().invoke(ctx)
 
 
-class Terminated(Exception):
-    """SIGTERM, raised in the main thread so that every ``finally`` and context manager runs."""
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that every ``finally`` and context manager runs.
+
+    A ``BaseException`` like ``KeyboardInterrupt``: no ``except Exception`` (fastai wraps those in
+    its callbacks) may swallow or rewrap it on the way out.
+    """
 
 
 def _raise_terminated(signum, frame) -> None:
