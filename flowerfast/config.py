@@ -17,6 +17,7 @@ from typing import Any, Optional, Union
 from .errors import FlowerfastError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+MAX_LOADER_WORKERS = 8
 LR_AUTO = "auto"
 DEFAULT_LR_PRETRAINED = 2e-3
 DEFAULT_LR_SCRATCH = 3e-3
@@ -176,8 +177,9 @@ class ResolvedConfig:
         """``config.json``: the options as given, overlaid with what they resolved to (one flat dict)."""
         out = self.options.to_dict()
         for f in dataclasses.fields(self):
-            if f.name != "options":
-                out[f.name] = getattr(self, f.name)
+            value = getattr(self, f.name)
+            if f.name != "options" and not (value is None and f.name in out):  # lr-find resolves no lr
+                out[f.name] = value
         out["pretrained_requested"] = self.options.pretrained
         return out
 

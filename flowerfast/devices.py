@@ -7,9 +7,8 @@ from typing import Optional
 
 import torch
 
+from .config import DEVICES, MAX_LOADER_WORKERS
 from .errors import FlowerfastError
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 def mps_available() -> bool:
@@ -47,7 +46,7 @@ def resolve_workers(workers: Optional[int], device: torch.device) -> int:
         return workers
     if device.type == "cpu":
         return 0
-    return min(8, os.cpu_count() or 1)
+    return min(MAX_LOADER_WORKERS, os.cpu_count() or 1)
 
 
 def synchronize(device: torch.device) -> None:

@@ -20,6 +20,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from .config import MAX_LOADER_WORKERS
 from .devices import resolve_device
 from .errors import FlowerfastError
 from .imagefiles import describe_error
@@ -68,7 +69,7 @@ def default_workers(n_images: int, bs: int, device: torch.device) -> int:
     """
     if device.type != "cuda" or n_images < 2 * bs:
         return 0
-    return max(1, min(8, (os.cpu_count() or 1)))
+    return max(1, min(MAX_LOADER_WORKERS, (os.cpu_count() or 1)))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
@@ -54,8 +55,8 @@ def create_learner(data: FlowerData, arch: str = DEFAULTS.arch, size: int = DEFA
     """Build the classifier for ``data.classes`` and wrap it in a fastai Learner (Adam, accuracy).
 
     ``mixed_precision`` defaults to on for CUDA (about twice the throughput), off elsewhere.
-    ``path`` is the Learner's scratch folder (use :func:`learner_workspace`); by default fastai's,
-    the current folder.
+    ``path`` is the Learner's scratch folder (see :func:`learner_workspace`); by default a new
+    temporary folder, removed when the Learner is garbage-collected or the program exits.
     """
     from fastai.losses import CrossEntropyLossFlat
     from fastai.metrics import accuracy
@@ -72,8 +73,10 @@ def create_learner(data: FlowerData, arch: str = DEFAULTS.arch, size: int = DEFA
     learn = vision_learner(
         data.dls, lambda *args, **kwargs: backbone, normalize=False, pretrained=False, cut=cut,
         custom_head=head, loss_func=CrossEntropyLossFlat(), opt_func=Adam, metrics=accuracy,
-        **({"path": Path(path)} if path is not None else {}),
+        path=Path(path) if path is not None else Path(tempfile.mkdtemp(prefix="flowerfast-")),
     )
+    if path is None:
+        weakref.finalize(learn, shutil.rmtree, str(learn.path), True)
     learn.remove_cb(ProgressCallback)
     learn.logger = lambda *args, **kwargs: None
     learn.model.to(device)

@@ -26,7 +26,7 @@ from typing import Any, Optional, Sequence
 from sklearn.metrics import confusion_matrix
 
 from .errors import FlowerfastError
-from .latency import measure_inference
+from .latency import default_device, measure_inference
 from .plots import confusion_png, curves_png, per_class_png
 from .progress import NullReporter, Reporter
 from .render import format_p_value, render_html, render_markdown
@@ -215,9 +215,10 @@ def build_report(run_dirs: Sequence[Path | str], reporter: Optional[Reporter] = 
     reporter = reporter or NullReporter()
     runs = load_runs(run_dirs)
     models = []
+    device = default_device(runs[0].run_dir)  # one device for all: their speeds sit side by side
     for r in runs:
         reporter.stage(f"measuring inference speed of {r.name}")
-        models.append(model_entry(r, measure_inference(r.run_dir)))
+        models.append(model_entry(r, measure_inference(r.run_dir, device=device)))
     reporter.stage("comparing predictions on the validation images")
     pairs = [compare_pair(a, b) for a, b in combinations(runs, 2)]
     settings = {"alpha": ALPHA, "ci_level": CI_LEVEL, "bootstrap_resamples": N_RESAMPLES,

@@ -45,11 +45,11 @@ FINISHED_FILES = (SPLIT, HISTORY, SUMMARY, VALID_PREDICTIONS, BEST + ".safetenso
 def parse_bool(text: str) -> bool:
     """``is_valid`` as written by any flowerfast version (``1``/``0``) or by hand (``True``/``false``)."""
     value = str(text).strip().lower()
-    if value in ("1", "true", "yes"):
+    if value in ("1", "true"):
         return True
-    if value in ("0", "false", "no", ""):
+    if value in ("0", "false"):
         return False
-    raise ValueError(f"not a boolean: {text!r}")
+    raise ValueError(f"is_valid must be 1 or 0, not {text!r}")
 
 
 def relative_path(path: Path, root: Path) -> str:
@@ -118,7 +118,12 @@ class EpochRecord:
 
 @dataclass
 class RunSummary:
-    """``summary.json``: the figures of a finished run."""
+    """``summary.json``: the figures of a finished run.
+
+    ``seconds`` is the training time, from the first epoch to the last (data scanning, building the
+    model and lr-find are not in it); ``best_valid_accuracy_rescored`` is the saved best model's
+    accuracy on the validation images, recomputed after training from ``best.safetensors``.
+    """
 
     arch: str
     classes: list[str]
@@ -267,7 +272,8 @@ class RunFolder:
     def read_valid_predictions(self) -> list[ValidPrediction]:
         out = []
         for r in read_csv(self.path / VALID_PREDICTIONS):
-            probs = {k[2:]: float(v) for k, v in r.items() if k.startswith("p_") and v not in ("", None)}
+            probs = {k[2:]: float(v) for k, v in r.items()
+                     if isinstance(k, str) and k.startswith("p_") and v not in ("", None)}
             out.append(ValidPrediction(file=r["file"], label=r["label"], predicted=r["predicted"],
                                        confidence=float(r["confidence"]), probabilities=probs))
         return out
@@ -311,9 +317,17 @@ def write_split_csv(rows: Sequence[SplitRow], path: Path, root: Path) -> Path:
 def read_split_csv(path: Path, root: Optional[Path] = None) -> list[SplitRow]:
     """Read a ``split.csv`` back; relative files are resolved against ``root`` when given."""
     rows = []
-    for rec in read_csv(path):
-        f = Path(rec["file"])
-        if root is not None and not f.is_absolute():
-            f = Path(root) / f
-        rows.append(SplitRow(f, rec["label"], parse_bool(rec["is_valid"])))
+    try:
+        for line, rec in enumerate(read_csv(path), start=2):
+            f = Path(rec["file"])
+            if root is not None and not f.is_absolute():
+                f = Path(root) / f
+            try:
+                rows.append(SplitRow(f, rec["label"], parse_bool(rec["is_valid"])))
+            except ValueError as exc:
+                raise FlowerfastError(f"{path}, line {line}: {exc}") from None
+    except (KeyError, TypeError) as exc:
+        raise FlowerfastError(f"{path} is not a split file (file,label,is_valid): missing {exc}") from None
+    except OSError as exc:
+        raise FlowerfastError(f"cannot read split file {path}: {exc.strerror or exc}") from None
     return rows

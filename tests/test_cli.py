@@ -156,3 +156,14 @@ def test_train_and_compare_offer_the_same_training_options():
     train, compare = set(_options("train")), set(_options("compare"))
     assert train - compare == {"arch", "weights", "split_file"}  # one architecture, one backbone file, one split
     assert compare - train == {"archs"}
+
+
+def test_a_malformed_split_file_gets_one_line(runner, tmp_path):
+    split = tmp_path / "split.csv"
+    split.write_text("file,label,is_valid\ndaisy/10140303196_b88d3d6cec.jpg,daisy,yes please\n")
+    _one_line_error(invoke(runner, ["train", "--split-file", split, "--out", tmp_path / "run"]),
+                    r"split.csv, line 2: is_valid must be 1 or 0, not 'yes please'$")
+    split.write_text("path,class\nx.jpg,daisy\n")
+    _one_line_error(invoke(runner, ["train", "--split-file", split, "--out", tmp_path / "run"]),
+                    r"is not a split file \(file,label,is_valid\)")
+    assert not (tmp_path / "run").exists()

@@ -22,7 +22,8 @@ runner = CliRunner()
 
 def test_metrics_equal_hand_computed(run_dir, tmp_path):
     out = tmp_path / "report"
-    result = runner.invoke(app, ["evaluate", str(run_dir), str(SAMPLE), "--json", "--out", str(out), "--mistakes", "5"])
+    result = runner.invoke(app, ["evaluate", str(run_dir), str(SAMPLE), "--json", "--out", str(out), "--mistakes", "5",
+                                 "--device", "cpu"])  # compared with the API on the CPU below
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
 

@@ -55,14 +55,31 @@ def test_train_lr_auto_trains_with_the_valley_suggestion(tmp_path):
         assert len(list(csv.DictReader(fh))) > 20
 
 
-def test_lr_find_leaves_no_scratch_folder(tmp_path, runner, monkeypatch):
+def test_lr_find_uses_a_scratch_folder_and_removes_it(tmp_path, monkeypatch):
+    """fastai's lr_find saves and restores the weights in the Learner's folder: a scratch folder
+    that exists while it runs and is gone afterwards; nothing lands in the working folder."""
     import tempfile
+
+    import flowerfast
+    from flowerfast.progress import Reporter
 
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+
+    class SeeScratch(Reporter):
+        during: list = []
+
+        def batches_started(self, kind, total, epoch=None):
+            if kind == "lr-find":
+                self.during = [p.name for p in scratch.iterdir()]
+
+    reporter = SeeScratch()
     data = make_folder(tmp_path / "d", {"daisy": 6, "sunflower": 6})
-    result = invoke(runner, ["lr-find", "--data", data, "--arch", "resnet18", "--no-pretrained", "--size", "32",
-                             "--bs", "4", "--out", tmp_path / "lr"])
-    assert result.exit_code == 0, result.output
-    assert list(scratch.iterdir()) == []
+    flowerfast.find_lr(data=data, arch="resnet18", pretrained=False, size=32, bs=4, device="cpu",
+                       out=tmp_path / "lr", reporter=reporter)
+    assert len(reporter.during) == 1 and reporter.during[0].startswith("flowerfast-")
+    assert list(scratch.iterdir()) == [] and list(work.iterdir()) == []

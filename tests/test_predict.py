@@ -291,7 +291,7 @@ def test_trusted_fastai_export_predicts_like_fastai(fastai_export, tmp_path):
 
     result = invoke("predict", fastai_export, *photos, "--json", "--top-k", "5")
     assert result.exit_code != 0 and "--trust-pickle" in result.stderr
-    result = invoke("predict", fastai_export, *photos, "--json", "--top-k", "5", "--trust-pickle")
+    result = invoke("predict", fastai_export, *photos, "--json", "--top-k", "5", "--trust-pickle", "--device", "cpu")
     assert result.exit_code == 0, result.output
     ours = json.loads(result.stdout)
 

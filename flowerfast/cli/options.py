@@ -11,10 +11,12 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..config import DEFAULT_LR_PRETRAINED, DEFAULT_LR_SCRATCH, MAX_LOADER_WORKERS
+
 Data = Annotated[Optional[Path], typer.Option("--data", help="Folder of class folders (or train/ + valid/). Default: the embedded sample photos.", show_default=False)]
 Arch = Annotated[str, typer.Option("--arch", help="Architecture name (see `flowerfast archs`).")]
 Epochs = Annotated[int, typer.Option("--epochs", help="Epochs of full training (after any frozen epochs).")]
-Lr = Annotated[Optional[str], typer.Option("--lr", help="Peak learning rate, or 'auto' to run lr-find first. Default: 2e-3 pretrained, 3e-3 from scratch.", show_default=False)]
+Lr = Annotated[Optional[str], typer.Option("--lr", help=f"Peak learning rate, or 'auto' to run lr-find first. Default: {DEFAULT_LR_PRETRAINED:g} pretrained, {DEFAULT_LR_SCRATCH:g} from scratch.", show_default=False)]
 Bs = Annotated[int, typer.Option("--bs", help="Batch size.")]
 Size = Annotated[int, typer.Option("--size", help="Image size in pixels (square crops).")]
 ValidPct = Annotated[float, typer.Option("--valid-pct", help="Share of images held out for validation when the folder has no valid/.")]
@@ -24,6 +26,6 @@ Pretrained = Annotated[Optional[bool], typer.Option("--pretrained/--no-pretraine
 Weights = Annotated[Optional[Path], typer.Option("--weights", help="Local backbone state dict (.safetensors, or .pth read without unpickling code).", show_default=False)]
 Out = Annotated[Optional[Path], typer.Option("--out", help="Run folder to create. Default: runs/<arch>-<timestamp>.", show_default=False)]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")]
-Workers = Annotated[Optional[int], typer.Option("--workers", help="Data-loading processes. Default: 0 on the CPU, up to 8 on a GPU.", show_default=False)]
+Workers = Annotated[Optional[int], typer.Option("--workers", help=f"Data-loading processes. Default: 0 on the CPU, up to {MAX_LOADER_WORKERS} on a GPU.", show_default=False)]
 SplitFile = Annotated[Optional[Path], typer.Option("--split-file", help="Reuse the split.csv of an earlier run, so two runs are scored on the same images.", show_default=False)]
 CleanTrainSample = Annotated[int, typer.Option("--clean-train-sample", help="Training images scored each epoch without augmentation, for an honest train accuracy (0: off).")]
