@@ -1,4 +1,5 @@
-"""fastai callbacks, one concern each: epoch statistics, progress reporting, best-model saving."""
+"""fastai callbacks, one concern each: epoch statistics, clean train accuracy, progress reporting,
+best-model saving. (The precision and memory-layout callbacks are in :mod:`flowerfast.precision`.)"""
 
 from __future__ import annotations
 
@@ -65,8 +66,8 @@ class CleanTrainAccuracy(Callback):
 
     order = 55
 
-    def __init__(self, dl, mixed_precision: bool = False):
-        self.dl, self.mixed_precision = dl, mixed_precision
+    def __init__(self, dl, precision: str = "fp32"):
+        self.dl, self.precision = dl, precision
 
     def before_fit(self):
         self.learn.clean_train_accuracy = None
@@ -74,7 +75,7 @@ class CleanTrainAccuracy(Callback):
     def after_epoch(self):
         from .learner import predict_batches
 
-        probs, targets = predict_batches(self.learn.model, self.dl, self.mixed_precision)
+        probs, targets = predict_batches(self.learn.model, self.dl, self.precision)
         self.learn.clean_train_accuracy = float((probs.argmax(dim=-1) == targets).float().mean())
 
 
@@ -126,3 +127,4 @@ class LRFindProgress(Callback):
     def after_batch(self):
         if self.training:
             self.reporter.batch_done("lr-find")
+

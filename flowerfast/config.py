@@ -19,10 +19,11 @@ from .errors import FlowerfastError
 DEVICES = ("auto", "cpu", "cuda", "mps")
 MAX_LOADER_WORKERS = 8
 LR_AUTO = "auto"
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEFAULT_LR_PRETRAINED = 2e-3
 DEFAULT_LR_SCRATCH = 3e-3
 BODY_LR_DIVISOR = 100
-PATH_OPTIONS = ("data", "weights", "out", "split_file")
+PATH_OPTIONS = ("data", "weights", "out", "split_file", "cache_dir")
 
 
 @dataclass
@@ -42,6 +43,12 @@ class TrainConfig:
     split_file: a ``split.csv`` of an earlier run, to train on exactly the same split (compare).
     clean_train_sample: training images (a fixed random sample) scored each epoch in eval mode
         without augmentation, for an honest train accuracy; 0 turns it off.
+    precision: ``auto`` trains in bf16 autocast on a CPU with native bf16 and on a GPU that has
+        it (fp16 with loss scaling on older GPUs), fp32 elsewhere; or ``fp32``, ``bf16``, ``fp16``.
+    compile: run the model through ``torch.compile``.
+    cache: keep decoded, resized photos in ``cache_dir`` (default: the user's cache folder), so
+        later epochs and later runs skip JPEG decoding and the big resize.
+    threads: torch's compute threads; ``None`` leaves torch's choice (one per core).
     """
 
     data: Optional[Path] = None
@@ -60,6 +67,11 @@ class TrainConfig:
     workers: Optional[int] = None
     split_file: Optional[Path] = None
     clean_train_sample: int = 256
+    precision: str = "auto"
+    compile: bool = False
+    cache: bool = True
+    cache_dir: Optional[Path] = None
+    threads: Optional[int] = None
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> "TrainConfig":
@@ -78,6 +90,10 @@ class TrainConfig:
             raise FlowerfastError(f"--workers must be 0 or more (got {self.workers})")
         if self.device not in DEVICES:
             raise FlowerfastError(f"--device must be one of {', '.join(DEVICES)} (got {self.device!r})")
+        if self.precision not in PRECISIONS:
+            raise FlowerfastError(f"--precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
+        if self.threads is not None and self.threads < 1:
+            raise FlowerfastError(f"--threads must be at least 1 (got {self.threads})")
         if self.clean_train_sample < 0:
             raise FlowerfastError(f"clean_train_sample must be 0 or more (got {self.clean_train_sample})")
         if self.split_file is not None and not Path(self.split_file).is_file():
@@ -157,7 +173,11 @@ class ResolvedConfig:
     bs: int
     device: str
     workers: int
-    mixed_precision: bool
+    threads: int
+    precision: str
+    channels_last: bool
+    compile: bool
+    cache_dir: Optional[str]
     pretrained: bool
     weights_source: str
     warnings: list[str]
@@ -166,6 +186,10 @@ class ResolvedConfig:
     lr_find: Optional[dict[str, float]] = None
     freeze_epochs: Optional[int] = None
     body_lr: Optional[float] = None
+
+    @property
+    def mixed_precision(self) -> bool:
+        return self.precision != "fp32"
 
     @property
     def phases(self) -> list[tuple[str, int]]:
@@ -180,12 +204,15 @@ class ResolvedConfig:
             value = getattr(self, f.name)
             if f.name != "options" and not (value is None and f.name in out):  # lr-find resolves no lr
                 out[f.name] = value
+        out["mixed_precision"] = self.mixed_precision
         out["pretrained_requested"] = self.options.pretrained
+        out["precision_requested"] = self.options.precision
         return out
 
 
-def resolve(options: TrainConfig, *, data, run_dir: Path, device, workers: int, mixed_precision: bool,
-            weights, versions: dict[str, str], training: bool = True, lr_finder=None) -> ResolvedConfig:
+def resolve(options: TrainConfig, *, data, run_dir: Path, device, workers: int, threads: int, precision: str,
+            channels_last: bool, cache_dir: Optional[Path], weights, versions: dict[str, str], training: bool = True,
+            lr_finder=None) -> ResolvedConfig:
     """Decide everything the options left open, in one place, before the first epoch.
 
     ``data`` is the :class:`flowerfast.data.FlowerData`, ``weights`` the backbone's
@@ -210,7 +237,9 @@ def resolve(options: TrainConfig, *, data, run_dir: Path, device, workers: int, 
         options=options, data=str(data.root), out=str(run_dir), classes=list(data.classes), n_train=data.n_train,
         n_valid=data.n_valid, preset_split=data.preset_split,
         skipped=[{"file": str(s.path), "reason": s.reason} for s in data.skipped], bs=data.bs, device=str(device),
-        workers=workers, mixed_precision=mixed_precision, pretrained=pretrained, weights_source=weights.source,
+        workers=workers, threads=threads, precision=precision, channels_last=channels_last, compile=options.compile,
+        cache_dir=str(cache_dir) if cache_dir is not None else None, pretrained=pretrained,
+        weights_source=weights.source,
         warnings=[weights.note] if weights.note else [], versions=versions,
         lr=lr, lr_find=found, freeze_epochs=freeze, body_lr=lower,
     )

@@ -55,3 +55,68 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX on x86, BF16 on Arm), as
+    oneDNN sees it. Without it bf16 is emulated and slower than fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def cuda_has_bf16() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def choose_precision(requested: str, device_type: str, cpu_bf16: bool, cuda_bf16: bool) -> str:
+    """The training precision for a device, as a pure decision (tested case by case).
+
+    ``auto``: bf16 autocast where the hardware has bf16 (twice the throughput of fp32 on such a
+    CPU, and on Ampere or newer GPUs, with fp32's range, so no loss scaling); fp16 with loss
+    scaling on older GPUs; fp32 elsewhere (Apple MPS, CPUs without bf16). An explicit request is
+    honoured where it can run at all.
+    """
+    if requested == "fp32":
+        return "fp32"
+    if requested == "auto":
+        if device_type == "cuda":
+            return "bf16" if cuda_bf16 else "fp16"
+        if device_type == "cpu" and cpu_bf16:
+            return "bf16"
+        return "fp32"
+    if requested == "fp16" and device_type != "cuda":
+        raise FlowerfastError("--precision fp16 needs a CUDA GPU (it trains with loss scaling there); "
+                              "use --precision bf16 or fp32")
+    if requested == "bf16":
+        if device_type == "cuda" and not cuda_bf16:
+            raise FlowerfastError("--precision bf16: this GPU has no bf16; use --precision fp16 or fp32")
+        if device_type not in ("cpu", "cuda"):
+            raise FlowerfastError(f"--precision bf16 is not supported on {device_type}; use fp32")
+    return requested
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """:func:`choose_precision` with this machine's capabilities."""
+    return choose_precision(requested, device.type, cpu_bf16=device.type == "cpu" and cpu_has_native_bf16(),
+                            cuda_bf16=device.type == "cuda" and cuda_has_bf16())
+
+
+def autocast_dtype(precision: str) -> Optional[torch.dtype]:
+    """The dtype autocast runs in for a precision; ``None`` for fp32 (no autocast)."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
+def preferred_layout(device: torch.device) -> torch.memory_format:
+    """Channels-last (NHWC) on CPUs and CUDA GPUs, whose convolution libraries (oneDNN, cuDNN) run
+    faster in it, above all in bf16; the usual NCHW elsewhere. For training and inference alike."""
+    return torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
+
+
+def use_threads(threads: Optional[int]) -> int:
+    """Set torch's compute threads when asked; return the number in use. torch's own default (one
+    per core) is right for a training process whose data loading runs in the main process."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()

@@ -92,7 +92,7 @@ def score_classes(labels: Sequence[str], predicted: Sequence[str], classes: Sequ
 
 def evaluate(model_or_path, data_dir: Path | str, mistakes: int = 9, bs: int = 64,
              device: Optional[str] = None, workers: Optional[int] = None,
-             trust_pickle: bool = False) -> EvaluationResult:
+             trust_pickle: bool = False, precision: str = "fp32") -> EvaluationResult:
     """Predict every image of a labelled folder and score the predictions.
 
     Class folders the model does not know are an error (their images could never be right);
@@ -101,7 +101,7 @@ def evaluate(model_or_path, data_dir: Path | str, mistakes: int = 9, bs: int = 6
     if mistakes < 0:
         raise FlowerfastError(f"--mistakes must be 0 or more, not {mistakes}")
     folder = scan_image_folder(data_dir)
-    model: LoadedModel = as_loaded_model(model_or_path, device=device, trust_pickle=trust_pickle)
+    model: LoadedModel = as_loaded_model(model_or_path, device=device, trust_pickle=trust_pickle, precision=precision)
     unknown = [c for c in folder.classes if c not in model.classes]
     if unknown:
         raise FlowerfastError(f"{folder.root} has class folder(s) the model does not know: {', '.join(unknown)} "

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .devices import best_device_name, mps_available, resolve_device, synchronize
+from .devices import best_device_name, mps_available, resolve_device, resolve_precision, synchronize
 from .runfolder import RunFolder
 
 LATENCY_BATCH = 8
@@ -50,32 +50,34 @@ def default_device(run_dir: Path | str) -> str:
 
 
 def measure_inference(run_dir: Path, device: Optional[str] = None, batch_size: int = LATENCY_BATCH,
-                      repeats: int = 3) -> dict:
+                      repeats: int = 3, precision: str = "fp32") -> dict:
     """Latency of one image and throughput of a batch for the run's best model, on random input at
     the model's image size. Kept short (a warm-up and a few timed calls): it ranks models, it is no
     benchmark. ``device`` defaults to :func:`default_device`. Stored in ``latency.json`` in the run
-    folder and reused for the same device, batch size and layout.
+    folder and reused for the same device, batch size, layout and precision (``fp32`` unless
+    asked: the numbers an exported or served model gives).
     """
     import torch
 
-    from .inference import load_model
+    from .inference import check_precision, load_model
     from .optimize import inference_layout
 
     folder = RunFolder(run_dir)
     device = default_device(run_dir) if device in (None, "auto") else str(device)
     layout = inference_layout(torch.device(device))
+    precision = resolve_precision(check_precision(precision), torch.device(device))
     stored = folder.read_latency()
     if isinstance(stored, dict) and stored.get("device") == device and stored.get("batch_size") == batch_size \
-            and stored.get("layout") == str(layout):
+            and stored.get("layout") == str(layout) and stored.get("precision", "fp32") == precision:
         return stored
     dev = torch.device(device) if ":" in device else resolve_device(device)  # a clear error for a missing one
-    model = load_model(folder.best_model, device=dev)  # the network as predict runs it
-    network, spec = model.network, model.spec
+    model = load_model(folder.best_model, device=dev, precision=precision)  # the network as predict runs it
+    spec = model.spec
 
     def timed(x) -> float:
         synchronize(dev)
         start = time.perf_counter()
-        network(x)
+        model.forward(x)
         synchronize(dev)
         return time.perf_counter() - start
 
@@ -87,7 +89,8 @@ def measure_inference(run_dir: Path, device: Optional[str] = None, batch_size: i
             timed(one), timed(batch)
         single = sorted(timed(one) for _ in range(2 * repeats + 1))[repeats]  # the median
         batched = sum(timed(batch) for _ in range(repeats))
-    result = {"device": device, "batch_size": batch_size, "layout": str(layout), "image_size": spec.size,
+    result = {"device": device, "batch_size": batch_size, "layout": str(layout), "precision": model.precision,
+              "image_size": spec.size,
               "latency_ms_per_image": 1000 * single, "images_per_second": batch_size * repeats / batched,
               "threads": torch.get_num_threads() if dev.type == "cpu" else None}
     folder.write_latency(result)  # best effort: a read-only run folder still gets its figures

@@ -20,7 +20,7 @@ import torch
 from .archs import WeightsInfo, load_backbone
 from .config import DEFAULTS
 from .data import FlowerData
-from .devices import resolve_device
+from .devices import autocast_dtype, preferred_layout, resolve_device
 from .model import ModelSpec, assemble_classifier
 
 
@@ -45,16 +45,25 @@ class LearnerBundle:
     spec: ModelSpec
     weights: WeightsInfo
     device: torch.device
-    mixed_precision: bool
+    precision: str = "fp32"
+    channels_last: bool = False
+    compiled: bool = False
+
+    @property
+    def mixed_precision(self) -> bool:
+        return self.precision != "fp32"
 
 
 def create_learner(data: FlowerData, arch: str = DEFAULTS.arch, size: int = DEFAULTS.size,
                    pretrained: Optional[bool] = DEFAULTS.pretrained, weights: Optional[Path] = None,
-                   device: Optional[torch.device] = None, mixed_precision: Optional[bool] = None,
+                   device: Optional[torch.device] = None, precision: str = "fp32", compile: bool = False,
                    path: Optional[Path] = None) -> LearnerBundle:
     """Build the classifier for ``data.classes`` and wrap it in a fastai Learner (Adam, accuracy).
 
-    ``mixed_precision`` defaults to on for CUDA (about twice the throughput), off elsewhere.
+    ``precision`` is a resolved one (``fp32``, ``bf16``, ``fp16``: see
+    :func:`flowerfast.devices.resolve_precision`); the network and its batches are channels-last
+    where that layout is faster (:func:`flowerfast.devices.preferred_layout`); ``compile`` runs
+    it through ``torch.compile`` (in place, so the weights keep their names).
     ``path`` is the Learner's scratch folder (see :func:`learner_workspace`); by default a new
     temporary folder, removed when the Learner is garbage-collected or the program exits.
     """
@@ -65,6 +74,8 @@ def create_learner(data: FlowerData, arch: str = DEFAULTS.arch, size: int = DEFA
     import fastai.callback.schedule  # noqa: F401  (adds fit_one_cycle and lr_find to Learner)
     import fastai.callback.fp16  # noqa: F401  (adds to_fp16)
     from fastai.vision.learner import vision_learner
+
+    from .precision import Autocast, ChannelsLast
 
     device = device if device is not None else resolve_device("auto")
     backbone, info = load_backbone(arch, pretrained=pretrained, weights=weights)
@@ -81,14 +92,23 @@ def create_learner(data: FlowerData, arch: str = DEFAULTS.arch, size: int = DEFA
     learn.logger = lambda *args, **kwargs: None
     learn.model.to(device)
     learn.dls.to(device)
-    use_mp = device.type == "cuda" if mixed_precision is None else mixed_precision
-    if use_mp:
-        learn.to_fp16()
+    layout = preferred_layout(device)
+    channels_last = layout == torch.channels_last
+    if channels_last:
+        learn.model.to(memory_format=layout)
+        learn.add_cb(ChannelsLast())
+    if precision == "fp16":
+        learn.to_fp16()  # fastai's MixedPrecision: autocast plus loss scaling, on CUDA
+    elif precision == "bf16":
+        learn.add_cb(Autocast(torch.bfloat16))
+    if compile:
+        learn.model.compile()
     spec = ModelSpec(arch=arch, classes=list(data.classes), size=size, cut=cut, num_features=nf)
-    return LearnerBundle(learn=learn, spec=spec, weights=info, device=device, mixed_precision=use_mp)
+    return LearnerBundle(learn=learn, spec=spec, weights=info, device=device, precision=precision,
+                         channels_last=channels_last, compiled=compile)
 
 
-def predict_batches(model, dl, mixed_precision: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def predict_batches(model, dl, precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax probabilities and targets of ``model`` over a fastai DataLoader, in eval mode.
 
     A plain loop rather than ``Learner.get_preds``, so it can run inside a fit (from a callback)
@@ -100,7 +120,9 @@ def predict_batches(model, dl, mixed_precision: bool = False) -> tuple[torch.Ten
     try:
         with torch.no_grad():
             for xb, yb in dl:
-                with torch.autocast(device_type=xb.device.type, enabled=mixed_precision):
+                xb = xb.contiguous(memory_format=preferred_layout(xb.device))
+                with torch.autocast(device_type=xb.device.type, dtype=autocast_dtype(precision) or torch.float32,
+                                    enabled=precision != "fp32"):
                     out = model(xb)
                 probs.append(torch.softmax(out.float(), dim=-1).cpu())
                 targets.append(yb.cpu())

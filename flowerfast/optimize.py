@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import torch
 
+from .devices import preferred_layout
+
 
 def inference_layout(device: torch.device) -> torch.memory_format:
-    """Channels-last (NHWC) on CPUs and CUDA GPUs, whose convolutions (oneDNN, cuDNN) run faster
-    in it; the usual NCHW elsewhere. For the networks flowerfast builds and the batches fed to them."""
-    return torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
+    """The memory layout of the networks flowerfast builds and the batches fed to them at
+    inference: the same as in training (:func:`flowerfast.devices.preferred_layout`)."""
+    return preferred_layout(device)
 
 
 def fold_batch_norms(network: torch.nn.Module) -> torch.nn.Module:

@@ -14,7 +14,7 @@ from typing import Callable, Iterator, Optional
 from .archs import check_arch
 from .config import ResolvedConfig, TrainConfig, resolve
 from .data import FlowerData, load_data
-from .devices import resolve_device, resolve_workers
+from .devices import resolve_device, resolve_precision, resolve_workers, use_threads
 from .learner import LearnerBundle, create_learner, learner_workspace
 from .model import library_versions
 from .progress import Reporter
@@ -52,6 +52,9 @@ def prepare_run(options: TrainConfig, reporter: Reporter, prefix: str = "", trai
     run_dir = RunFolder.check_new(options.out or default_run_dir(f"{prefix}{options.arch}"))
     device = resolve_device(options.device)
     workers = resolve_workers(options.workers, device)
+    precision = resolve_precision(options.precision, device)
+    threads = use_threads(options.threads)
+    cache_dir = None
 
     reporter.stage(f"scanning {options.data or 'the embedded sample photos'}")
     data = load_data(options.data, size=options.size, bs=options.bs, valid_pct=options.valid_pct,
@@ -59,7 +62,8 @@ def prepare_run(options: TrainConfig, reporter: Reporter, prefix: str = "", trai
     with learner_workspace() as scratch:
         reporter.stage(f"building {options.arch}")
         bundle = create_learner(data, arch=options.arch, size=options.size, pretrained=options.pretrained,
-                                weights=options.weights, device=device, path=scratch)
+                                weights=options.weights, device=device, precision=precision,
+                                compile=options.compile, path=scratch)
         run = RunFolder.create(run_dir)
         run.write_split(data.rows, data.root)
 
@@ -68,7 +72,8 @@ def prepare_run(options: TrainConfig, reporter: Reporter, prefix: str = "", trai
             return lr_finder(bundle, run, reporter)
 
         config = resolve(options, data=data, run_dir=run.path, device=device, workers=workers,
-                         mixed_precision=bundle.mixed_precision, weights=bundle.weights, versions=library_versions(),
+                         threads=threads, precision=bundle.precision, channels_last=bundle.channels_last,
+                         cache_dir=cache_dir, weights=bundle.weights, versions=library_versions(),
                          training=training, lr_finder=find if lr_finder is not None else None)
         run.write_config(config)
         reporter.run_ready(config)

@@ -90,7 +90,7 @@ def score_best_model(setup: RunSetup) -> float:
 
     learn, run = setup.bundle.learn, setup.run
     learn.model.load_state_dict(load_file(str(run.best_model), device=str(setup.bundle.device)))
-    probs, targets = predict_batches(learn.model, setup.data.dls.valid, setup.bundle.mixed_precision)
+    probs, targets = predict_batches(learn.model, setup.data.dls.valid, setup.bundle.precision)
     classes = setup.data.classes
     valid_rows = [r for r in setup.data.rows if r.is_valid]
     preds = probs.argmax(dim=-1)
@@ -126,7 +126,7 @@ def fit_phases(setup: RunSetup, reporter: Reporter, callbacks: Sequence = ()) ->
             stats.listeners += [record, saver]
             cbs = [stats, ReportProgress(reporter, epoch_offset=offset), *callbacks]
             if clean_dl is not None:
-                cbs.append(CleanTrainAccuracy(clean_dl, setup.bundle.mixed_precision))
+                cbs.append(CleanTrainAccuracy(clean_dl, setup.bundle.precision))
             if phase == "frozen":
                 learn.freeze()
                 learn.fit_one_cycle(n_epochs, config.lr, pct_start=0.99, cbs=cbs)

@@ -49,12 +49,12 @@ def invoke(runner: CliRunner, args: list[str]):
 def tiny_run(tmp_path_factory) -> Path:
     """One real training run through the CLI on the embedded photos (resnet18, 32px, 2 epochs).
 
-    Pinned to the CPU: tests compare its numbers with other computations, and on a GPU training
-    would run in mixed precision.
+    Pinned to the CPU in fp32: tests compare its numbers with other fp32 computations, and by
+    default training runs in bf16 where the hardware has it.
     """
     out = tmp_path_factory.mktemp("runs") / "tiny"
     result = invoke(CliRunner(), ["train", "--arch", "resnet18", "--no-pretrained", "--size", "32",
-                                  "--epochs", "2", "--bs", "16", "--device", "cpu", "--out", out])
+                                  "--epochs", "2", "--bs", "16", "--device", "cpu", "--precision", "fp32", "--out", out])
     assert result.exit_code == 0, result.output
     return out
 

@@ -144,7 +144,7 @@ def test_cli_defaults_are_the_library_defaults(command_name):
     from flowerfast.config import DEFAULTS, TrainConfig
     import dataclasses
 
-    params = _options(command_name)
+    params = {name.rstrip("_"): p for name, p in _options(command_name).items()}
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     shared = fields & set(params)
     assert {"data", "bs", "size", "seed", "device", "workers"} <= shared

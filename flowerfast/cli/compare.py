@@ -62,7 +62,9 @@ def compare(
     size: o.Size = D.size, valid_pct: o.ValidPct = D.valid_pct, seed: o.Seed = D.seed,
     freeze_epochs: o.FreezeEpochs = D.freeze_epochs, pretrained: o.Pretrained = D.pretrained, out: CompareOut = D.out,
     device: o.Device = D.device, workers: o.Workers = D.workers,
-    clean_train_sample: o.CleanTrainSample = D.clean_train_sample,
+    clean_train_sample: o.CleanTrainSample = D.clean_train_sample, precision: o.Precision = D.precision,
+    compile_: o.Compile = D.compile, cache: o.Cache = D.cache, cache_dir: o.CacheDir = D.cache_dir,
+    threads: o.Threads = D.threads,
 ) -> None:
     """Train several architectures on the identical split and compare them: accuracy, speed, size,
     and a paired significance test on the same validation images."""
@@ -72,7 +74,8 @@ def compare(
 
         config = TrainConfig(data=data, epochs=epochs, lr=lr, bs=bs, size=size, valid_pct=valid_pct, seed=seed,
                              freeze_epochs=freeze_epochs, pretrained=pretrained, out=out, device=device,
-                             workers=workers, clean_train_sample=clean_train_sample)
+                             workers=workers, clean_train_sample=clean_train_sample, precision=precision,
+                             compile=compile_, cache=cache, cache_dir=cache_dir, threads=threads)
         rep = run_compare(archs, config, reporter=make_reporter())
     show_report(rep)
 

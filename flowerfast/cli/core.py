@@ -18,6 +18,8 @@ def train(
     freeze_epochs: o.FreezeEpochs = D.freeze_epochs, pretrained: o.Pretrained = D.pretrained,
     weights: o.Weights = D.weights, out: o.Out = D.out, device: o.Device = D.device, workers: o.Workers = D.workers,
     split_file: o.SplitFile = D.split_file, clean_train_sample: o.CleanTrainSample = D.clean_train_sample,
+    precision: o.Precision = D.precision, compile_: o.Compile = D.compile, cache: o.Cache = D.cache,
+    cache_dir: o.CacheDir = D.cache_dir, threads: o.Threads = D.threads,
 ) -> None:
     """Fine-tune a pretrained classifier and save the best and final models in a run folder."""
     with user_errors():
@@ -27,7 +29,8 @@ def train(
         config = TrainConfig(data=data, arch=arch, epochs=epochs, lr=lr, bs=bs, size=size, valid_pct=valid_pct,
                              seed=seed, freeze_epochs=freeze_epochs, pretrained=pretrained, weights=weights, out=out,
                              device=device, workers=workers, split_file=split_file,
-                             clean_train_sample=clean_train_sample).validate()
+                             clean_train_sample=clean_train_sample, precision=precision, compile=compile_,
+                             cache=cache, cache_dir=cache_dir, threads=threads).validate()
         result = run_training(config, reporter=make_reporter())
     s = result.summary
     speed = f" ({s.train_images_per_second:.1f} train images/s)" if s.train_images_per_second else ""
@@ -42,6 +45,8 @@ def lr_find(
     data: o.Data = D.data, arch: o.Arch = D.arch, bs: o.Bs = D.bs, size: o.Size = D.size,
     valid_pct: o.ValidPct = D.valid_pct, seed: o.Seed = D.seed, pretrained: o.Pretrained = D.pretrained,
     weights: o.Weights = D.weights, out: o.Out = D.out, device: o.Device = D.device, workers: o.Workers = D.workers,
+    precision: o.Precision = D.precision, cache: o.Cache = D.cache, cache_dir: o.CacheDir = D.cache_dir,
+    threads: o.Threads = D.threads,
 ) -> None:
     """Find a good learning rate: plot loss against a rising learning rate and suggest values."""
     with user_errors():
@@ -49,7 +54,8 @@ def lr_find(
         from ..lr_find import find_lr
 
         config = TrainConfig(data=data, arch=arch, bs=bs, size=size, valid_pct=valid_pct, seed=seed,
-                             pretrained=pretrained, weights=weights, out=out, device=device, workers=workers).validate()
+                             pretrained=pretrained, weights=weights, out=out, device=device, workers=workers,
+                             precision=precision, cache=cache, cache_dir=cache_dir, threads=threads).validate()
         result = find_lr(config, reporter=make_reporter())
     table = Table(title="learning-rate suggestions")
     table.add_column("method")

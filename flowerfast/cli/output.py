@@ -54,8 +54,10 @@ def print_run_header(config: "ResolvedConfig", out: Console = console) -> None:
             out.print(f"  {s['file']}: {s['reason']}", markup=False)
         if len(config.skipped) > 10:
             out.print(f"  ... and {len(config.skipped) - 10} more (all listed in config.json)")
-    out.print(f"model: {config.options.arch} from {config.weights_source} on {config.device}"
-              + (" (mixed precision)" if config.mixed_precision else ""), markup=False)
+    layout = ", channels-last" if config.channels_last else ""
+    compiled = ", compiled" if config.compile else ""
+    out.print(f"model: {config.options.arch} from {config.weights_source} on {config.device} "
+              f"({config.precision}{layout}{compiled}, {config.threads} threads)", markup=False)
 
 
 class LineReporter(Reporter):

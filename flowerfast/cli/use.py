@@ -20,6 +20,7 @@ Model = Annotated[Path, typer.Argument(help="Run folder, or a model file (.safet
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")]
 Bs = Annotated[int, typer.Option("--bs", help="Images per batch.")]
 Workers = Annotated[Optional[int], typer.Option("--workers", help="Image-decoding processes. Default: none on a CPU (the network needs the cores); on a GPU one per core, up to 8.", show_default=False)]
+InferencePrecision = Annotated[str, typer.Option("--precision", help="fp32 (the numbers exports and served models give), bf16, fp16 or auto (bf16 where the hardware has it, as in training).")]
 TrustPickle = Annotated[bool, typer.Option("--trust-pickle", help="Allow a fastai learn.export() .pkl as MODEL. Unpickling runs code from the file: only for files you trust.")]
 
 
@@ -66,6 +67,7 @@ def predict(
     csv_: Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")] = False,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the JSON or CSV to this file instead of stdout.", show_default=False)] = None,
     trust_pickle: TrustPickle = False,
+    precision: InferencePrecision = "fp32",
 ) -> None:
     """Classify photos with a trained model, in batches."""
     with user_errors():
@@ -77,7 +79,7 @@ def predict(
             raise FlowerfastError("choose one of --json and --csv")
         if output is not None and not (json_ or csv_):
             raise FlowerfastError("--output needs --json or --csv")
-        loaded = load_model(model, device=device, trust_pickle=trust_pickle)
+        loaded = load_model(model, device=device, trust_pickle=trust_pickle, precision=precision)
         check_top_k(top_k, len(loaded.classes))
         files = collect_image_paths(paths)
         predictions = loaded.predict(files, top_k=top_k, bs=bs, workers=workers)
@@ -118,6 +120,7 @@ def evaluate(
     device: Device = "auto",
     workers: Workers = None,
     trust_pickle: TrustPickle = False,
+    precision: InferencePrecision = "fp32",
 ) -> None:
     """Score a trained model on a labelled folder: accuracy, per-class metrics, confusion, mistakes."""
     with user_errors():
@@ -126,7 +129,7 @@ def evaluate(
 
         out_dir = check_output_dir(out if out is not None else default_run_dir("evaluate"))
         result = run_evaluate(model, data_dir, mistakes=mistakes, bs=bs, device=device, workers=workers,
-                              trust_pickle=trust_pickle)
+                              trust_pickle=trust_pickle, precision=precision)
         files = save_report(result, out_dir)
     if json_:
         typer.echo(json.dumps({**result.to_dict(), "out": str(files.out_dir)}, indent=2))

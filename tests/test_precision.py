@@ -1,0 +1,123 @@
+"""Training and inference precision: the choice per device, bf16 training that stays finite and
+gives an fp32 model, fp32 when asked, and help that answers without importing torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import flowerfast
+from flowerfast.devices import choose_precision, cpu_has_native_bf16, resolve_precision
+from flowerfast.errors import FlowerfastError
+from flowerfast.runfolder import RunFolder
+
+from .conftest import SAMPLE, invoke, make_folder
+
+
+@pytest.mark.parametrize("requested, device, cpu_bf16, cuda_bf16, expected", [
+    ("auto", "cpu", True, False, "bf16"),
+    ("auto", "cpu", False, False, "fp32"),
+    ("auto", "cuda", False, True, "bf16"),
+    ("auto", "cuda", False, False, "fp16"),
+    ("auto", "mps", True, True, "fp32"),
+    ("fp32", "cuda", True, True, "fp32"),
+    ("bf16", "cpu", False, False, "bf16"),  # asked for: emulated, but it runs
+    ("fp16", "cuda", False, False, "fp16"),
+])
+def test_precision_choice(requested, device, cpu_bf16, cuda_bf16, expected):
+    assert choose_precision(requested, device, cpu_bf16, cuda_bf16) == expected
+
+
+@pytest.mark.parametrize("requested, device, cuda_bf16, message", [
+    ("fp16", "cpu", False, "needs a CUDA GPU"),
+    ("bf16", "cuda", False, "this GPU has no bf16"),
+    ("bf16", "mps", False, "not supported on mps"),
+])
+def test_impossible_precisions_are_refused(requested, device, cuda_bf16, message):
+    with pytest.raises(FlowerfastError, match=message):
+        choose_precision(requested, device, cpu_bf16=True, cuda_bf16=cuda_bf16)
+
+
+def test_auto_on_this_cpu_follows_its_bf16_support():
+    expected = "bf16" if cpu_has_native_bf16() else "fp32"
+    assert resolve_precision("auto", torch.device("cpu")) == expected
+
+
+def test_fp16_on_a_cpu_is_one_line(runner, tmp_path):
+    result = invoke(runner, ["train", "--device", "cpu", "--precision", "fp16", "--out", tmp_path / "run"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.strip().splitlines() == [
+        "error: --precision fp16 needs a CUDA GPU (it trains with loss scaling there); use --precision bf16 or fp32"]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def bf16_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bf16") / "run"
+    result = flowerfast.train(arch="resnet18", pretrained=False, size=32, epochs=2, bs=16, device="cpu",
+                              precision="bf16", out=out, clean_train_sample=16)
+    return result
+
+
+def test_a_bf16_run_stays_finite_and_saves_an_fp32_model(bf16_run):
+    config = RunFolder(bf16_run.run_dir).read_config()
+    assert config["precision"] == "bf16" and config["precision_requested"] == "bf16"
+    assert config["mixed_precision"] is True and config["channels_last"] is True
+    for epoch in bf16_run.history:
+        assert all(torch.isfinite(torch.tensor(v)) for v in (epoch.train_loss, epoch.valid_loss))
+    model = flowerfast.load_model(bf16_run.run_dir, device="cpu")
+    assert model.precision == "fp32"
+    assert all(p.dtype == torch.float32 for p in model.network.parameters())
+    files = sorted((SAMPLE / "tulip").glob("*.jpg"))[:8]
+    _, probs, errors = model.probabilities(files)
+    assert not errors and probs.dtype == torch.float32
+    assert torch.allclose(probs.sum(dim=1), torch.ones(len(files)), atol=1e-5)
+
+
+def test_fp32_when_asked(tiny_run):
+    config = json.loads((tiny_run / "config.json").read_text())
+    assert config["precision"] == "fp32" and config["mixed_precision"] is False
+    assert config["precision_requested"] == "fp32"
+
+
+def test_inference_in_bf16_is_close_to_fp32(tiny_run):
+    files = sorted(SAMPLE.glob("*/*.jpg"))[::5]
+    exact = flowerfast.load_model(tiny_run, device="cpu")
+    fast = flowerfast.load_model(tiny_run, device="cpu", precision="bf16")
+    assert (exact.precision, fast.precision) == ("fp32", "bf16")
+    _, p32, _ = exact.probabilities(files)
+    _, p16, _ = fast.probabilities(files)
+    # bf16 keeps 8 bits of mantissa: probabilities move by up to a few hundredths
+    assert float((p32 - p16).abs().max()) < 0.1
+    assert not torch.equal(p32, p16)  # it really ran in bf16
+
+
+def test_latency_is_cached_per_precision(tiny_run, tmp_path):
+    import shutil
+
+    from flowerfast.latency import measure_inference
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "latency.json").unlink(missing_ok=True)
+    fp32 = measure_inference(run, device="cpu", repeats=1)
+    bf16 = measure_inference(run, device="cpu", repeats=1, precision="bf16")
+    assert (fp32["precision"], bf16["precision"]) == ("fp32", "bf16")
+    assert measure_inference(run, device="cpu", repeats=1, precision="bf16") == bf16  # reused, not re-measured
+
+
+@pytest.mark.parametrize("command", ["", "train", "lr-find", "compare", "report", "predict", "evaluate", "export",
+                                     "archs"])
+def test_help_does_not_import_torch(command):
+    """``--help`` must answer at once: torch alone takes seconds to import."""
+    args = [command, "--help"] if command else ["--help"]
+    code = ("import sys; from typer.testing import CliRunner; from flowerfast.cli import app; "
+            f"r = CliRunner().invoke(app, {args!r}); assert r.exit_code == 0, r.output; "
+            "print(sorted(m for m in ('torch', 'fastai', 'torchvision') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
