@@ -117,7 +117,7 @@ def fit_phases(setup: RunSetup, reporter: Reporter, callbacks: Sequence = ()) ->
 
     saver = SaveBestModel(lambda: save_model(learn.model, setup.bundle.spec, run.model_stem(BEST)), reporter)
     reporter.epochs_started(sum(n for _, n in config.phases))
-    clean_dl = clean_train_dl(setup, config.options.clean_train_sample, config.options.seed)
+    clean_dl = clean_train_dl(setup, config.clean_train_images, config.options.seed)
     set_seed(config.options.seed)
     offset = 0
     try:

@@ -42,6 +42,7 @@ def test_train_writes_a_complete_run_folder(tiny_run):
     assert config["pretrained"] is False and config["weights_source"] == "random"
     assert config["lr"] == 3e-3 and config["freeze_epochs"] == 0 and config["seed"] == 42
     assert config["n_train"] == 160 and config["n_valid"] == 40 and config["device"] == "cpu"
+    assert config["clean_train_images"] == 40  # 256 asked, at most a quarter of the 160 training images
     assert config["data"] == str(SAMPLE)
 
     history = _history(tiny_run)
