@@ -4,6 +4,11 @@ Why scanning is done here and not by fastai's ``get_image_files``: a real photo 
 files, stray text files and the odd broken JPEG. Each would crash training half an hour in; here
 they are ignored (hidden, non-image) or skipped and reported (unreadable) before anything starts.
 The split is computed once, up front, so it can be written to ``split.csv`` and reused exactly.
+
+Why flowerfast opens the photos itself (:class:`ImageLoader`) instead of letting fastai: every
+photo goes through :func:`flowerfast.imagecache.decode`, reduced to a shorter side of
+``2 * size``, the step prediction uses too; with the cache on, that decode happens once per photo
+and size, and later epochs read the stored pixels. The random transforms after it are fastai's.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Iterable, Optional, Sequence
 
 from .config import DEFAULTS
 from .errors import FlowerfastError
+from .imagecache import ImageCache, decode, load_size
 from .imagefiles import check_image, image_files_under, is_hidden
 from .runfolder import SplitRow, read_split_csv
 
@@ -63,6 +69,7 @@ class FlowerData:
     root: Path
     preset_split: bool
     bs: int
+    cache: Optional[ImageCache] = None
 
     @property
     def n_train(self) -> int:
@@ -161,10 +168,36 @@ def split_rows(folder: ImageFolder, valid_pct: float = DEFAULTS.valid_pct, seed:
     return rows
 
 
+class ImageLoader:
+    """An image file's path to a fastai ``PILImage``, decoded and reduced by
+    :func:`~flowerfast.imagecache.decode` to a shorter side of
+    :func:`~flowerfast.imagecache.load_size`, through ``cache`` when there is one.
+
+    The DataBlock's ``get_x`` after ``ItemGetter(0)``; fastai's ``PILImage.create`` then passes the
+    opened image through unchanged. Picklable: DataLoader workers get a copy, with their own cache
+    counters.
+    """
+
+    def __init__(self, size: int, cache_dir: Optional[Path | str] = None):
+        self.__name__ = "ImageLoader"  # fastai wraps a callable without a name in a closure, which cannot pickle
+        self.max_side = load_size(size)
+        self.cache = ImageCache(cache_dir, self.max_side) if cache_dir is not None else None
+
+    def __repr__(self) -> str:
+        return f"ImageLoader(max_side={self.max_side}, cache={self.cache!r})"
+
+    def __call__(self, path):
+        from fastai.vision.core import PILImage
+
+        img = self.cache.load(path) if self.cache is not None else decode(path, self.max_side)
+        return PILImage.create(img)
+
+
 def train_transforms(size: int):
     """Item and batch transforms: random resized crop, flips and fastai's augmentations, ImageNet
     normalisation, then random erasing (which expects normalised input). On the validation set
     fastai applies only the resize and centre crop of ``RandomResizedCrop``; the rest is train-only.
+    They run on the photo as :class:`ImageLoader` gives it (shorter side at most ``2 * size``).
     """
     from fastai.vision.augment import RandomErasing, RandomResizedCrop, aug_transforms
     from fastai.data.transforms import Normalize
@@ -179,9 +212,16 @@ def train_transforms(size: int):
 
 
 def build_dataloaders(rows: Sequence[SplitRow], classes: Sequence[str], size: int, bs: int,
-                      workers: int = 0, device=None, seed: int = DEFAULTS.seed):
-    """fastai DataBlock over the split rows: one DataLoaders with train and valid."""
+                      workers: int = 0, device=None, seed: int = DEFAULTS.seed,
+                      cache_dir: Optional[Path | str] = None, loader: Optional[ImageLoader] = None):
+    """fastai DataBlock over the split rows: one DataLoaders with train and valid.
+
+    Photos are decoded and reduced through the image cache in ``cache_dir`` (``None``: no cache,
+    decoded every time; the pixels are the same either way). ``loader`` gives the
+    :class:`ImageLoader` to use instead (``cache_dir`` is then ignored).
+    """
     from fastai.data.block import CategoryBlock, DataBlock
+    from fastai.data.core import Pipeline
     from fastai.data.transforms import IndexSplitter, ItemGetter
     from fastai.vision.data import ImageBlock
     from fastai.torch_core import set_seed
@@ -191,7 +231,7 @@ def build_dataloaders(rows: Sequence[SplitRow], classes: Sequence[str], size: in
     valid_idx = [i for i, r in enumerate(rows) if r.is_valid]
     block = DataBlock(
         blocks=(ImageBlock, CategoryBlock(vocab=list(classes))),
-        get_x=ItemGetter(0),
+        get_x=Pipeline([ItemGetter(0), loader if loader is not None else ImageLoader(size, cache_dir)]),
         get_y=ItemGetter(1),
         splitter=IndexSplitter(valid_idx),
         item_tfms=item_tfms,
@@ -217,10 +257,12 @@ def rows_from_split_file(folder: ImageFolder, split_file: Path) -> list[SplitRow
 
 def load_data(data: Optional[Path | str] = None, size: int = DEFAULTS.size, bs: int = DEFAULTS.bs,
               valid_pct: float = DEFAULTS.valid_pct, seed: int = DEFAULTS.seed, workers: int = 0, device=None,
-              split_file: Optional[Path] = None) -> FlowerData:
+              split_file: Optional[Path] = None, cache_dir: Optional[Path | str] = None) -> FlowerData:
     """Scan a data folder, split it and build DataLoaders. ``data=None`` uses the embedded sample.
 
-    ``split_file`` reuses an earlier run's ``split.csv`` instead of splitting anew.
+    ``split_file`` reuses an earlier run's ``split.csv`` instead of splitting anew. ``cache_dir``
+    keeps decoded, reduced photos there (:class:`~flowerfast.imagecache.ImageCache`); ``None``
+    decodes every photo every epoch.
     """
     root = Path(os.path.abspath(Path(data).expanduser())) if data is not None else default_data_dir()
     folder = scan_image_folder(root)
@@ -234,9 +276,11 @@ def load_data(data: Optional[Path | str] = None, size: int = DEFAULTS.size, bs: 
     eff_bs = max(2, min(bs, n_train))
     if n_train < 2:
         raise FlowerfastError("the training set needs at least 2 images: add images or lower --valid-pct")
-    dls = build_dataloaders(rows, folder.classes, size=size, bs=eff_bs, workers=workers, device=device, seed=seed)
+    loader = ImageLoader(size, cache_dir)
+    dls = build_dataloaders(rows, folder.classes, size=size, bs=eff_bs, workers=workers, device=device, seed=seed,
+                            loader=loader)
     return FlowerData(dls=dls, classes=list(folder.classes), rows=rows, skipped=folder.skipped,
-                      root=folder.root, preset_split=folder.preset_split is not None, bs=eff_bs)
+                      root=folder.root, preset_split=folder.preset_split is not None, bs=eff_bs, cache=loader.cache)
 
 
 def class_counts(rows: Iterable[SplitRow]) -> dict[str, dict[str, int]]:

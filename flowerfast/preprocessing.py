@@ -24,6 +24,8 @@ from typing import Any, Sequence
 
 import torch
 
+from .imagecache import decode, load_size
+
 VALID_EXTRA = 0.14  # fastai RandomResizedCrop's val_xtra: the border cropped away in validation
 
 
@@ -35,17 +37,16 @@ def resize_size(size: int) -> int:
 def preprocess(path: Path | str, size: int) -> torch.Tensor:
     """One image file to a ``uint8`` tensor ``(3, size, size)``, exactly as fastai validates it.
 
-    fastai's ``RandomResizedCrop`` on the validation set takes the whole image, *squashes* it
-    (aspect ratio not kept) to ``size + ceil(size * 0.14 / 8) * 8`` square with PIL bilinear,
-    then crops the centre ``size`` square. Decoding is PIL's, converted to RGB, like fastai's
-    ``PILImage.create``.
+    The file is decoded as training decodes it (:func:`flowerfast.imagecache.decode`: PIL, RGB,
+    the shorter side reduced to at most ``2 * size``). fastai's ``RandomResizedCrop`` on the
+    validation set then takes the whole image, *squashes* it (aspect ratio not kept) to
+    ``size + ceil(size * 0.14 / 8) * 8`` square with PIL bilinear, and crops the centre ``size``
+    square.
     """
     import numpy as np
     from PIL import Image
 
-    with Image.open(path) as im:
-        im.load()
-        img = im.convert("RGB")
+    img = decode(path, load_size(size))
     big = resize_size(size)
     img = img.resize((big, big), Image.BILINEAR)
     off = (big - size) // 2
@@ -96,9 +97,9 @@ class Preprocessing(ABC):
 
 
 class FlowerfastPreprocessing(Preprocessing):
-    """fastai's validation pipeline for flowerfast's training transforms: squash to
-    :func:`resize_size`, crop the centre ``size`` square (:func:`preprocess`), then scale and
-    normalise (:func:`normalise`)."""
+    """fastai's validation pipeline for flowerfast's training transforms: decode and reduce as
+    training does, squash to :func:`resize_size`, crop the centre ``size`` square
+    (:func:`preprocess`), then scale and normalise (:func:`normalise`)."""
 
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float]):
         self.size = int(size)
@@ -116,7 +117,12 @@ class FlowerfastPreprocessing(Preprocessing):
 
     def describe(self) -> dict[str, Any]:
         big = resize_size(self.size)
+        bound = load_size(self.size)
         return {
+            "reduce": {"shorter_side": bound, "only_if_larger": True, "keep_aspect_ratio": True,
+                       "longer_side": f"round(longer * {bound} / shorter), Python's round",
+                       "jpeg_draft": "PIL's Image.draft(None, reduced_size) before decoding",
+                       "interpolation": "bilinear (PIL)"},
             "resize": {"width": big, "height": big, "keep_aspect_ratio": False, "interpolation": "bilinear (PIL)"},
             "center_crop": {"width": self.size, "height": self.size},
             "color": colour_mode(self.channels),
@@ -124,7 +130,11 @@ class FlowerfastPreprocessing(Preprocessing):
             "mean": list(self.mean),
             "std": list(self.std),
             "steps": [
-                "open the image, convert to RGB",
+                "open the image with PIL",
+                f"if its shorter side is longer than {bound}: reduced size = shorter side {bound}, longer side "
+                f"round(longer * {bound} / shorter); PIL's draft(None, reduced size) (JPEG only: decodes at "
+                f"1/2, 1/4 or 1/8 scale), convert to RGB, resize to the reduced size (bilinear); otherwise "
+                f"only convert to RGB",
                 f"resize to {big}x{big} ignoring aspect ratio (bilinear)",
                 f"crop the centre {self.size}x{self.size}",
                 "HWC uint8 -> CHW float32, divide by 255",

@@ -15,6 +15,7 @@ from .archs import check_arch
 from .config import ResolvedConfig, TrainConfig, resolve
 from .data import FlowerData, load_data
 from .devices import resolve_device, resolve_precision, resolve_workers, use_threads
+from .imagecache import default_cache_dir
 from .learner import LearnerBundle, create_learner, learner_workspace
 from .model import library_versions
 from .progress import Reporter
@@ -54,11 +55,12 @@ def prepare_run(options: TrainConfig, reporter: Reporter, prefix: str = "", trai
     workers = resolve_workers(options.workers, device)
     precision = resolve_precision(options.precision, device)
     threads = use_threads(options.threads)
-    cache_dir = None
+    cache_dir = (options.cache_dir or default_cache_dir()) if options.cache else None
 
     reporter.stage(f"scanning {options.data or 'the embedded sample photos'}")
     data = load_data(options.data, size=options.size, bs=options.bs, valid_pct=options.valid_pct,
-                     seed=options.seed, workers=workers, device=device, split_file=options.split_file)
+                     seed=options.seed, workers=workers, device=device, split_file=options.split_file,
+                     cache_dir=cache_dir)
     with learner_workspace() as scratch:
         reporter.stage(f"building {options.arch}")
         bundle = create_learner(data, arch=options.arch, size=options.size, pretrained=options.pretrained,

@@ -30,6 +30,22 @@ def make_folder(root: Path, per_class: dict[str, int]) -> Path:
     return root
 
 
+@pytest.fixture(scope="session", autouse=True)
+def photo_cache(tmp_path_factory):
+    """Every run of the suite, in process and in subprocesses, caches photos in a fresh folder of
+    its own, never in the user's cache."""
+    import os
+
+    folder = tmp_path_factory.mktemp("photo-cache")
+    previous = os.environ.get("FLOWERFAST_CACHE")
+    os.environ["FLOWERFAST_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("FLOWERFAST_CACHE", None)
+    else:
+        os.environ["FLOWERFAST_CACHE"] = previous
+
+
 @pytest.fixture()
 def runner() -> CliRunner:
     return CliRunner()

@@ -23,7 +23,13 @@ def preprocess_without_flowerfast(path, info):
     """The recipe from the preprocessing JSON, written with PIL and numpy only."""
     from PIL import Image
 
-    img = Image.open(path).convert("RGB").resize((info["resize"]["width"], info["resize"]["height"]), Image.BILINEAR)
+    img = Image.open(path)
+    bound, (w, h) = info["reduce"]["shorter_side"], img.size
+    if min(w, h) > bound:  # a big photo: shorter side to `bound`, aspect ratio kept
+        reduced = (bound, round(h * bound / w)) if w <= h else (round(w * bound / h), bound)
+        img.draft(None, reduced)  # JPEG: decoded at 1/2, 1/4 or 1/8 scale, still at least `reduced`
+        img = img.convert("RGB").resize(reduced, Image.BILINEAR)
+    img = img.convert("RGB").resize((info["resize"]["width"], info["resize"]["height"]), Image.BILINEAR)
     off = (info["resize"]["width"] - info["size"]) // 2
     img = img.crop((off, off, off + info["size"], off + info["size"]))
     x = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) * np.float32(info["scale"])

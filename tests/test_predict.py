@@ -218,7 +218,7 @@ def test_latency_is_measured_on_the_training_device_and_reused(run_dir, tmp_path
     write_json(run / "config.json", {**config, "device": "cpu"})
     assert default_device(run) == "cpu"
     first = measure_inference(run, repeats=1)
-    assert set(first) == {"device", "batch_size", "layout", "image_size", "latency_ms_per_image",
+    assert set(first) == {"device", "batch_size", "layout", "precision", "image_size", "latency_ms_per_image",
                           "images_per_second", "threads"}
     assert first["device"] == "cpu" and first["layout"] == str(torch.channels_last) and first["image_size"] == 32
     assert first["latency_ms_per_image"] > 0 and first["images_per_second"] > 0 and first["threads"] >= 1

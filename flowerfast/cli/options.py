@@ -32,5 +32,5 @@ CleanTrainSample = Annotated[int, typer.Option("--clean-train-sample", help="Tra
 Precision = Annotated[str, typer.Option("--precision", help="auto, fp32, bf16 or fp16. auto: bf16 autocast on a CPU with native bf16 and on GPUs that have it (fp16 with loss scaling on older GPUs), fp32 elsewhere.")]
 Compile = Annotated[bool, typer.Option("--compile/--no-compile", help="Run the model through torch.compile (slow to start; pays off on long runs).")]
 Cache = Annotated[bool, typer.Option("--cache/--no-cache", help="Keep decoded, resized photos in a cache folder so later epochs and runs skip decoding.")]
-CacheDir = Annotated[Optional[Path], typer.Option("--cache-dir", help="Where the photo cache lives. Default: $FLOWERFAST_CACHE, else ~/.cache/flowerfast.", show_default=False)]
+CacheDir = Annotated[Optional[Path], typer.Option("--cache-dir", help="Where the photo cache lives. Default: $FLOWERFAST_CACHE, else $XDG_CACHE_HOME/flowerfast/images, else ~/.cache/flowerfast/images.", show_default=False)]
 Threads = Annotated[Optional[int], typer.Option("--threads", help="Compute threads. Default: torch's choice (one per core).", show_default=False)]
