@@ -8,6 +8,7 @@ Adam optimiser, the body/head parameter groups used for freezing, and ``fit_one_
 from __future__ import annotations
 
 import contextlib
+from functools import partial
 import shutil
 import tempfile
 import weakref
@@ -69,7 +70,6 @@ def create_learner(data: FlowerData, arch: str = DEFAULTS.arch, size: int = DEFA
     """
     from fastai.losses import CrossEntropyLossFlat
     from fastai.metrics import accuracy
-    from fastai.optimizer import Adam
     from fastai.callback.progress import ProgressCallback
     import fastai.callback.schedule  # noqa: F401  (adds fit_one_cycle and lr_find to Learner)
     import fastai.callback.fp16  # noqa: F401  (adds to_fp16)
@@ -83,7 +83,7 @@ def create_learner(data: FlowerData, arch: str = DEFAULTS.arch, size: int = DEFA
     head = model[1]
     learn = vision_learner(
         data.dls, lambda *args, **kwargs: backbone, normalize=False, pretrained=False, cut=cut,
-        custom_head=head, loss_func=CrossEntropyLossFlat(), opt_func=Adam, metrics=accuracy,
+        custom_head=head, loss_func=CrossEntropyLossFlat(), opt_func=adam(device), metrics=accuracy,
         path=Path(path) if path is not None else Path(tempfile.mkdtemp(prefix="flowerfast-")),
     )
     if path is None:
@@ -106,6 +106,21 @@ def create_learner(data: FlowerData, arch: str = DEFAULTS.arch, size: int = DEFA
     spec = ModelSpec(arch=arch, classes=list(data.classes), size=size, cut=cut, num_features=nf)
     return LearnerBundle(learn=learn, spec=spec, weights=info, device=device, precision=precision,
                          channels_last=channels_last, compiled=compile)
+
+
+def adam(device: torch.device):
+    """fastai's Adam recipe (betas 0.9 and 0.99, eps 1e-5, decoupled weight decay 0.01) as PyTorch's
+    fused AdamW, wrapped for fastai (which still schedules its learning rate and momentum).
+
+    Why: fastai's own Adam updates each tensor in Python; for a ResNet-152 on a 2-core CPU its step
+    took 0.27 s against 0.09 s fused, most of a tenth of a bf16 training step. One difference:
+    fastai's optimiser spares batch-norm and bias parameters the weight decay, PyTorch's does not.
+    """
+    from fastai.optimizer import OptimWrapper
+
+    fused = device.type in ("cpu", "cuda")
+    return partial(OptimWrapper, opt=partial(torch.optim.AdamW, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.01,
+                                             fused=fused))
 
 
 def predict_batches(model, dl, precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
