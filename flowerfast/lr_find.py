@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from .config import TrainConfig, make_config
+from .errors import FlowerfastError
 from .progress import NullReporter, Reporter
 from .runfolder import RunFolder
 from .runs import atomic_write_bytes
@@ -50,6 +51,10 @@ def run_lr_find(learn, reporter: Optional[Reporter] = None, num_it: int = LR_FIN
     learn.add_cb(cb)
     try:
         found = learn.lr_find(num_it=num_it, show_plot=False, suggest_funcs=(valley, slide, minimum, steep))
+    except IndexError:  # fastai drops the first tenth and the last 5 points: nothing was left
+        raise FlowerfastError(
+            f"the learning-rate finder stopped after {len(learn.recorder.lrs)} batches because the loss jumped "
+            f"at once, too few to suggest anything: use more images or a larger --bs") from None
     finally:
         learn.remove_cb(cb)
         reporter.finished()

@@ -78,8 +78,8 @@ def test_lr_find_uses_a_scratch_folder_and_removes_it(tmp_path, monkeypatch):
                 self.during = [p.name for p in scratch.iterdir()]
 
     reporter = SeeScratch()
-    data = make_folder(tmp_path / "d", {"daisy": 6, "sunflower": 6})
-    flowerfast.find_lr(data=data, arch="resnet18", pretrained=False, size=32, bs=4, device="cpu",
+    data = make_folder(tmp_path / "d", {"daisy": 12, "sunflower": 12})
+    flowerfast.find_lr(data=data, arch="resnet18", pretrained=False, size=32, bs=8, device="cpu",
                        out=tmp_path / "lr", reporter=reporter)
     assert len(reporter.during) == 1 and reporter.during[0].startswith("flowerfast-")
     assert list(scratch.iterdir()) == [] and list(work.iterdir()) == []
