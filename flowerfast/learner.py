@@ -75,7 +75,7 @@ def create_learner(data: FlowerData, arch: str = DEFAULTS.arch, size: int = DEFA
     import fastai.callback.fp16  # noqa: F401  (adds to_fp16)
     from fastai.vision.learner import vision_learner
 
-    from .precision import Autocast, ChannelsLast
+    from .precision import Autocast, BatchLayout
 
     device = device if device is not None else resolve_device("auto")
     backbone, info = load_backbone(arch, pretrained=pretrained, weights=weights)
@@ -96,7 +96,8 @@ def create_learner(data: FlowerData, arch: str = DEFAULTS.arch, size: int = DEFA
     channels_last = layout == torch.channels_last
     if channels_last:
         learn.model.to(memory_format=layout)
-        learn.add_cb(ChannelsLast())
+    if channels_last or compile:
+        learn.add_cb(BatchLayout(channels_last=channels_last, plain=compile))
     if precision == "fp16":
         learn.to_fp16()  # fastai's MixedPrecision: autocast plus loss scaling, on CUDA
     elif precision == "bf16":
@@ -135,7 +136,7 @@ def predict_batches(model, dl, precision: str = "fp32") -> tuple[torch.Tensor, t
     try:
         with torch.no_grad():
             for xb, yb in dl:
-                xb = xb.contiguous(memory_format=preferred_layout(xb.device))
+                xb = xb.as_subclass(torch.Tensor).contiguous(memory_format=preferred_layout(xb.device))
                 with torch.autocast(device_type=xb.device.type, dtype=autocast_dtype(precision) or torch.float32,
                                     enabled=precision != "fp32"):
                     out = model(xb)

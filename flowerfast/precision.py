@@ -51,14 +51,25 @@ class Autocast(Callback):
             self._context = None
 
 
-class ChannelsLast(Callback):
-    """Feeds the network channels-last (NHWC) batches, the layout oneDNN and cuDNN convolutions run
-    fastest in; the model's weights are converted once when the learner is built."""
+class BatchLayout(Callback):
+    """Feeds the network its image batches in the layout it runs fastest in: channels-last (NHWC)
+    where oneDNN and cuDNN convolutions are fastest in it (the model's weights are converted once
+    when the learner is built), and as plain tensors for a compiled model (``torch.compile`` does
+    not trace fastai's tensor subclasses correctly)."""
 
     order = 9  # before Autocast, after fastai's batch transforms (which run in the DataLoader)
 
+    def __init__(self, channels_last: bool = True, plain: bool = False):
+        self.channels_last, self.plain = channels_last, plain
+
     def before_batch(self):
+        self.learn.xb = tuple(self._prepare(x) for x in self.learn.xb)
+
+    def _prepare(self, x):
         import torch
 
-        self.learn.xb = tuple(x.contiguous(memory_format=torch.channels_last) if getattr(x, "dim", None)
-                              and x.dim() == 4 else x for x in self.learn.xb)
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            return x
+        if self.plain:
+            x = x.as_subclass(torch.Tensor)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x

@@ -121,3 +121,14 @@ def test_help_does_not_import_torch(command):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_compiled_model_trains_and_scores(tmp_path):
+    """``--compile``: the compiled network trains, is scored in eval mode (a second graph) and saves
+    weights under their usual names."""
+    result = flowerfast.train(arch="resnet18", pretrained=False, size=32, epochs=1, bs=16, device="cpu",
+                              compile=True, out=tmp_path / "run", clean_train_sample=16)
+    assert result.config.compile is True
+    assert all(torch.isfinite(torch.tensor(e.valid_loss)) for e in result.history)
+    model = flowerfast.load_model(result.run_dir, device="cpu")  # the names load into a plain network
+    assert model.classes == ["daisy", "dandelion", "rose", "sunflower", "tulip"]
