@@ -210,15 +210,17 @@ def split_facts(run: RunRecord) -> dict[str, Any]:
             "seed": cfg.get("seed"), "preset_split": cfg.get("preset_split")}
 
 
-def build_report(run_dirs: Sequence[Path | str], reporter: Optional[Reporter] = None) -> ComparisonReport:
-    """Read, check and compare the runs; writes nothing but the runs' ``latency.json`` cache."""
+def build_report(run_dirs: Sequence[Path | str], reporter: Optional[Reporter] = None,
+                 precision: str = "fp32") -> ComparisonReport:
+    """Read, check and compare the runs; writes nothing but the runs' ``latency.json`` cache.
+    ``precision`` is the one inference speed is measured in (``fp32`` unless asked)."""
     reporter = reporter or NullReporter()
     runs = load_runs(run_dirs)
     models = []
     device = default_device(runs[0].run_dir)  # one device for all: their speeds sit side by side
     for r in runs:
         reporter.stage(f"measuring inference speed of {r.name}")
-        models.append(model_entry(r, measure_inference(r.run_dir, device=device)))
+        models.append(model_entry(r, measure_inference(r.run_dir, device=device, precision=precision)))
     reporter.stage("comparing predictions on the validation images")
     pairs = [compare_pair(a, b) for a, b in combinations(runs, 2)]
     settings = {"alpha": ALPHA, "ci_level": CI_LEVEL, "bootstrap_resamples": N_RESAMPLES,
@@ -251,9 +253,9 @@ def write_report(rep: ComparisonReport, out: Path) -> ComparisonReport:
 
 
 def report(run_dirs: Sequence[Path | str], out: Optional[Path | str] = None,
-           reporter: Optional[Reporter] = None) -> ComparisonReport:
+           reporter: Optional[Reporter] = None, precision: str = "fp32") -> ComparisonReport:
     """Compare finished runs made on the same split and write the report into a new folder ``out``
     (default ``runs/report-<timestamp>``). Refuses runs whose ``split.csv`` differ."""
     out_dir = check_output_dir(Path(out) if out is not None else default_run_dir("report"))
-    rep = build_report(run_dirs, reporter)
+    rep = build_report(run_dirs, reporter, precision=precision)
     return write_report(rep, create_run_dir(out_dir))

@@ -226,3 +226,13 @@ def test_compare_refuses_bad_arch_lists(tmp_path, archs, message):
     assert result.exit_code != 0
     assert message in " ".join(text.split())
     assert not (tmp_path / "c").exists()
+
+
+def test_report_measures_speed_in_the_precision_asked(comparison, tmp_path):
+    out, _ = comparison
+    result, text = _run("report", out / ARCHS[0], out / ARCHS[1], "--precision", "bf16", "--out", tmp_path / "bf16")
+    assert result.exit_code == 0, text
+    report = json.loads((tmp_path / "bf16" / "report.json").read_text())
+    assert [m["inference"]["precision"] for m in report["models"]] == ["bf16", "bf16"]
+    original = json.loads((out / "report.json").read_text())  # the fp32 figures stay cached beside them
+    assert [m["inference"].get("precision", "fp32") for m in original["models"]] == ["fp32", "fp32"]

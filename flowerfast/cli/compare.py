@@ -16,6 +16,7 @@ from .output import console, make_reporter, user_errors
 Archs = Annotated[str, typer.Option("--archs", help="Architectures to compare, comma-separated (at least 2), e.g. resnet152,vgg11_bn.", show_default=False)]
 CompareOut = Annotated[Optional[Path], typer.Option("--out", help="Comparison folder to create: one run folder per architecture plus the report. Default: runs/compare-<timestamp>.", show_default=False)]
 ReportOut = Annotated[Optional[Path], typer.Option("--out", help="Folder to create for the report. Default: runs/report-<timestamp>.", show_default=False)]
+LatencyPrecision = Annotated[str, typer.Option("--precision", help="Precision the inference speed is measured in: fp32 (as exported and served models run), bf16, fp16 or auto.")]
 RunDirs = Annotated[list[Path], typer.Argument(help="Finished run folders trained on the same split (2 or more).", show_default=False)]
 
 
@@ -81,10 +82,10 @@ def compare(
 
 
 @app.command(epilog="Example: flowerfast report runs/resnet152-20240101-120000 runs/vgg11_bn-20240101-130000")
-def report(run_dirs: RunDirs, out: ReportOut = None) -> None:
+def report(run_dirs: RunDirs, out: ReportOut = None, precision: LatencyPrecision = "fp32") -> None:
     """Build the comparison report from finished runs that share one split."""
     with user_errors():
         from ..reporting import report as build
 
-        rep = build(run_dirs, out=out, reporter=make_reporter())
+        rep = build(run_dirs, out=out, reporter=make_reporter(), precision=precision)
     show_report(rep)
