@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -18,7 +19,7 @@ from typing import Optional
 import torch
 
 from .errors import FlowerfastError
-from .inference import LoadedModel, as_loaded_model, check_pickle_allowed
+from .inference import LoadedModel, as_loaded_model, check_finite, check_pickle_allowed
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 CHECK_TOLERANCE = 1e-4
@@ -82,11 +83,13 @@ def default_export_path(model: LoadedModel, fmt: str) -> Path:
 
 
 def export_model(model_or_path, format: str = "onnx", out: Optional[Path | str] = None, check: bool = True,
-                 trust_pickle: bool = False) -> ExportResult:
+                 trust_pickle: bool = False, force: bool = False) -> ExportResult:
     """Write the model as ONNX (``.onnx``) or TorchScript (``.pt``) plus ``<file>.json`` preprocessing.
 
-    ``out`` defaults to the model file with the format's suffix (``runs/x/best.onnx``). Exports
-    run on the CPU with a dynamic batch axis.
+    ``out`` defaults to the model file with the format's suffix (``runs/x/best.onnx``); an existing
+    file is replaced only with ``force``. The export is written beside its target and checked
+    there; only an export that passes its check is put in place, so a failed one leaves nothing.
+    Exports run on the CPU with a dynamic batch axis.
     """
     fmt = str(format).lower()
     if fmt not in FORMATS:
@@ -102,25 +105,41 @@ def export_model(model_or_path, format: str = "onnx", out: Optional[Path | str] 
         raise FlowerfastError(f"--out must be a file, not a folder: {path}")
     if not path.parent.exists():
         raise FlowerfastError(f"output folder does not exist: {path.parent}")
+    info_target = path.with_name(path.name + ".json")
+    if not force:
+        for existing in (path, info_target):
+            if existing.exists():
+                raise FlowerfastError(f"{existing} already exists: pass --force to replace it")
+    if not path.parent.is_dir():
+        raise FlowerfastError(f"cannot write to {path.parent}: it is a file, not a folder")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise FlowerfastError(f"cannot write to {path.parent}: permission denied")
     # A plain-layout copy: the exported weights should not depend on the layout used for speed here.
     wrapped = WithSoftmax(copy.deepcopy(model.network).to(memory_format=torch.contiguous_format)).eval()
     shape = (model.preprocessing.channels, model.spec.size, model.spec.size)  # channels, height, width
     example = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
+    check_batch = torch.randn(3, *shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = check_finite(wrapped(check_batch), model.source)
     data = _export_onnx(wrapped, example) if fmt == "onnx" else _export_torchscript(wrapped, example)
     from .runs import atomic_write_bytes, write_json
 
-    atomic_write_bytes(path, data)
-    info_path = write_json(path.with_name(path.name + ".json"), preprocessing_info(model, fmt))
-    diff = float("nan")
-    if check:
-        check_batch = torch.randn(3, *shape, generator=torch.Generator().manual_seed(1))
-        with torch.no_grad():
-            expected = wrapped(check_batch)
-        actual = run_onnx(path, check_batch) if fmt == "onnx" else run_torchscript(path, check_batch)
-        diff = float((expected - actual).abs().max())
-        if not diff <= CHECK_TOLERANCE:
-            raise FlowerfastError(f"the exported {fmt} model differs from PyTorch by {diff:.2e} "
-                                  f"(more than {CHECK_TOLERANCE:.0e}); {path} is not reliable")
+    staged = path.with_name(f".{path.name}.{os.getpid()}.staged{path.suffix}")  # checked here, then put in place
+    try:
+        atomic_write_bytes(staged, data)
+        diff = float("nan")
+        if check:
+            actual = run_onnx(staged, check_batch) if fmt == "onnx" else run_torchscript(staged, check_batch)
+            diff = float((expected - actual).abs().max())
+            if not diff <= CHECK_TOLERANCE:
+                raise FlowerfastError(f"the exported {fmt} model differs from PyTorch by {diff:.2e} "
+                                      f"(more than {CHECK_TOLERANCE:.0e}); nothing was written")
+        info_path = write_json(info_target, preprocessing_info(model, fmt))
+        os.replace(staged, path)
+    except OSError as exc:
+        raise FlowerfastError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        staged.unlink(missing_ok=True)
     return ExportResult(path=path, preprocessing=info_path, format=fmt, max_abs_diff=diff)
 
 

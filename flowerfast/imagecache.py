@@ -14,7 +14,9 @@ predicted later is reduced exactly as it was in the training run's validation.
 
 Why keyed by content: an entry's name is the SHA-256 of the file's bytes (plus the reduction's
 bound and the decoder's version), so an edited photo is a miss and gets new pixels, while a photo
-that was moved, renamed or copied to another data folder is still a hit. Nothing ever has to be
+that was moved, renamed or copied to another data folder is still a hit. ``RECIPE`` is part of
+the key: version 2 added the EXIF orientation, high-bit-depth scaling and white behind
+transparency, so no pixels decoded the older way are ever served. Nothing ever has to be
 invalidated by hand; deleting the folder is always safe.
 
 Why it never stops a run: a cache folder that cannot be written (read-only, full, a file in the
@@ -33,11 +35,11 @@ import os
 import warnings
 from pathlib import Path
 
-from .imagefiles import describe_error
+from .imagefiles import describe_error, open_image, to_rgb
 from .runs import atomic_write_bytes
 
 CACHE_ENV = "FLOWERFAST_CACHE"
-RECIPE = "flowerfast-decode-1"  # bump when decode() changes: old entries are then never read again
+RECIPE = "flowerfast-decode-2"  # bump when decode() changes: old entries are then never read again
 
 
 class CacheUnavailableWarning(UserWarning):
@@ -68,25 +70,50 @@ def reduced_size(width: int, height: int, max_side: int) -> tuple[int, int]:
     return round(width * max_side / height), max_side
 
 
-def decode(path, max_side: int):
-    """One image file (a path or a binary file object) to an RGB ``PIL.Image``, its shorter side
-    at most ``max_side``.
+# EXIF orientation (tag 0x0112) to the transpose that shows the photo upright, as
+# PIL.ImageOps.exif_transpose maps them.
+_ORIENTATION_TAG = 0x0112
+_TRANSPOSE = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE", 6: "ROTATE_270",
+              7: "TRANSVERSE", 8: "ROTATE_90"}
 
-    PIL decodes it (a JPEG in draft mode, at 1/2, 1/4 or 1/8 scale when that still leaves at
-    least the target size: much faster for big photos), converts it to RGB, and resizes it with
-    PIL's bilinear filter to :func:`reduced_size`. A photo whose shorter side is ``max_side`` or
-    less is only converted, never upscaled. This is the single decode step of training (with and
-    without the cache) and of prediction.
+
+def exif_orientation(im) -> int:
+    """The image's EXIF orientation (1 to 8), 1 when it has none or its EXIF cannot be read."""
+    try:
+        value = int(im.getexif().get(_ORIENTATION_TAG, 1))
+    except Exception:  # broken EXIF is common in the wild and never a reason to drop a photo
+        return 1
+    return value if value in _TRANSPOSE else 1
+
+
+def decode(path, max_side: int):
+    """One image file (a path or a binary file object) to an RGB ``PIL.Image``, upright, its
+    shorter side at most ``max_side``.
+
+    :func:`~flowerfast.imagefiles.open_image` opens it (special files and images over the pixel
+    limit are refused before anything is decoded); PIL decodes it (a JPEG in draft mode, at 1/2,
+    1/4 or 1/8 scale when that still leaves at least the target size: much faster for big photos);
+    :func:`~flowerfast.imagefiles.to_rgb` makes it RGB (16-bit and other high-bit-depth images
+    scaled to 8 bits by their value range, transparency composited on white, CMYK and palettes
+    converted); PIL's bilinear filter resizes it to :func:`reduced_size`; and its EXIF orientation
+    is applied (the transpose ``PIL.ImageOps.exif_transpose`` would make, done on the reduced
+    pixels). A photo whose shorter side is ``max_side`` or less is only converted, never
+    upscaled. This is the single decode step of training (with and without the cache) and of
+    prediction.
     """
     from PIL import Image
 
-    with Image.open(path) as im:
+    with open_image(path) as im:
         target = reduced_size(im.width, im.height, max_side)
         if target != im.size:
             im.draft(None, target)  # JPEG only (other formats ignore it); never below target
-        img = im.convert("RGB")  # loads; a new plain Image, detached from the file
+        im.load()
+        orientation = exif_orientation(im)
+        img = to_rgb(im)  # a new plain Image, detached from the file
     if img.size != target:
         img = img.resize(target, Image.BILINEAR)
+    if orientation != 1:
+        img = img.transpose(getattr(Image.Transpose, _TRANSPOSE[orientation]))
     return img
 
 

@@ -152,6 +152,7 @@ class LoadedModel:
                 x = self.preprocessing.to_input(images).contiguous(memory_format=self.memory_format)
                 rows.append(torch.softmax(self.forward(x).float(), dim=-1).cpu())
         probs = torch.cat(rows) if rows else torch.zeros(0, self.spec.n_classes)
+        check_finite(probs, self.source)
         return paths, probs, errors
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -234,6 +235,15 @@ def load_model(path: Path | str, device: Optional[str | torch.device] = None,
     return LoadedModel(network=for_inference(network, dev), spec=spec, device=dev, source=path,
                        preprocessing=FlowerfastPreprocessing(spec.size, spec.mean, spec.std),
                        memory_format=inference_layout(dev), precision=precision)
+
+
+def check_finite(outputs: torch.Tensor, source) -> torch.Tensor:
+    """A model whose outputs are NaN or infinite has damaged weights (or diverged in training): its
+    answers mean nothing, so it is an error rather than a "daisy nan%" prediction."""
+    if not bool(torch.isfinite(outputs).all()):
+        raise FlowerfastError(f"the model {source} gives NaN or infinite outputs: its weights are damaged or its "
+                              f"training diverged (retrain with a lower --lr)")
+    return outputs
 
 
 def check_precision(precision: str) -> str:

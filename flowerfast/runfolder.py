@@ -189,9 +189,10 @@ class RunFolder:
         return check_output_dir(Path(path))
 
     @classmethod
-    def create(cls, path: Path | str) -> "RunFolder":
-        """Create a new, empty run folder; an existing non-empty folder is refused, never reused."""
-        return cls(create_run_dir(Path(path)))
+    def create(cls, path: Path | str, unique: bool = False) -> "RunFolder":
+        """Create a new, empty run folder; an existing non-empty folder is refused, never reused.
+        ``unique``: a default name moves on to the next free one if another run just took it."""
+        return cls(create_run_dir(Path(path), unique=unique))
 
     @classmethod
     def open(cls, path: Path | str) -> "RunFolder":

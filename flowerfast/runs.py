@@ -114,10 +114,24 @@ def check_output_dir(path: Path) -> Path:
     return path
 
 
-def create_run_dir(path: Path) -> Path:
-    path = check_output_dir(path)
+def create_run_dir(path: Path, unique: bool = False) -> Path:
+    """Create the output folder. ``unique`` (for default names, which nobody chose): if another run
+    took the name in the meantime, take the next free ``-2``, ``-3``... instead of failing; the
+    folder is claimed with an exclusive ``mkdir``, so two runs started together never share one."""
+    if not unique:
+        path = check_output_dir(path)
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        if not unique:
+            path.mkdir(parents=True, exist_ok=True)
+            return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        base, n = path, 1
+        while True:
+            try:
+                path.mkdir()
+                return path
+            except FileExistsError:
+                n += 1
+                path = base.with_name(f"{base.name}-{n}")
     except OSError as exc:
         raise FlowerfastError(f"cannot create output folder {path}: {exc.strerror}") from None
-    return path

@@ -66,7 +66,7 @@ def prepare_run(options: TrainConfig, reporter: Reporter, prefix: str = "", trai
         bundle = create_learner(data, arch=options.arch, size=options.size, pretrained=options.pretrained,
                                 weights=options.weights, device=device, precision=precision,
                                 compile=options.compile, path=scratch)
-        run = RunFolder.create(run_dir)
+        run = RunFolder.create(run_dir, unique=options.out is None)
         run.write_split(data.rows, data.root)
 
         def find() -> dict:

@@ -167,3 +167,17 @@ def test_a_malformed_split_file_gets_one_line(runner, tmp_path):
     _one_line_error(invoke(runner, ["train", "--split-file", split, "--out", tmp_path / "run"]),
                     r"is not a split file \(file,label,is_valid\)")
     assert not (tmp_path / "run").exists()
+
+
+def test_default_run_folders_never_collide(tmp_path):
+    """Two runs whose default folder names are the same (started in the same second): the second
+    takes the next free name instead of failing on the first one's files."""
+    from flowerfast.runs import create_run_dir
+
+    taken = tmp_path / "runs" / "resnet18-20260101-120000"
+    taken.mkdir(parents=True)
+    (taken / "config.json").write_text("{}")
+    second = create_run_dir(taken, unique=True)
+    assert second == taken.with_name(taken.name + "-2") and second.is_dir() and not any(second.iterdir())
+    assert create_run_dir(taken, unique=True) == taken.with_name(taken.name + "-3")
+    assert (taken / "config.json").read_text() == "{}"

@@ -104,3 +104,35 @@ def test_missing_onnx_says_how_to_install(run_dir, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     result = runner.invoke(app, ["export", str(run_dir), "--out", str(tmp_path / "m.onnx")])
     assert result.exit_code != 0 and "pip install flowerfast[onnx]" in result.stderr
+
+
+def test_an_existing_file_is_replaced_only_with_force(run_dir, tmp_path):
+    target = tmp_path / "m.pt"
+    target.write_bytes(b"precious")
+    result = runner.invoke(app, ["export", str(run_dir), "--format", "torchscript", "--out", str(target)])
+    assert result.exit_code == 1 and result.stderr.strip().splitlines() == [
+        f"error: {target} already exists: pass --force to replace it"]
+    assert target.read_bytes() == b"precious" and not (tmp_path / "m.pt.json").exists()
+    result = runner.invoke(app, ["export", str(run_dir), "--format", "torchscript", "--out", str(target), "--force"])
+    assert result.exit_code == 0, result.output
+    assert torch.jit.load(str(target)) is not None and (tmp_path / "m.pt.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "m.pt.json"]  # no staged file left
+
+
+def test_an_unwritable_destination_is_one_line(run_dir, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = runner.invoke(app, ["export", str(run_dir), "--format", "torchscript", "--out", str(blocker / "m.pt")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.strip().splitlines() == [f"error: cannot write to {blocker}: it is a file, not a folder"]
+
+
+def test_a_failed_check_leaves_nothing(run_dir, tmp_path, monkeypatch):
+    """An export that does not reproduce PyTorch's numbers (here: its runner made to disagree) is
+    removed, and no preprocessing file is written for it."""
+    import flowerfast.export as export
+
+    monkeypatch.setattr(export, "run_torchscript", lambda path, batch: torch.zeros(len(batch), 5))
+    with pytest.raises(flowerfast.FlowerfastError, match="differs from PyTorch .* nothing was written"):
+        flowerfast.export_model(run_dir, format="torchscript", out=tmp_path / "m.pt")
+    assert list(tmp_path.iterdir()) == []

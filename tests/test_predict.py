@@ -375,3 +375,31 @@ def test_folding_batch_norms_keeps_the_outputs(run_dir):
     training = fold_batch_norms(copy.deepcopy(network).train())  # statistics not fixed yet: nothing folded
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in training.modules()) == \
         sum(isinstance(m, torch.nn.BatchNorm2d) for m in network.modules())
+
+
+def test_a_model_with_nan_weights_is_an_error_everywhere(run_dir, tmp_path):
+    """Damaged weights (NaN written into best.safetensors) give an error, not "daisy nan%"."""
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("best.json", "best.safetensors"):
+        shutil.copy(run_dir / name, broken / name)
+    state = load_file(str(broken / "best.safetensors"))
+    key = next(k for k in state if k.endswith("weight") and state[k].dim() == 2)
+    state[key] = torch.full_like(state[key], float("nan"))
+    save_file(state, str(broken / "best.safetensors"))
+    for args in (["predict", broken, SAMPLE / "daisy"], ["evaluate", broken, SAMPLE, "--out", tmp_path / "ev"],
+                 ["export", broken, "--format", "torchscript", "--out", tmp_path / "m.pt"]):
+        result = invoke(*args)
+        assert result.exit_code == 1, args
+        assert "gives NaN or infinite outputs" in result.stderr and "Traceback" not in result.output
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_predict_fails_when_no_file_is_readable(run_dir, tmp_path):
+    for name in ("a.jpg", "b.png"):
+        (tmp_path / name).write_bytes(b"not an image")
+    result = invoke("predict", run_dir, tmp_path, "--json")
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1] == "error: none of the 2 file(s) could be read as an image"

@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 
 from .app import app
-from .output import console, err_console, user_errors
+from .output import console, err_console, fail, user_errors
 
 Model = Annotated[Path, typer.Argument(help="Run folder, or a model file (.safetensors or .json).", show_default=False)]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")]
@@ -107,6 +107,8 @@ def predict(
             err_console.print(f"[yellow]{len(bad)} unreadable file(s):[/yellow]")
             for p in bad:
                 err_console.print(f"  {p.path}: {p.error}", markup=False, soft_wrap=True)
+        if predictions and len(bad) == len(predictions):
+            fail(f"none of the {len(bad)} file(s) could be read as an image")
 
 
 @app.command(epilog="Example: flowerfast evaluate runs/resnet18-20240101-120000/ test-photos/ --mistakes 12")
@@ -177,12 +179,13 @@ def export(
     format_: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
     out: Annotated[Optional[Path], typer.Option("--out", help="File to write. Default: beside the model, e.g. best.onnx / best.pt.", show_default=False)] = None,
     trust_pickle: TrustPickle = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing file at --out.")] = False,
 ) -> None:
     """Export a trained model to ONNX or TorchScript, with a preprocessing JSON beside it."""
     with user_errors():
         from ..export import export_model
 
-        result = export_model(model, format=format_, out=out, trust_pickle=trust_pickle)
+        result = export_model(model, format=format_, out=out, trust_pickle=trust_pickle, force=force)
     console.print(f"{result.format}: {result.path}", markup=False)
     console.print(f"preprocessing: {result.preprocessing}", markup=False)
     console.print(f"checked against PyTorch: max abs difference {result.max_abs_diff:.2e}", markup=False)
