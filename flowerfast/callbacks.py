@@ -3,10 +3,11 @@ best-model saving. (The precision and memory-layout callbacks are in :mod:`flowe
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable, Optional
 
-from fastai.callback.core import Callback
+from fastai.callback.core import Callback, CancelFitException
 
 from .progress import Reporter
 from .runfolder import EpochRecord
@@ -53,6 +54,10 @@ class EpochStats(Callback):
             seconds=time.perf_counter() - self._t0,
             train_accuracy_clean=getattr(self.learn, "clean_train_accuracy", None),
         )
+        if not (math.isfinite(record.train_loss) and math.isfinite(record.valid_loss)):
+            # the weights are now NaN or infinite: record nothing, keep the last good best model
+            self.learn.diverged_at = record.epoch
+            raise CancelFitException()
         self.records.append(record)
         for listener in self.listeners:
             listener(record)

@@ -21,7 +21,7 @@ from typing import Iterable, Optional, Sequence
 from .config import DEFAULTS
 from .errors import FlowerfastError
 from .imagecache import ImageCache, decode, load_size
-from .imagefiles import check_image, image_files_under, is_hidden
+from .imagefiles import check_image, find_images, is_hidden
 from .runfolder import SplitRow, read_split_csv
 
 VALID_FOLDER_NAMES = ("valid", "val")
@@ -84,10 +84,31 @@ def _class_folders(parent: Path) -> list[Path]:
     return sorted(p for p in parent.iterdir() if p.is_dir() and not is_hidden(p.name))
 
 
-def _scan_classes(parent: Path, files: list, labels: list, skipped: list, check: bool) -> list[str]:
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _scan_classes(parent: Path, files: list, labels: list, skipped: list, check: bool,
+                  seen: Optional[set] = None, data_root: Optional[Path] = None) -> list[str]:
+    """The classes under ``parent``, their readable images appended to ``files`` and ``labels``.
+
+    Each class folder is walked by :func:`~flowerfast.imagefiles.find_images`: links are followed
+    once per real folder, never out of the class folder, and each real file is taken once across
+    the whole scan (``seen`` is shared by every call of one scan); links leading out and special
+    files are reported in ``skipped`` with the unreadable files.
+    """
+    seen = set() if seen is None else seen
+    data_real = os.path.realpath(data_root if data_root is not None else parent)
     classes = []
     for folder in _class_folders(parent):
-        images = image_files_under(folder)
+        if folder.is_symlink():
+            real = os.path.realpath(folder)
+            if _within(real, data_real) or _within(data_real, real):
+                skipped.append(SkippedFile(folder, f"class folder is a link to {real}, inside the data folder or "
+                                                   f"holding it: not followed, so no photo is taken twice"))
+                continue
+        images, problems = find_images(folder, seen=seen, data_root=data_root if data_root is not None else parent)
+        skipped.extend(SkippedFile(path, reason) for path, reason in problems)
         good = []
         for path in images:
             reason = check_image(path) if check else None
@@ -119,6 +140,12 @@ def scan_image_folder(root: Path | str, check: bool = True) -> ImageFolder:
 
     Layouts: ``root/<class>/*.jpg`` (split at random later) or ``root/train/<class>/...`` with
     ``root/valid/<class>/...`` (or ``val/``), used as given.
+
+    A class folder may itself be a link to a folder elsewhere (not to one inside the data folder
+    or holding it). Inside a class folder, links are followed once per real folder and never out
+    of it, each real file is taken once, and special files (FIFOs, sockets, devices) are never
+    opened; links leading out, special files and unreadable or oversized images
+    (:data:`~flowerfast.imagefiles.MAX_PIXELS`) are in ``skipped`` with their reasons.
     """
     root = Path(root).expanduser()
     if not root.exists():
@@ -128,17 +155,18 @@ def scan_image_folder(root: Path | str, check: bool = True) -> ImageFolder:
     files: list[Path] = []
     labels: list[str] = []
     skipped: list[SkippedFile] = []
+    seen: set = set()  # real paths taken: each real folder and file once in the whole scan
     presplit = _presplit_folders(root)
     if presplit is None:
-        if not any(image_files_under(root)):
+        if not find_images(root)[0]:
             raise FlowerfastError(f"no images found in {root} (expected one folder per class, e.g. {root}/daisy/1.jpg)")
-        classes = _scan_classes(root, files, labels, skipped, check)
+        classes = _scan_classes(root, files, labels, skipped, check, seen, root)
         preset = None
     else:
         train_dir, valid_dir = presplit
-        classes = _scan_classes(train_dir, files, labels, skipped, check)
+        classes = _scan_classes(train_dir, files, labels, skipped, check, seen, root)
         n_train = len(files)
-        valid_classes = _scan_classes(valid_dir, files, labels, skipped, check)
+        valid_classes = _scan_classes(valid_dir, files, labels, skipped, check, seen, root)
         unknown = sorted(set(valid_classes) - set(classes))
         if unknown:
             raise FlowerfastError(f"{valid_dir} has classes that {train_dir} lacks: {', '.join(unknown)}")
@@ -281,6 +309,28 @@ def load_data(data: Optional[Path | str] = None, size: int = DEFAULTS.size, bs: 
                             loader=loader)
     return FlowerData(dls=dls, classes=list(folder.classes), rows=rows, skipped=folder.skipped,
                       root=folder.root, preset_split=folder.preset_split is not None, bs=eff_bs, cache=loader.cache)
+
+
+FEW_TRAINING_IMAGES = 5
+
+
+class ThinClassWarning(UserWarning):
+    """A class has no training image, or too few to learn it."""
+
+
+def thin_class_warnings(rows: Iterable[SplitRow], classes: Iterable[str]) -> list[str]:
+    """One sentence per class the model can hardly learn: none, or fewer than a handful, of its
+    images on the training side of the split (a small class can land wholly in validation)."""
+    counts = class_counts(rows)
+    notes = []
+    for c in classes:
+        n = counts.get(c, {}).get("train", 0)
+        if n == 0:
+            notes.append(f"class {c} has no training image (all its images are in validation): "
+                         f"the model cannot learn it; add photos or lower --valid-pct")
+        elif n < FEW_TRAINING_IMAGES:
+            notes.append(f"class {c} has only {n} training image(s): expect it to be learnt poorly")
+    return notes
 
 
 def class_counts(rows: Iterable[SplitRow]) -> dict[str, dict[str, int]]:

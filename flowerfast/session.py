@@ -8,12 +8,13 @@ leaves nothing behind; the Learner's scratch folder lives exactly as long as the
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
 from .archs import check_arch
 from .config import ResolvedConfig, TrainConfig, resolve
-from .data import FlowerData, load_data
+from .data import FlowerData, ThinClassWarning, load_data, thin_class_warnings
 from .devices import resolve_device, resolve_precision, resolve_workers, use_threads
 from .imagecache import default_cache_dir
 from .learner import LearnerBundle, create_learner, learner_workspace
@@ -61,6 +62,9 @@ def prepare_run(options: TrainConfig, reporter: Reporter, prefix: str = "", trai
     data = load_data(options.data, size=options.size, bs=options.bs, valid_pct=options.valid_pct,
                      seed=options.seed, workers=workers, device=device, split_file=options.split_file,
                      cache_dir=cache_dir)
+    notes = thin_class_warnings(data.rows, data.classes)
+    for note in notes:
+        warnings.warn(note, ThinClassWarning, stacklevel=3)
     with learner_workspace() as scratch:
         reporter.stage(f"building {options.arch}")
         bundle = create_learner(data, arch=options.arch, size=options.size, pretrained=options.pretrained,
@@ -77,6 +81,7 @@ def prepare_run(options: TrainConfig, reporter: Reporter, prefix: str = "", trai
                          threads=threads, precision=bundle.precision, channels_last=bundle.channels_last,
                          cache_dir=cache_dir, weights=bundle.weights, versions=library_versions(),
                          training=training, lr_finder=find if lr_finder is not None else None)
+        config.warnings += notes
         run.write_config(config)
         reporter.run_ready(config)
         yield RunSetup(config=config, data=data, bundle=bundle, run=run)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .config import ResolvedConfig, TrainConfig, make_config
+from .errors import FlowerfastError
 from .data import class_counts
 from .model import count_parameters, save_model
 from .progress import NullReporter, Reporter
@@ -135,6 +136,12 @@ def fit_phases(setup: RunSetup, reporter: Reporter, callbacks: Sequence = ()) ->
                 lr_max = slice(config.body_lr, config.lr) if config.pretrained else config.lr
                 learn.fit_one_cycle(n_epochs, lr_max, cbs=cbs)
             offset += n_epochs
+            diverged_at = getattr(learn, "diverged_at", None)
+            if diverged_at is not None:
+                kept = (f"best.safetensors holds epoch {saver.best_epoch}, the best before it"
+                        if saver.best_epoch else "no model was saved")
+                raise FlowerfastError(f"training diverged: the loss became NaN or infinite in epoch {diverged_at}; "
+                                      f"{kept}. Lower the learning rate (--lr) or train in fp32 (--precision fp32)")
     finally:
         reporter.finished()
     return history, saver

@@ -98,3 +98,29 @@ def test_bad_folders_are_refused_by_message(tmp_path, setup, message):
     setup(root)
     with pytest.raises(FlowerfastError, match=message):
         scan_image_folder(root)
+
+
+def test_classes_with_no_or_few_training_images_are_warned_about(tmp_path, runner):
+    """A class of one photo lands wholly in validation with this seed; another has 3 training
+    images. Both are named in a warning line and in config.json, and training still runs."""
+    import json
+
+    from .conftest import invoke
+
+    data = make_folder(tmp_path / "d", {"daisy": 20, "rose": 4, "tulip": 1})
+    rows = split_rows(scan_image_folder(data), seed=42)
+    train = {c: sum(1 for r in rows if r.label == c and not r.is_valid) for c in ("daisy", "rose", "tulip")}
+    result = invoke(runner, ["train", "--data", data, "--arch", "resnet18", "--no-pretrained", "--size", "32",
+                             "--epochs", "1", "--bs", "4", "--device", "cpu", "--out", tmp_path / "run"])
+    assert result.exit_code == 0, result.output
+
+    def expected(c: str) -> str:
+        n = train[c]
+        return (f"warning: class {c} has no training image (all its images are in validation)" if n == 0
+                else f"warning: class {c} has only {n} training image(s)")
+
+    lines = [line for line in result.stderr.splitlines() if line.startswith("warning: class ")]
+    assert len(lines) == 2 and all(line.startswith(expected(c)) for line, c in zip(lines, ("rose", "tulip")))
+    expected = [expected("rose"), expected("tulip")]
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert sum(w.startswith("class ") for w in config["warnings"]) == len(expected)

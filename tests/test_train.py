@@ -346,3 +346,31 @@ def test_sigterm_ends_training_cleanly_and_leaves_no_scratch_folder(tmp_path):
     assert "terminated" in stderr and "Traceback" not in stderr
     assert not any(p.name.startswith("flowerfast-") for p in scratch.iterdir())
     assert len(RunFolder(out).read_history()) >= 1  # what was written is intact
+
+
+def test_a_diverging_run_stops_with_one_line_and_keeps_the_last_good_model(tmp_path):
+    """The second epoch's weights are made NaN (as a far too high learning rate does): training
+    stops there with a clear message, and best.safetensors is still epoch 1's finite model."""
+    import flowerfast
+    from fastai.callback.core import Callback
+
+    class PoisonSecondEpoch(Callback):
+        order = 100
+
+        def after_batch(self):
+            if self.training and self.epoch == 1:
+                with torch.no_grad():
+                    for p in self.learn.model.parameters():
+                        p.fill_(float("nan"))
+
+    data = make_folder(tmp_path / "d", {"daisy": 12, "rose": 12})
+    with pytest.raises(flowerfast.FlowerfastError) as caught:
+        flowerfast.train(data=data, arch="resnet18", pretrained=False, size=32, epochs=3, bs=8, device="cpu",
+                         out=tmp_path / "run", callbacks=[PoisonSecondEpoch()])
+    message = str(caught.value)
+    assert message.startswith("training diverged: the loss became NaN or infinite in epoch 2;")
+    assert "best.safetensors holds epoch 1" in message and "--lr" in message
+    run = RunFolder(tmp_path / "run")
+    assert [r.epoch for r in run.read_history()] == [1]
+    model = flowerfast.load_model(tmp_path / "run", device="cpu")
+    assert all(torch.isfinite(p).all() for p in model.network.parameters())
