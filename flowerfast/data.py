@@ -158,7 +158,7 @@ def scan_image_folder(root: Path | str, check: bool = True) -> ImageFolder:
     seen: set = set()  # real paths taken: each real folder and file once in the whole scan
     presplit = _presplit_folders(root)
     if presplit is None:
-        if not find_images(root)[0]:
+        if not find_images(root)[0] and not any(find_images(f)[0] for f in _class_folders(root)):
             raise FlowerfastError(f"no images found in {root} (expected one folder per class, e.g. {root}/daisy/1.jpg)")
         classes = _scan_classes(root, files, labels, skipped, check, seen, root)
         preset = None

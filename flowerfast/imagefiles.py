@@ -89,7 +89,7 @@ def find_images(folder: Path, seen: Optional[set] = None,
     if top in seen:
         return files, problems
     seen.add(top)
-    folders: list[tuple[Path, str]] = [(folder, top)]  # (path as found, its real path)
+    folders: list[tuple[Path, str]] = [(folder, top)]  # breadth first: (path as found, its real path)
     links: list[Path] = []  # followed only once every real path has been taken
 
     def take(path: Path, real: str, mode: int) -> None:
@@ -108,10 +108,10 @@ def find_images(folder: Path, seen: Optional[set] = None,
 
     while folders or links:
         if folders:
-            path, real_dir = folders.pop()
+            path, real_dir = folders.pop(0)
             try:
                 with os.scandir(path) as it:
-                    entries = sorted(it, key=lambda e: e.name, reverse=True)
+                    entries = sorted(it, key=lambda e: e.name)
             except OSError as exc:
                 problems.append((path, f"folder cannot be read: {describe_error(exc)}"))
                 continue
