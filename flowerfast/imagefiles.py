@@ -75,8 +75,9 @@ def find_images(folder: Path, seen: Optional[set] = None,
     Hidden files and folders are ignored, and so are files without an image extension. Links are
     followed, but every real folder and file is taken once: ``seen`` holds the real paths already
     taken (pass the same set to several calls to take each file once across them all), and a real
-    path is preferred to a link to it. Skipped and reported: a link whose target is outside
-    ``folder`` (``data_root``, when given, only words the reason), a broken link or unreadable
+    path is preferred to a link to it. A link to a photo is taken wherever the photo is (folders of
+    links to photos are a common way to make a subset). Skipped and reported: a link to a folder
+    outside ``folder`` (``data_root``, when given, only words the reason), a broken link or unreadable
     entry named like an image, a special file (FIFO, socket, device) named like an image (never
     opened), a folder that cannot be listed.
     """
@@ -140,7 +141,7 @@ def find_images(folder: Path, seen: Optional[set] = None,
         if not stat.S_ISDIR(mode) and not is_image_name(link.name):
             continue
         real = os.path.realpath(link)
-        if not _inside(real, top):
+        if stat.S_ISDIR(mode) and not _inside(real, top):  # a linked photo may live anywhere; a folder may not
             where = "its class folder" if data_top is not None and _inside(real, data_top) else (
                 "the data folder" if data_top is not None else f"the folder {folder}")
             problems.append((link, f"link leads out of {where} (to {real}): not followed"))
@@ -151,7 +152,7 @@ def find_images(folder: Path, seen: Optional[set] = None,
 
 def image_files_under(folder: Path) -> list[Path]:
     """Image files under ``folder`` (recursively), sorted: :func:`find_images`'s files (each real
-    file once, no link out of ``folder`` followed, special files never opened)."""
+    file once, no folder link out of ``folder`` followed, special files never opened)."""
     return find_images(folder)[0]
 
 
