@@ -6,23 +6,22 @@ every plot is drawn the same safe way: a :class:`matplotlib.figure.Figure` on it
 never pyplot. That keeps plotting free of global state (no backend switch with
 ``matplotlib.use``, no figure registry to leak into, no display needed), so it is safe in a
 library, in threads and on servers. Functions return bytes and write nothing: the caller writes
-them through :mod:`flowerfast.runs`, atomically.
+them through :mod:`flowerfast.runs`, atomically. Nothing from flowerfast is imported: the models
+(:class:`flowerfast.reporting.ModelEntry`) and mistakes (:class:`flowerfast.evaluation.Mistake`)
+are passed in.
 """
 
 from __future__ import annotations
 
 import io
 import math
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-if TYPE_CHECKING:
-    from .evaluation import Mistake
-    from .reporting import ModelEntry
 
 LR_FIND_COLORS = {"valley": "#d62728", "slide": "#2ca02c", "minimum": "#9467bd", "steep": "#ff7f0e"}
 
@@ -40,7 +39,7 @@ def figure_png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def curves_png(models: Sequence["ModelEntry"]) -> bytes:
+def curves_png(models: Sequence[Any]) -> bytes:
     """Loss and accuracy per epoch, every model on the same two panels (one colour per model)."""
     fig = new_figure(11, 4)
     loss_ax, acc_ax = fig.subplots(1, 2)
@@ -63,7 +62,7 @@ def curves_png(models: Sequence["ModelEntry"]) -> bytes:
     return figure_png(fig)
 
 
-def per_class_png(models: Sequence["ModelEntry"], classes: Sequence[str]) -> bytes:
+def per_class_png(models: Sequence[Any], classes: Sequence[str]) -> bytes:
     """Validation accuracy per class, the models' bars side by side."""
     fig = new_figure(max(6, 1 + 0.9 * len(classes) * max(1, len(models)) / 2), 4)
     ax = fig.subplots()
@@ -104,7 +103,7 @@ def confusion_png(title: str, classes: Sequence[str], matrix: Sequence[Sequence[
     return figure_png(fig)
 
 
-def mistakes_png(mistakes: Sequence["Mistake"], columns: int = 4) -> bytes:
+def mistakes_png(mistakes: Sequence[Any], columns: int = 4) -> bytes:
     """A grid of wrongly classified images, each titled with its true class, the predicted class
     and the probability the model gave that (wrong) class. Only as many cells as images."""
     if not mistakes:

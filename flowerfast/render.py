@@ -7,20 +7,18 @@ and in the terminal, so the three never disagree. The documents themselves are J
 (autoescape), and inline markup such as code and bold is written in each template rather than
 converted from Markdown, so nothing a run folder contains can turn into markup.
 
-Nothing here imports :mod:`flowerfast.reporting` at run time: the report is passed in.
+Nothing here imports :mod:`flowerfast.reporting`: the report (``ComparisonReport``, its
+``ModelEntry`` and ``PairResult`` objects) is passed in.
 """
 
 from __future__ import annotations
 
 import base64
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-if TYPE_CHECKING:
-    from .reporting import ComparisonReport, ModelEntry, PairResult
-    from .runfolder import EpochRecord
 
 HTML_STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
               "table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:3px 8px}"
@@ -69,7 +67,7 @@ class Table:
         return self.align_right or [False] * len(self.headers)
 
 
-def summary_table(models: Sequence["ModelEntry"]) -> Table:
+def summary_table(models: Sequence[Any]) -> Table:
     """One row per model: accuracy, training time and speed, size, inference speed."""
     headers = ["model", "best valid acc", "best epoch", "final valid acc", "training time", "s/epoch",
                "train images/s", "parameters", "model size", "latency/image", "inference images/s"]
@@ -84,7 +82,7 @@ def summary_table(models: Sequence["ModelEntry"]) -> Table:
     return Table(headers, rows, [False] + [True] * (len(headers) - 1))
 
 
-def pairs_table(pairs: Sequence["PairResult"], ci_level: float) -> Table:
+def pairs_table(pairs: Sequence[Any], ci_level: float) -> Table:
     """One row per pair of models: paired accuracies, difference with its interval, McNemar's p."""
     headers = ["model A", "model B", "images", "acc A", "acc B", "A - B", f"{ci_level:.0%} CI", "only A right",
                "only B right", "McNemar p"]
@@ -94,7 +92,7 @@ def pairs_table(pairs: Sequence["PairResult"], ci_level: float) -> Table:
     return Table(headers, rows, [False, False] + [True] * (len(headers) - 2))
 
 
-def history_table(history: Sequence["EpochRecord"]) -> Table:
+def history_table(history: Sequence[Any]) -> Table:
     """One row per epoch of one run, as its ``history.csv`` says."""
     headers = ["epoch", "phase", "train acc (aug)", "train acc (clean)", "valid acc", "train loss",
                "valid loss", "lr", "seconds"]
@@ -104,7 +102,7 @@ def history_table(history: Sequence["EpochRecord"]) -> Table:
     return Table(headers, rows, [False, False] + [True] * (len(headers) - 2))
 
 
-def per_class_table(models: Sequence["ModelEntry"], classes: Sequence[str],
+def per_class_table(models: Sequence[Any], classes: Sequence[str],
                     valid_per_class: Mapping[str, int]) -> Table:
     """One row per class: its validation images and each model's accuracy on them."""
     headers = ["class", "valid images", *[m.name for m in models]]
@@ -129,7 +127,7 @@ def template_environment() -> Environment:
     return _environment
 
 
-def _context(rep: "ComparisonReport") -> dict[str, Any]:
+def _context(rep: Any) -> dict[str, Any]:
     """Everything both templates show, computed once."""
     split = rep.split
     classes = split["classes"]
@@ -153,12 +151,12 @@ def _context(rep: "ComparisonReport") -> dict[str, Any]:
     }
 
 
-def render_markdown(rep: "ComparisonReport") -> str:
+def render_markdown(rep: Any) -> str:
     """report.md: summary, verdicts, plots and each model's per-epoch table."""
     return template_environment().get_template("report.md.j2").render(_context(rep))
 
 
-def render_html(rep: "ComparisonReport", images: Mapping[str, bytes]) -> str:
+def render_html(rep: Any, images: Mapping[str, bytes]) -> str:
     """report.html: the same content as report.md, self-contained (plots inline as base64 PNG).
     ``images`` maps each plot's file name (as in ``rep.plots``) to its PNG bytes."""
     inline = {name: "data:image/png;base64," + base64.b64encode(data).decode("ascii") for name, data in images.items()}
