@@ -21,7 +21,7 @@ from typing import Iterable, Optional, Sequence
 from .config import DEFAULTS
 from .errors import FlowerfastError
 from .imagecache import ImageCache, decode, load_size
-from .imagefiles import check_image, find_images, is_hidden
+from .imagefiles import check_image, find_images, is_hidden, is_inside
 from .runfolder import SplitRow, read_split_csv
 
 VALID_FOLDER_NAMES = ("valid", "val")
@@ -84,10 +84,6 @@ def _class_folders(parent: Path) -> list[Path]:
     return sorted(p for p in parent.iterdir() if p.is_dir() and not is_hidden(p.name))
 
 
-def _within(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
 def _scan_classes(parent: Path, files: list, labels: list, skipped: list, check: bool,
                   seen: Optional[set] = None, data_root: Optional[Path] = None) -> list[str]:
     """The classes under ``parent``, their readable images appended to ``files`` and ``labels``.
@@ -103,7 +99,7 @@ def _scan_classes(parent: Path, files: list, labels: list, skipped: list, check:
     for folder in _class_folders(parent):
         if folder.is_symlink():
             real = os.path.realpath(folder)
-            if _within(real, data_real) or _within(data_real, real):
+            if is_inside(real, data_real) or is_inside(data_real, real):
                 skipped.append(SkippedFile(folder, f"class folder is a link to {real}, inside the data folder or "
                                                    f"holding it: not followed, so no photo is taken twice"))
                 continue

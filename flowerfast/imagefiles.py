@@ -56,7 +56,8 @@ def is_image_name(name: str) -> bool:
     return not is_hidden(name) and Path(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _inside(real: str, top: str) -> bool:
+def is_inside(real: str, top: str) -> bool:
+    """Whether real path ``real`` is ``top`` or lies under it (both already resolved)."""
     return real == top or real.startswith(top.rstrip(os.sep) + os.sep)
 
 
@@ -141,8 +142,8 @@ def find_images(folder: Path, seen: Optional[set] = None,
         if not stat.S_ISDIR(mode) and not is_image_name(link.name):
             continue
         real = os.path.realpath(link)
-        if stat.S_ISDIR(mode) and not _inside(real, top):  # a linked photo may live anywhere; a folder may not
-            where = "its class folder" if data_top is not None and _inside(real, data_top) else (
+        if stat.S_ISDIR(mode) and not is_inside(real, top):  # a linked photo may live anywhere; a folder may not
+            where = "its class folder" if data_top is not None and is_inside(real, data_top) else (
                 "the data folder" if data_top is not None else f"the folder {folder}")
             problems.append((link, f"link leads out of {where} (to {real}): not followed"))
             continue
