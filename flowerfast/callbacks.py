@@ -23,8 +23,8 @@ class EpochStats(Callback):
 
     order = 60
 
-    def __init__(self, phase: str = "train", epoch_offset: int = 0):
-        self.phase, self.epoch_offset = phase, epoch_offset
+    def __init__(self, phase: str = "train", epoch_offset: int = 0, start_epoch: int = 0):
+        self.phase, self.epoch_offset, self.start_epoch = phase, epoch_offset, start_epoch
         self.records: list[EpochRecord] = []
         self.listeners: list[Callable[[EpochRecord], None]] = []
 
@@ -41,6 +41,8 @@ class EpochStats(Callback):
         s[2] += n
 
     def after_epoch(self):
+        if self.epoch < self.start_epoch:  # done before a resume: fastai skipped it
+            return
         (tl, tc, tn), (vl, vc, vn) = ([float(loss), int(correct), n] for loss, correct, n in
                                       (self._sums[True], self._sums[False]))
         record = EpochRecord(
@@ -73,8 +75,8 @@ class CleanTrainAccuracy(Callback):
 
     order = 55
 
-    def __init__(self, dl, precision: str = "fp32"):
-        self.dl, self.precision = dl, precision
+    def __init__(self, dl, precision: str = "fp32", start_epoch: int = 0):
+        self.dl, self.precision, self.start_epoch = dl, precision, start_epoch
 
     def before_fit(self):
         self.learn.clean_train_accuracy = None
@@ -82,6 +84,8 @@ class CleanTrainAccuracy(Callback):
     def after_epoch(self):
         from .learner import predict_batches
 
+        if self.epoch < self.start_epoch:  # done before a resume: fastai skipped it
+            return
         probs, targets = predict_batches(self.learn.model, self.dl, self.precision)
         self.learn.clean_train_accuracy = float((probs.argmax(dim=-1) == targets).float().mean())
 
@@ -107,10 +111,10 @@ class ReportProgress(Callback):
 class SaveBestModel:
     """Listener for :class:`EpochStats`: saves the model whenever validation accuracy improves."""
 
-    def __init__(self, save: Callable[[], None], reporter: Reporter):
+    def __init__(self, save: Callable[[], None], reporter: Reporter, best_accuracy: Optional[float] = None,
+                 best_epoch: Optional[int] = None):
         self.save, self.reporter = save, reporter
-        self.best_accuracy: Optional[float] = None
-        self.best_epoch: Optional[int] = None
+        self.best_accuracy, self.best_epoch = best_accuracy, best_epoch  # a resumed run's best so far
 
     def __call__(self, record: EpochRecord) -> None:
         improved = self.best_accuracy is None or record.valid_accuracy > self.best_accuracy

@@ -6,6 +6,7 @@ transforms, epochs, learning-rate schedule), so the only thing that differs betw
 the architecture. Run folders go side by side in one comparison folder, with the report beside them:
 
     compare-<timestamp>/
+        compare.json (the architectures and options, for --resume)
         resnet152/   (a full run folder)
         vgg11_bn/
         report.md  report.json  report.html  *.png
@@ -13,15 +14,17 @@ the architecture. Run folders go side by side in one comparison folder, with the
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from .archs import check_arch
+from .checkpoint import CHECKPOINT, RESUME_MAY_CHANGE
 from .config import TrainConfig, make_config
 from .errors import FlowerfastError
 from .progress import NullReporter, Reporter
 from .reporting import ComparisonReport, build_report, write_report
-from .runfolder import SPLIT, RunFolder
-from .runs import check_output_dir, create_run_dir, default_run_dir
+from .runfolder import CONFIG, LR_FIND_CSV, LR_FIND_JSON, LR_FIND_PLOT, SPLIT, SUMMARY, RunFolder
+from .runs import TEMP_SUFFIX, check_output_dir, create_run_dir, default_run_dir, read_json, write_json
 
 
 def parse_archs(archs: Union[str, Sequence[str]]) -> list[str]:
@@ -39,31 +42,95 @@ def parse_archs(archs: Union[str, Sequence[str]]) -> list[str]:
     return names
 
 
+COMPARE_PLAN = "compare.json"
+
+
 def compare(archs: Union[str, Sequence[str]], config: Optional[TrainConfig] = None,
-            reporter: Optional[Reporter] = None, **train_options) -> ComparisonReport:
+            reporter: Optional[Reporter] = None, on_folder=None, **train_options) -> ComparisonReport:
     """Train each of ``archs`` on the same split and write the comparison report.
 
     ``config``/``train_options`` are the training options shared by every run (as for
     :func:`flowerfast.train`; ``arch`` is ignored). ``out`` is the comparison folder (default
     ``runs/compare-<timestamp>``); each run goes into ``<out>/<arch>/``. Every option is checked,
-    and the folder is known to be free, before the first epoch.
+    and the folder is known to be free, before the first epoch. An interrupted comparison goes on
+    with :func:`resume_comparison`; ``on_folder`` is called with the comparison folder once it is
+    created (the CLI names it in its resume hint).
     """
-    from .training import train
-
     reporter = reporter or NullReporter()
     names = parse_archs(archs)
     base = make_config(config, **train_options)
     if base.weights is not None:
         raise FlowerfastError("--weights holds one backbone's state dict and cannot serve several architectures")
     out = create_run_dir(check_output_dir(base.out or default_run_dir("compare")))
+    write_json(out / COMPARE_PLAN, {"archs": names, "options": base.with_options(out=out).to_dict()})
+    if on_folder is not None:
+        on_folder(out)
+    return run_comparison(out, names, base, reporter)
+
+
+def resume_comparison(out: Union[str, Path], reporter: Optional[Reporter] = None,
+                      **changes) -> ComparisonReport:
+    """Finish an interrupted comparison: finished models are kept as they are, the interrupted one
+    resumes from its checkpoint (see :func:`flowerfast.training.resume`), the rest are trained.
+    ``changes`` as for that function (where and how to compute, not what)."""
+    reporter = reporter or NullReporter()
+    out = Path(out).expanduser().resolve()
+    try:
+        plan = read_json(out / COMPARE_PLAN)
+        names, options = list(plan["archs"]), dict(plan["options"])
+    except FileNotFoundError:
+        raise FlowerfastError(f"{out} is not a comparison folder ({COMPARE_PLAN} is missing)") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise FlowerfastError(f"cannot read {out / COMPARE_PLAN}: {exc}") from None
+    from .training import resumed_options_check
+
+    if "archs" in changes:
+        asked = parse_archs(changes.pop("archs"))
+        if asked != names:
+            raise FlowerfastError(f"cannot resume {out} with different options: --archs {','.join(asked)} "
+                                  f"(the comparison has {','.join(names)})")
+    resumed_options_check(out, options, changes)
+    allowed = {k: v for k, v in changes.items() if k in RESUME_MAY_CHANGE}
+    return run_comparison(out, names, make_config(TrainConfig(), **{**options, **allowed}), reporter,
+                          resuming=allowed)
+
+
+def clear_unstarted_run(run: RunFolder) -> None:
+    """Remove a run folder that was set up but stopped before its first epoch (no checkpoint),
+    so the model can be trained into it again; a folder holding anything else is refused."""
+    if not run.path.exists():
+        return
+    setup_files = {CONFIG, SPLIT, LR_FIND_CSV, LR_FIND_JSON, LR_FIND_PLOT}
+    found = {p.name for p in run.path.iterdir() if not (p.name.startswith(".") and p.name.endswith(TEMP_SUFFIX))}
+    if found - setup_files:
+        raise FlowerfastError(f"{run.path} holds files of a run that cannot be resumed "
+                              f"({', '.join(sorted(found - setup_files))}): move it away and resume again")
+    for path in run.path.iterdir():
+        path.unlink()
+    run.path.rmdir()
+
+
+def run_comparison(out: Path, names: list[str], base: TrainConfig, reporter: Reporter,
+                   resuming: Optional[dict] = None) -> ComparisonReport:
+    """Train (or, when ``resuming``, finish) each architecture into ``out/<arch>`` and report."""
+    from .training import resume, train
 
     split_file = base.split_file
     run_dirs = []
     for i, arch in enumerate(names, 1):
-        reporter.stage(f"model {i}/{len(names)}: {arch}")
-        result = train(base.with_options(arch=arch, out=out / arch, split_file=split_file), reporter=reporter)
-        run_dirs.append(result.run_dir)
+        run = RunFolder(out / arch)
+        if resuming is not None and run.file(SUMMARY).is_file():
+            reporter.stage(f"model {i}/{len(names)}: {arch} is finished, kept as it is")
+        elif resuming is not None and run.file(CHECKPOINT).is_file():
+            reporter.stage(f"model {i}/{len(names)}: {arch}, resumed")
+            resume(run.path, reporter=reporter, **resuming)
+        else:
+            if resuming is not None:
+                clear_unstarted_run(run)
+            reporter.stage(f"model {i}/{len(names)}: {arch}")
+            train(base.with_options(arch=arch, out=run.path, split_file=split_file), reporter=reporter)
+        run_dirs.append(run.path)
         if split_file is None:
-            split_file = RunFolder(result.run_dir).file(SPLIT)
+            split_file = run.file(SPLIT)
     reporter.stage("writing the comparison report")
     return write_report(build_report(run_dirs, reporter), out)

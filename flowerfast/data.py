@@ -14,6 +14,7 @@ and size, and later epochs read the stored pixels. The random transforms after i
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
@@ -21,7 +22,7 @@ from typing import Iterable, Optional, Sequence
 from .config import DEFAULTS
 from .errors import FlowerfastError
 from .imagecache import ImageCache, decode, load_size
-from .imagefiles import check_image, find_images, is_hidden, is_inside
+from .imagefiles import check_image, describe_error, find_images, is_hidden, is_inside
 from .runfolder import SplitRow, read_split_csv
 
 VALID_FOLDER_NAMES = ("valid", "val")
@@ -70,6 +71,8 @@ class FlowerData:
     preset_split: bool
     bs: int
     cache: Optional[ImageCache] = None
+    files: list[Path] = field(default_factory=list)
+    loader: Optional["ImageLoader"] = None
 
     @property
     def n_train(self) -> int:
@@ -206,15 +209,43 @@ class ImageLoader:
         self.__name__ = "ImageLoader"  # fastai wraps a callable without a name in a closure, which cannot pickle
         self.max_side = load_size(size)
         self.cache = ImageCache(cache_dir, self.max_side) if cache_dir is not None else None
+        self.skipped: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"ImageLoader(max_side={self.max_side}, cache={self.cache!r})"
 
+    def load(self, path):
+        return self.cache.load(path) if self.cache is not None else decode(path, self.max_side)
+
     def __call__(self, path):
+        """The photo, or fastai's ``SkipItemException`` when it cannot be read any more: a photo
+        deleted, truncated or locked after the scan drops out of its batch with a warning (once
+        per file) instead of ending a long run."""
+        from fastai.data.load import SkipItemException
         from fastai.vision.core import PILImage
 
-        img = self.cache.load(path) if self.cache is not None else decode(path, self.max_side)
+        try:
+            img = self.load(path)
+        except Exception as exc:
+            reason = describe_error(exc)
+            if str(path) not in self.skipped:
+                self.skipped[str(path)] = reason
+                warnings.warn(f"{path} could not be read after the scan ({reason}): skipped",
+                              UnreadablePhotoWarning, stacklevel=2)
+            raise SkipItemException() from None
         return PILImage.create(img)
+
+    def readable(self, path) -> bool:
+        """Whether the photo can be read now (it is decoded, or read from the cache)."""
+        try:
+            self.load(path)
+            return True
+        except Exception:
+            return False
+
+
+class UnreadablePhotoWarning(UserWarning):
+    """A photo that was readable when the folder was scanned could not be read during the run."""
 
 
 def train_transforms(size: int):
@@ -281,15 +312,19 @@ def rows_from_split_file(folder: ImageFolder, split_file: Path) -> list[SplitRow
 
 def load_data(data: Optional[Path | str] = None, size: int = DEFAULTS.size, bs: int = DEFAULTS.bs,
               valid_pct: float = DEFAULTS.valid_pct, seed: int = DEFAULTS.seed, workers: int = 0, device=None,
-              split_file: Optional[Path] = None, cache_dir: Optional[Path | str] = None) -> FlowerData:
+              split_file: Optional[Path] = None, cache_dir: Optional[Path | str] = None,
+              check_folder=None) -> FlowerData:
     """Scan a data folder, split it and build DataLoaders. ``data=None`` uses the embedded sample.
 
     ``split_file`` reuses an earlier run's ``split.csv`` instead of splitting anew. ``cache_dir``
     keeps decoded, reduced photos there (:class:`~flowerfast.imagecache.ImageCache`); ``None``
-    decodes every photo every epoch.
+    decodes every photo every epoch. ``check_folder`` is called with the scanned
+    :class:`ImageFolder` before anything else (a resumed run checks its photos are unchanged).
     """
     root = Path(os.path.abspath(Path(data).expanduser())) if data is not None else default_data_dir()
     folder = scan_image_folder(root)
+    if check_folder is not None:
+        check_folder(folder)
     if split_file is not None:
         rows = rows_from_split_file(folder, Path(split_file))
     else:
@@ -304,7 +339,8 @@ def load_data(data: Optional[Path | str] = None, size: int = DEFAULTS.size, bs: 
     dls = build_dataloaders(rows, folder.classes, size=size, bs=eff_bs, workers=workers, device=device, seed=seed,
                             loader=loader)
     return FlowerData(dls=dls, classes=list(folder.classes), rows=rows, skipped=folder.skipped,
-                      root=folder.root, preset_split=folder.preset_split is not None, bs=eff_bs, cache=loader.cache)
+                      root=folder.root, preset_split=folder.preset_split is not None, bs=eff_bs, cache=loader.cache,
+                      files=list(folder.files), loader=loader)
 
 
 FEW_TRAINING_IMAGES = 5

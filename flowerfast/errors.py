@@ -7,4 +7,16 @@ is a bug and keeps its traceback.
 
 
 class FlowerfastError(Exception):
-    """A clear, user-facing error: bad input, missing files, impossible options."""
+    """A clear, user-facing error: bad input, missing files, impossible options.
+
+    The message is kept apart from ``args``: fastai rewrites the ``args`` of an exception raised
+    in a callback (prefixing "Exception occured in ..."), and the person should still read only
+    the sentence written for them.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message

@@ -126,8 +126,33 @@ def build_classifier(spec: ModelSpec):
     return nn.Sequential(body, build_head(spec.num_features, spec.n_classes))
 
 
+SPEC_KEY = "flowerfast_spec"
+CHECKSUM_KEY = "flowerfast_sha256"
+
+
+def weights_sha256(state: dict) -> str:
+    """SHA-256 of a state dict's tensors (names, dtypes, shapes and bytes, in name order).
+
+    Recorded when a model is saved and checked when it is loaded: a file damaged on disk, or
+    edited by hand, is refused instead of giving confident nonsense.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    return digest.hexdigest()
+
+
 def save_model(model, spec: ModelSpec, path: Path) -> tuple[Path, Path]:
-    """Write ``<path>.safetensors`` and ``<path>.json``; both atomically."""
+    """Write ``<path>.safetensors`` and ``<path>.json``, each atomically.
+
+    The safetensors file is complete on its own: its metadata carries the spec and the weights'
+    checksum, so a reader never depends on the two files having been replaced together (a kill
+    between the two writes leaves a model that still loads). The JSON is the same spec, for people.
+    """
     from safetensors.torch import save as st_save
 
     from .runs import atomic_write_bytes, write_json
@@ -139,15 +164,19 @@ def save_model(model, spec: ModelSpec, path: Path) -> tuple[Path, Path]:
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     if not spec.versions:
         spec.versions = library_versions()
-    atomic_write_bytes(weights_path, st_save(state, metadata={"format": spec.format, "arch": spec.arch}))
-    write_json(json_path, asdict(spec))
+    described = {**asdict(spec), "sha256": weights_sha256(state)}
+    metadata = {"format": spec.format, "arch": spec.arch, SPEC_KEY: json.dumps(asdict(spec)),
+                CHECKSUM_KEY: described["sha256"]}
+    atomic_write_bytes(weights_path, st_save(state, metadata=metadata))
+    write_json(json_path, described)
     return weights_path, json_path
 
 
 def model_paths(path: Path) -> tuple[Path, Path]:
     """The ``.safetensors`` and ``.json`` files that make a model, from either file or a run folder.
 
-    A run folder resolves to its best model (``best.*``), else its final one.
+    A run folder resolves to its best model (``best.*``), else its final one. The weights file
+    must exist; the JSON beside it is needed only for models saved without the spec inside.
     """
     from .runfolder import BEST, FINAL
 
@@ -165,39 +194,65 @@ def model_paths(path: Path) -> tuple[Path, Path]:
         path = path.with_name(path.name + ".safetensors")
     stem = path.with_suffix("")
     weights_path, json_path = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
-    for p in (weights_path, json_path):
-        if not p.exists():
-            raise FlowerfastError(f"model file not found: {p}")
+    if not weights_path.exists():
+        raise FlowerfastError(f"model file not found: {weights_path}")
     return weights_path, json_path
+
+
+def spec_from_dict(data, where) -> ModelSpec:
+    if not isinstance(data, dict) or data.get("format") != "flowerfast-model":
+        raise FlowerfastError(f"{where} is not a flowerfast model description")
+    known = set(ModelSpec.__dataclass_fields__)
+    return ModelSpec(**{k: v for k, v in data.items() if k in known})
 
 
 def read_spec(json_path: Path) -> ModelSpec:
     try:
         data = json.loads(Path(json_path).read_text())
+    except FileNotFoundError:
+        raise FlowerfastError(f"model file not found: {json_path}") from None
     except (OSError, ValueError) as exc:
         raise FlowerfastError(f"cannot read model description {json_path}: {exc}") from None
-    if not isinstance(data, dict) or data.get("format") != "flowerfast-model":
-        raise FlowerfastError(f"{json_path} is not a flowerfast model description")
-    known = set(ModelSpec.__dataclass_fields__)
-    return ModelSpec(**{k: v for k, v in data.items() if k in known})
+    return spec_from_dict(data, json_path)
+
+
+def read_weights(weights_path: Path) -> tuple[dict, dict]:
+    """The tensors and metadata of a safetensors file; a clear error for a damaged one."""
+    from safetensors import safe_open
+
+    try:
+        tensors = {}
+        with safe_open(str(weights_path), framework="pt") as fh:
+            metadata = fh.metadata() or {}
+            for key in fh.keys():
+                tensors[key] = fh.get_tensor(key)
+    except Exception as exc:
+        raise FlowerfastError(f"cannot read model weights {weights_path}: {exc}") from None
+    return tensors, metadata
 
 
 def load_classifier(path: Path, device: Optional[str] = None):
-    """Rebuild a saved classifier from its safetensors + JSON, in eval mode. Returns ``(model, spec)``.
+    """Rebuild a saved classifier from its safetensors (+ JSON), in eval mode. Returns ``(model, spec)``.
 
-    Never unpickles: safetensors holds only tensors, the JSON only plain values.
+    Never unpickles: safetensors holds only tensors, the JSON only plain values. The weights are
+    checked against the checksum saved with them.
     """
-    from safetensors.torch import load_file
-
     from .weights import load_state_into
 
     weights_path, json_path = model_paths(path)
-    spec = read_spec(json_path)
+    state, metadata = read_weights(weights_path)
+    if SPEC_KEY in metadata:
+        try:
+            spec = spec_from_dict(json.loads(metadata[SPEC_KEY]), weights_path)
+        except ValueError as exc:
+            raise FlowerfastError(f"cannot read the model description inside {weights_path}: {exc}") from None
+    else:
+        spec = read_spec(json_path)
+    expected = metadata.get(CHECKSUM_KEY)
+    if expected is not None and weights_sha256(state) != expected:
+        raise FlowerfastError(f"{weights_path} is damaged: its weights do not match the checksum saved with them; "
+                              "use another copy or train again")
     model = build_classifier(spec)
-    try:
-        state = load_file(str(weights_path))
-    except Exception as exc:
-        raise FlowerfastError(f"cannot read model weights {weights_path}: {exc}") from None
     load_state_into(model, state, f"model weights {weights_path}", spec.arch)
     model.eval()
     if device is not None:

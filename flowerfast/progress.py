@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from .config import ResolvedConfig
     from .runfolder import EpochRecord
 
@@ -34,6 +36,9 @@ class Reporter:
 
     def epoch_done(self, record: EpochRecord, best: bool) -> None:
         """An epoch finished; ``best`` says whether it set a new best validation accuracy."""
+
+    def checkpoint_saved(self, epoch: int, path: "Path") -> None:
+        """``path`` now holds the resumable state after ``epoch`` completed epochs."""
 
     def finished(self) -> None:
         """The long-running part is over (close bars)."""

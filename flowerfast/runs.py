@@ -8,32 +8,112 @@ written beside its target and renamed into place, so an interrupted run never le
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, BinaryIO, Callable, Iterable, Optional, Sequence
 
 from .errors import FlowerfastError
 
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` all at once: temp file in the same folder, fsync, rename."""
+TEMP_SUFFIX = ".tmp"
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Write ``path`` all at once: ``write`` fills a temporary file in the same folder, which is
+    flushed, fsynced and renamed into place. A reader sees the old file or the new one, never a
+    mix; a failed or interrupted write leaves the old one as it was.
+
+    Temporary files a killed process left behind for the same name are removed first. A write
+    that fails for lack of space or permission is a :class:`FlowerfastError` naming the file and
+    the free space, so a full disk is one line, not a traceback.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    remove_stale_temp_files(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    except OSError as exc:
+        raise write_error(path, exc) from None
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise write_error(path, exc) from None
         raise
     return path
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_write`)."""
+    return atomic_write(path, lambda fh: fh.write(data))
+
+
+def remove_stale_temp_files(path: Path) -> list[Path]:
+    """Remove ``.<name>.*.tmp`` beside ``path``: what a write of ``path`` killed mid-way (kill -9,
+    power loss) leaves behind. Only this file's own temporary files are touched."""
+    removed = []
+    for tmp in Path(path).parent.glob(f".{glob_escape(Path(path).name)}.*{TEMP_SUFFIX}"):
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except OSError:
+            pass
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    import glob
+
+    return glob.escape(name)
+
+
+def write_error(path: Path, exc: OSError) -> FlowerfastError:
+    """One sentence for a failed write: which file, why, and for a full disk how much is free."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        free = free_bytes(Path(path).parent)
+        room = f" ({format_bytes(free)} free)" if free is not None else ""
+        return FlowerfastError(f"disk full: cannot write {path}{room}; files already written are intact. "
+                               "Free some space and resume the run (flowerfast train --resume)")
+    reason = exc.strerror or str(exc)
+    return FlowerfastError(f"cannot write {path}: {reason}")
+
+
+def free_bytes(folder: Path) -> Optional[int]:
+    """Free space on the file system holding ``folder`` (its nearest existing parent)."""
+    probe = Path(folder)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return shutil.disk_usage(probe).free
+    except OSError:
+        return None
+
+
+def format_bytes(n: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def check_free_space(folder: Path, needed: int, what: str) -> None:
+    """Refuse to start work whose files cannot fit: ``needed`` bytes for ``what`` in ``folder``."""
+    free = free_bytes(folder)
+    if free is not None and free < needed:
+        raise FlowerfastError(f"not enough free space in {folder}: {format_bytes(free)} free, {what} needs about "
+                              f"{format_bytes(needed)}. Free some space or choose another --out")
 
 
 def _umask() -> int:
@@ -43,19 +123,21 @@ def _umask() -> int:
 
 
 def atomic_write_text(path: Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
+    """UTF-8; a file name that is not valid UTF-8 (Python keeps its bytes as surrogates) is
+    written back as those same bytes, so it reads back as the same name."""
+    return atomic_write_bytes(path, text.encode("utf-8", "surrogateescape"))
 
 
 def write_json(path: Path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+    return atomic_write_text(path, json.dumps(obj, indent=2, default=json_default) + "\n")
 
 
 def read_json(path: Path) -> Any:
-    with open(path) as fh:
+    with open(path, encoding="utf-8", errors="surrogateescape") as fh:
         return json.load(fh)
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     if hasattr(obj, "item"):
@@ -77,7 +159,7 @@ def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) 
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
         return list(csv.DictReader(fh))
 
 

@@ -12,7 +12,9 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
-from .archs import check_arch
+from .archs import WeightsInfo, check_arch
+from .checkpoint import (RESOLVED_MUST_MATCH, Checkpoint, data_files, describe_data_change,
+                         split_sha256)
 from .config import ResolvedConfig, TrainConfig, resolve
 from .data import FlowerData, ThinClassWarning, load_data, thin_class_warnings
 from .devices import resolve_device, resolve_precision, resolve_workers, use_threads
@@ -20,8 +22,9 @@ from .imagecache import default_cache_dir
 from .learner import LearnerBundle, create_learner, learner_workspace
 from .model import library_versions
 from .progress import Reporter
-from .runfolder import RunFolder
-from .runs import default_run_dir
+from .errors import FlowerfastError
+from .runfolder import SPLIT, RunFolder
+from .runs import check_free_space, default_run_dir
 
 LRFinder = Callable[[LearnerBundle, RunFolder, Reporter], dict]
 """Runs lr-find on the learner, saves its files into the run folder, returns the suggestions."""
@@ -29,12 +32,14 @@ LRFinder = Callable[[LearnerBundle, RunFolder, Reporter], dict]
 
 @dataclass
 class RunSetup:
-    """Data, learner, run folder and the resolved configuration, ready for lr-find or training."""
+    """Data, learner, run folder and the resolved configuration, ready for lr-find or training.
+    ``checkpoint`` is the state a resumed run continues from (``None`` for a new run)."""
 
     config: ResolvedConfig
     data: FlowerData
     bundle: LearnerBundle
     run: RunFolder
+    checkpoint: Optional[Checkpoint] = None
 
     @property
     def options(self) -> TrainConfig:
@@ -43,15 +48,22 @@ class RunSetup:
 
 @contextlib.contextmanager
 def prepare_run(options: TrainConfig, reporter: Reporter, prefix: str = "", training: bool = True,
-                lr_finder: Optional[LRFinder] = None) -> Iterator[RunSetup]:
+                lr_finder: Optional[LRFinder] = None, resume: Optional[tuple[RunFolder, Checkpoint]] = None,
+                ) -> Iterator[RunSetup]:
     """Set up a run of ``options`` (validated) in a new run folder (default
     ``runs/<prefix><arch>-<timestamp>``) and write ``split.csv`` and ``config.json``.
 
     ``lr_finder`` is used for ``lr="auto"`` on a training run. The Learner's scratch folder is
     removed when the block ends, however it ends.
+
+    ``resume`` (a run folder and its checkpoint) sets up that run again instead: its own
+    ``split.csv``, no backbone weights loaded (the checkpoint has the model), the learning rate
+    it found, and a refusal naming what changed when the photos, the split or a resolved value
+    that decides the arithmetic differ from the checkpoint's.
     """
     check_arch(options.arch)
-    run_dir = RunFolder.check_new(options.out or default_run_dir(f"{prefix}{options.arch}"))
+    if resume is None:
+        run_dir = RunFolder.check_new(options.out or default_run_dir(f"{prefix}{options.arch}"))
     device = resolve_device(options.device)
     workers = resolve_workers(options.workers, device)
     precision = resolve_precision(options.precision, device)
@@ -60,28 +72,77 @@ def prepare_run(options: TrainConfig, reporter: Reporter, prefix: str = "", trai
 
     reporter.stage(f"scanning {options.data or 'the embedded sample photos'}")
     data = load_data(options.data, size=options.size, bs=options.bs, valid_pct=options.valid_pct,
-                     seed=options.seed, workers=workers, device=device, split_file=options.split_file,
-                     cache_dir=cache_dir)
+                     seed=options.seed, workers=workers, device=device,
+                     split_file=resume[0].file(SPLIT) if resume else options.split_file, cache_dir=cache_dir,
+                     check_folder=(lambda folder: check_same_photos(resume, folder)) if resume else None)
+    if resume is not None:
+        check_same_split(resume, data)
     notes = thin_class_warnings(data.rows, data.classes)
     for note in notes:
         warnings.warn(note, ThinClassWarning, stacklevel=3)
     with learner_workspace() as scratch:
         reporter.stage(f"building {options.arch}")
-        bundle = create_learner(data, arch=options.arch, size=options.size, pretrained=options.pretrained,
-                                weights=options.weights, device=device, precision=precision,
+        bundle = create_learner(data, arch=options.arch, size=options.size,
+                                pretrained=False if resume else options.pretrained,
+                                weights=None if resume else options.weights, device=device, precision=precision,
                                 compile=options.compile, path=scratch)
-        run = RunFolder.create(run_dir, unique=options.out is None)
-        run.write_split(data.rows, data.root)
+        if resume is None:
+            check_room_for_run(run_dir, bundle.learn.model, training)
+            run = RunFolder.create(run_dir, unique=options.out is None)
+            run.write_split(data.rows, data.root)
+            weights = bundle.weights
+        else:
+            run, stored = resume[0], resume[1].config
+            weights = WeightsInfo(pretrained=stored["pretrained"], source=stored["weights_source"])
 
         def find() -> dict:
+            if resume is not None:
+                return resume[1].config["lr_find"]
             reporter.stage("running the learning-rate finder (--lr auto)")
             return lr_finder(bundle, run, reporter)
 
         config = resolve(options, data=data, run_dir=run.path, device=device, workers=workers,
                          threads=threads, precision=bundle.precision, channels_last=bundle.channels_last,
-                         cache_dir=cache_dir, weights=bundle.weights, versions=library_versions(),
+                         cache_dir=cache_dir, weights=weights, versions=library_versions(),
                          training=training, lr_finder=find if lr_finder is not None else None)
         config.warnings += notes
-        run.write_config(config)
+        if resume is None:
+            run.write_config(config)
+        else:
+            check_same_resolution(resume, config)
         reporter.run_ready(config)
-        yield RunSetup(config=config, data=data, bundle=bundle, run=run)
+        yield RunSetup(config=config, data=data, bundle=bundle, run=run, checkpoint=resume[1] if resume else None)
+
+
+def check_room_for_run(run_dir, model, training: bool) -> None:
+    """Refuse, before the first epoch, a run whose files cannot fit on the disk: two models
+    (best and final) and the checkpoint (the model and Adam's two moments), each of which is
+    briefly there twice while its new version is written beside the old one."""
+    if not training:
+        return
+    model_bytes = sum(p.numel() * p.element_size() for p in model.state_dict().values())
+    check_free_space(run_dir, int(9 * model_bytes) + 10_000_000, "a training run of this model")
+
+
+def check_same_photos(resume: tuple[RunFolder, Checkpoint], folder) -> None:
+    run, checkpoint = resume
+    change = describe_data_change(checkpoint.data_files, data_files(folder.files, folder.root))
+    if change:
+        raise FlowerfastError(f"cannot resume {run.path}: the photos in {folder.root} changed since the run "
+                              f"started: {change}. Put them back, or start a new run")
+
+
+def check_same_split(resume: tuple[RunFolder, Checkpoint], data: FlowerData) -> None:
+    run, checkpoint = resume
+    if split_sha256(data.rows, data.root) != checkpoint.split_sha256:
+        raise FlowerfastError(f"cannot resume {run.path}: its {SPLIT} was changed since the run started "
+                              "(the split must stay as it was): restore it, or start a new run")
+
+
+def check_same_resolution(resume: tuple[RunFolder, Checkpoint], config: ResolvedConfig) -> None:
+    run, checkpoint = resume
+    now = config.to_dict()
+    changed = [f"{name} is now {now.get(name)!r}, was {checkpoint.config.get(name)!r}"
+               for name in RESOLVED_MUST_MATCH if now.get(name) != checkpoint.config.get(name)]
+    if changed:
+        raise FlowerfastError(f"cannot resume {run.path}: {'; '.join(changed)}")

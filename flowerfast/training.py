@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .checkpoint import (CHECKPOINT, RESUME_MAY_CHANGE, Checkpoint, capture_rng, data_files, load_checkpoint,
+                         restore_rng, save_checkpoint, split_sha256)
 from .config import ResolvedConfig, TrainConfig, make_config
 from .errors import FlowerfastError
 from .data import class_counts
 from .model import count_parameters, save_model
 from .progress import NullReporter, Reporter
-from .runfolder import BEST, FINAL, EpochRecord, RunSummary, ValidPrediction, relative_path
+from .runfolder import BEST, CONFIG, FINAL, SUMMARY, EpochRecord, RunFolder, RunSummary, ValidPrediction, relative_path
 from .session import RunSetup, prepare_run
 
 
@@ -94,6 +96,13 @@ def score_best_model(setup: RunSetup) -> float:
     probs, targets = predict_batches(learn.model, setup.data.dls.valid, setup.bundle.precision)
     classes = setup.data.classes
     valid_rows = [r for r in setup.data.rows if r.is_valid]
+    if len(targets) != len(valid_rows):  # photos became unreadable during the run: score the others
+        valid_rows = [r for r in valid_rows if setup.data.loader.readable(r.file)]
+        dl = setup.data.dls.test_dl([(str(r.file), r.label) for r in valid_rows], with_labels=True)
+        probs, targets = predict_batches(learn.model, dl, setup.bundle.precision)
+        if not valid_rows or len(targets) != len(valid_rows):
+            raise FlowerfastError("the validation photos changed while the best model was being scored; "
+                                  "score it later with flowerfast evaluate")
     preds = probs.argmax(dim=-1)
     rows = [ValidPrediction(file=relative_path(row.file, setup.data.root), label=row.label, predicted=classes[p],
                             confidence=pr[p], probabilities=dict(zip(classes, pr)))
@@ -103,38 +112,70 @@ def score_best_model(setup: RunSetup) -> float:
 
 
 def fit_phases(setup: RunSetup, reporter: Reporter, callbacks: Sequence = ()) -> tuple[list[EpochRecord], object]:
-    """Run the frozen and full one-cycle phases; ``history.csv`` is rewritten after every epoch and
-    the best model saved whenever validation accuracy improves. Returns the history and the saver."""
+    """Run the frozen and full one-cycle phases; ``history.csv`` is rewritten after every epoch,
+    the best model saved whenever validation accuracy improves, and ``checkpoint.pt`` written
+    after every epoch (and once before the first). A resumed run (``setup.checkpoint``) restores
+    the model, optimizer and random generators and continues the schedule where it stopped:
+    fastai's ``start_epoch`` skips the epochs already done, so the one-cycle position is the
+    same as in an uninterrupted run. Returns the history and the saver."""
     from fastai.torch_core import set_seed
 
     from .callbacks import CleanTrainAccuracy, EpochStats, ReportProgress, SaveBestModel
 
-    config, learn, run = setup.config, setup.bundle.learn, setup.run
-    history: list[EpochRecord] = []
+    config, learn, run, start = setup.config, setup.bundle.learn, setup.run, setup.checkpoint
+    history: list[EpochRecord] = start.records() if start else []
+    done = start.epoch if start else 0
+    total = sum(n for _, n in config.phases)
+    loaders = (setup.data.dls.train, setup.data.dls.valid)
+    clock = EpochClock(start.seconds if start else 0.0)
 
     def record(epoch: EpochRecord) -> None:
         history.append(epoch)
         run.write_history(history)
 
-    saver = SaveBestModel(lambda: save_model(learn.model, setup.bundle.spec, run.model_stem(BEST)), reporter)
-    reporter.epochs_started(sum(n for _, n in config.phases))
+    saver = SaveBestModel(lambda: save_model(learn.model, setup.bundle.spec, run.model_stem(BEST)), reporter,
+                          best_accuracy=start.best_accuracy if start else None,
+                          best_epoch=start.best_epoch if start else None)
+
+    def keep(epoch: EpochRecord) -> None:
+        save_checkpoint(run.file(CHECKPOINT), snapshot(setup, epoch.epoch, history, saver, clock.seconds()))
+        reporter.checkpoint_saved(epoch.epoch, run.file(CHECKPOINT))
+
     clean_dl = clean_train_dl(setup, config.clean_train_images, config.options.seed)
-    set_seed(config.options.seed)
+    reporter.epochs_started(total)
+    if start is None:
+        set_seed(config.options.seed)
+        save_checkpoint(run.file(CHECKPOINT), snapshot(setup, 0, history, saver, 0.0))
+        reporter.checkpoint_saved(0, run.file(CHECKPOINT))
+    else:
+        reporter.stage(f"resuming after epoch {done} of {total}")
+        reporter.checkpoint_saved(done, run.file(CHECKPOINT))
+        learn.model.load_state_dict(start.model)
+    clock.start()
+    restored = start is None
     offset = 0
     try:
         for phase, n_epochs in config.phases:
-            stats = EpochStats(phase=phase, epoch_offset=offset)
-            stats.listeners += [record, saver]
+            if offset + n_epochs <= done:
+                offset += n_epochs
+                continue
+            skip = max(0, done - offset)
+            stats = EpochStats(phase=phase, epoch_offset=offset, start_epoch=skip)
+            stats.listeners += [record, saver, keep]
             cbs = [stats, ReportProgress(reporter, epoch_offset=offset), *callbacks]
             if clean_dl is not None:
-                cbs.append(CleanTrainAccuracy(clean_dl, setup.bundle.precision))
+                cbs.append(CleanTrainAccuracy(clean_dl, setup.bundle.precision, start_epoch=skip))
+            learn.freeze() if phase == "frozen" else learn.unfreeze()  # either one resets Adam's state
+            if not restored:
+                if start.optimizer is not None and skip > 0:  # within a phase: Adam's moments carry on
+                    learn.opt.opt.load_state_dict(start.optimizer)
+                restore_rng(start.rng, loaders)
+                restored = True
             if phase == "frozen":
-                learn.freeze()
-                learn.fit_one_cycle(n_epochs, config.lr, pct_start=0.99, cbs=cbs)
+                learn.fit_one_cycle(n_epochs, config.lr, pct_start=0.99, cbs=cbs, start_epoch=skip)
             else:
-                learn.unfreeze()
                 lr_max = slice(config.body_lr, config.lr) if config.pretrained else config.lr
-                learn.fit_one_cycle(n_epochs, lr_max, cbs=cbs)
+                learn.fit_one_cycle(n_epochs, lr_max, cbs=cbs, start_epoch=skip)
             offset += n_epochs
             diverged_at = getattr(learn, "diverged_at", None)
             if diverged_at is not None:
@@ -147,6 +188,40 @@ def fit_phases(setup: RunSetup, reporter: Reporter, callbacks: Sequence = ()) ->
     return history, saver
 
 
+class EpochClock:
+    """Training seconds across a run's sessions: what earlier sessions took plus this one's."""
+
+    def __init__(self, before: float = 0.0):
+        self.before, self.started = before, None
+
+    def start(self) -> None:
+        self.started = time.perf_counter()
+
+    def seconds(self) -> float:
+        return self.before + (time.perf_counter() - self.started if self.started is not None else 0.0)
+
+
+def snapshot(setup: RunSetup, epoch: int, history: list[EpochRecord], saver, seconds: float) -> Checkpoint:
+    """The run's state after ``epoch`` completed epochs, as :class:`~flowerfast.checkpoint.Checkpoint`.
+
+    A resumed run keeps the options and configuration it started with, so resuming twice checks
+    against the original, not against the last resume."""
+    learn, start = setup.bundle.learn, setup.checkpoint
+    opt = getattr(learn, "opt", None)
+    return Checkpoint(
+        epoch=epoch,
+        model={k: v.detach().to("cpu") for k, v in learn.model.state_dict().items()},
+        optimizer=opt.opt.state_dict() if opt is not None and epoch > 0 else None,
+        rng=capture_rng((setup.data.dls.train, setup.data.dls.valid)),
+        options=start.options if start else setup.config.options.to_dict(),
+        config=start.config if start else setup.config.to_dict(),
+        split_sha256=split_sha256(setup.data.rows, setup.data.root),
+        data_files=start.data_files if start else data_files(setup.data.files, setup.data.root),
+        history=[r.__dict__.copy() for r in history],
+        best_epoch=saver.best_epoch, best_accuracy=saver.best_accuracy, seconds=seconds,
+    )
+
+
 def train(config: Optional[TrainConfig] = None, reporter: Optional[Reporter] = None, callbacks: Sequence = (),
           **options) -> TrainResult:
     """Fine-tune ``config.arch`` on ``config.data`` and write the run folder.
@@ -154,22 +229,98 @@ def train(config: Optional[TrainConfig] = None, reporter: Optional[Reporter] = N
     The folder holds ``config.json`` (every resolved option), ``split.csv``, ``history.csv`` (one
     row per epoch, written as each epoch ends), ``best.safetensors``/``best.json`` (highest
     validation accuracy), ``final.safetensors``/``final.json``, ``valid_predictions.csv`` and
-    ``summary.json``. ``options`` override fields of ``config``: ``train(arch="resnet18", epochs=3)``.
-    ``callbacks`` are extra fastai callbacks added to every fit (both phases).
+    ``summary.json``; while it runs, ``checkpoint.pt`` (see :func:`resume`). ``options`` override
+    fields of ``config``: ``train(arch="resnet18", epochs=3)``. ``callbacks`` are extra fastai
+    callbacks added to every fit (both phases).
     """
     from .lr_find import find_and_save_lr
 
     reporter = reporter or NullReporter()
     options_ = make_config(config, **options)
     with prepare_run(options_, reporter, lr_finder=find_and_save_lr) as setup:
-        started = time.perf_counter()
-        history, saver = fit_phases(setup, reporter, callbacks)
-        seconds = time.perf_counter() - started
-        final_paths = save_model(setup.bundle.learn.model, setup.bundle.spec, setup.run.model_stem(FINAL))
-        reporter.stage("scoring the best model on the validation set")
-        rescored = score_best_model(setup)
-        summary = summarise(setup, history, saver, rescored, seconds, final_paths[0])
-        setup.run.write_summary(summary)
+        return finish_training(setup, reporter, callbacks)
+
+
+def resume(run_dir: Path | str, reporter: Optional[Reporter] = None, callbacks: Sequence = (),
+           **changes) -> TrainResult:
+    """Continue an interrupted training run from its ``checkpoint.pt`` to its planned last epoch.
+
+    The run keeps its options, split and learning-rate schedule; history and best model carry on,
+    so the finished folder is what an uninterrupted run would have written. ``changes`` may give
+    where and how to compute (``data`` for a moved data folder with the same photos, ``device``,
+    ``workers``, ``threads``, ``cache``, ``cache_dir``); any other option that differs from the
+    run's, a changed photo or a changed split is refused with a message naming it.
+    """
+    reporter = reporter or NullReporter()
+    run = RunFolder.open(run_dir)
+    checkpoint = load_resumable(run)
+    options_ = resumed_options(run, checkpoint, changes)
+    with prepare_run(options_, reporter, lr_finder=lambda *a: checkpoint.config["lr_find"],
+                     resume=(run, checkpoint)) as setup:
+        return finish_training(setup, reporter, callbacks)
+
+
+def load_resumable(run: RunFolder) -> Checkpoint:
+    """The run's checkpoint, or a one-line reason why the run cannot be resumed."""
+    path = run.file(CHECKPOINT)
+    if not path.is_file():
+        if run.file(SUMMARY).is_file():
+            raise FlowerfastError(f"{run.path} is a finished run (summary.json is there): nothing to resume")
+        if not run.file(CONFIG).is_file():
+            raise FlowerfastError(f"{run.path} is not a flowerfast run folder (no config.json)")
+        raise FlowerfastError(f"{run.path} has no checkpoint: it stopped before its first epoch began "
+                              "(or is an lr-find run); start it again")
+    return load_checkpoint(path)
+
+
+def resumed_options(run: RunFolder, checkpoint: Checkpoint, changes: dict) -> TrainConfig:
+    """The run's own options, with the allowed ``changes``; a one-line refusal naming every other
+    option that differs."""
+    from dataclasses import fields
+
+    stored = {f.name: checkpoint.options[f.name] for f in fields(TrainConfig) if f.name in checkpoint.options}
+    resumed_options_check(run.path, stored, changes)
+    allowed = {k: v for k, v in changes.items() if k in RESUME_MAY_CHANGE}
+    # the split comes from the run folder and the weights from the checkpoint: neither file is
+    # needed again (a --weights file may have been deleted since)
+    stored.update(split_file=None, weights=None, out=str(run.path))
+    return make_config(TrainConfig(), **{**stored, **allowed})
+
+
+def resumed_options_check(where: Path, stored: dict, changes: dict) -> None:
+    """Refuse, naming each one, ``changes`` to options a resume must keep (see
+    :data:`~flowerfast.checkpoint.RESUME_MAY_CHANGE` for those it may change)."""
+    from dataclasses import fields
+
+    unknown = set(changes) - {f.name for f in fields(TrainConfig)}
+    if unknown:
+        raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    from .config import parse_lr
+
+    refused = []
+    for name, value in changes.items():
+        was = stored.get(name)
+        value = parse_lr(value) if name == "lr" else value
+        if name in RESUME_MAY_CHANGE or value == was or str(value) == str(was) and value is not None:
+            continue
+        refused.append(f"--{name.replace('_', '-')} {value} (the run has {'the default' if was is None else was})")
+    if refused:
+        raise FlowerfastError(f"cannot resume {where} with different options: {', '.join(refused)}. "
+                              "A run resumes as it started; start a new run to change them")
+
+
+def finish_training(setup: RunSetup, reporter: Reporter, callbacks: Sequence = ()) -> TrainResult:
+    """Train (or go on training), then save the final model, score the best one and write the
+    summary; the checkpoint is removed once the run is complete."""
+    started = time.perf_counter()
+    history, saver = fit_phases(setup, reporter, callbacks)
+    seconds = (setup.checkpoint.seconds if setup.checkpoint else 0.0) + time.perf_counter() - started
+    final_paths = save_model(setup.bundle.learn.model, setup.bundle.spec, setup.run.model_stem(FINAL))
+    reporter.stage("scoring the best model on the validation set")
+    rescored = score_best_model(setup)
+    summary = summarise(setup, history, saver, rescored, seconds, final_paths[0])
+    setup.run.write_summary(summary)
+    setup.run.file(CHECKPOINT).unlink(missing_ok=True)
     return TrainResult(run_dir=setup.run.path, history=history, config=setup.config, summary=summary)
 
 
@@ -185,5 +336,5 @@ def summarise(setup: RunSetup, history: list[EpochRecord], saver, rescored: floa
         lr_find=config.lr_find, seconds=seconds, seconds_per_epoch=train_seconds / len(history),
         train_images_per_second=setup.data.n_train * len(history) / train_seconds if train_seconds else None,
         parameters=count_parameters(setup.bundle.learn.model), device=config.device,
-        skipped_files=len(setup.data.skipped), best_model=str(setup.run.best_model), final_model=str(final_model),
+        skipped_files=len(setup.data.skipped) + len(setup.data.loader.skipped if setup.data.loader else ()), best_model=str(setup.run.best_model), final_model=str(final_model),
     )

@@ -11,9 +11,11 @@ from rich.table import Table
 from ..config import DEFAULTS as D
 from . import options as o
 from .app import app
-from .output import console, make_reporter, user_errors
+from ..errors import FlowerfastError
+from .output import console, make_reporter, resume_hint, user_errors
 
-Archs = Annotated[str, typer.Option("--archs", help="Architectures to compare, comma-separated (at least 2), e.g. resnet152,vgg11_bn.", show_default=False)]
+Archs = Annotated[Optional[str], typer.Option("--archs", help="Architectures to compare, comma-separated (at least 2), e.g. resnet152,vgg11_bn.", show_default=False)]
+ResumeCompare = Annotated[Optional[Path], typer.Option("--resume", help="Finish an interrupted comparison: finished models are kept, the interrupted one resumes, the rest are trained (only --data, --device, --workers, --threads, --cache and --cache-dir may be given).", show_default=False, metavar="COMPARE_DIR")]
 CompareOut = Annotated[Optional[Path], typer.Option("--out", help="Comparison folder to create: one run folder per architecture plus the report. Default: runs/compare-<timestamp>.", show_default=False)]
 ReportOut = Annotated[Optional[Path], typer.Option("--out", help="Folder to create for the report. Default: runs/report-<timestamp>.", show_default=False)]
 LatencyPrecision = Annotated[str, typer.Option("--precision", help="Precision the inference speed is measured in: fp32 (as exported and served models run), bf16, fp16 or auto.")]
@@ -59,25 +61,41 @@ def show_report(rep) -> None:
 
 @app.command(epilog="Example: flowerfast compare --archs resnet152,vgg11_bn --epochs 10")
 def compare(
-    archs: Archs, data: o.Data = D.data, epochs: o.Epochs = D.epochs, lr: o.Lr = D.lr, bs: o.Bs = D.bs,
+    ctx: typer.Context, archs: Archs = None, data: o.Data = D.data, epochs: o.Epochs = D.epochs, lr: o.Lr = D.lr, bs: o.Bs = D.bs,
     size: o.Size = D.size, valid_pct: o.ValidPct = D.valid_pct, seed: o.Seed = D.seed,
     freeze_epochs: o.FreezeEpochs = D.freeze_epochs, pretrained: o.Pretrained = D.pretrained, out: CompareOut = D.out,
     device: o.Device = D.device, workers: o.Workers = D.workers,
     clean_train_sample: o.CleanTrainSample = D.clean_train_sample, precision: o.Precision = D.precision,
     compile_: o.Compile = D.compile, cache: o.Cache = D.cache, cache_dir: o.CacheDir = D.cache_dir,
-    threads: o.Threads = D.threads,
+    threads: o.Threads = D.threads, resume: ResumeCompare = None,
 ) -> None:
     """Train several architectures on the identical split and compare them: accuracy, speed, size,
     and a paired significance test on the same validation images."""
-    with user_errors():
-        from ..comparison import compare as run_compare
+    reporter = make_reporter()
+    folder = {"path": out}
+
+    def stopped() -> str:
+        return resume_hint(reporter, "compare", str(folder["path"]) if folder["path"] else None)
+
+    with user_errors(stopped=stopped):
+        from ..comparison import compare as run_compare, resume_comparison
         from ..config import TrainConfig
 
-        config = TrainConfig(data=data, epochs=epochs, lr=lr, bs=bs, size=size, valid_pct=valid_pct, seed=seed,
-                             freeze_epochs=freeze_epochs, pretrained=pretrained, out=out, device=device,
-                             workers=workers, clean_train_sample=clean_train_sample, precision=precision,
-                             compile=compile_, cache=cache, cache_dir=cache_dir, threads=threads)
-        rep = run_compare(archs, config, reporter=make_reporter())
+        if resume is not None:
+            folder["path"] = resume
+            names = {p: {"compile_": "compile"}.get(p, p) for p in ctx.params if p not in ("resume", "archs")}
+            changes = o.given_options(ctx, names)
+            if archs is not None:
+                changes["archs"] = archs
+            rep = resume_comparison(resume, reporter=reporter, **changes)
+        else:
+            if archs is None:
+                raise FlowerfastError("--archs is required (or --resume COMPARE_DIR to finish a comparison)")
+            config = TrainConfig(data=data, epochs=epochs, lr=lr, bs=bs, size=size, valid_pct=valid_pct, seed=seed,
+                                 freeze_epochs=freeze_epochs, pretrained=pretrained, out=out, device=device,
+                                 workers=workers, clean_train_sample=clean_train_sample, precision=precision,
+                                 compile=compile_, cache=cache, cache_dir=cache_dir, threads=threads)
+            rep = run_compare(archs, config, reporter=reporter, on_folder=lambda p: folder.update(path=p))
     show_report(rep)
 
 

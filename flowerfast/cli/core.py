@@ -8,30 +8,43 @@ from rich.table import Table
 from ..config import DEFAULTS as D
 from . import options as o
 from .app import app
-from .output import console, make_reporter, user_errors
+from .output import console, make_reporter, resume_hint, user_errors
+
+
+TRAIN_FIELDS = {"compile_": "compile"}
 
 
 @app.command(epilog="Example: flowerfast train --arch resnet152 --epochs 10 --data photos/")
 def train(
-    data: o.Data = D.data, arch: o.Arch = D.arch, epochs: o.Epochs = D.epochs, lr: o.Lr = D.lr, bs: o.Bs = D.bs,
-    size: o.Size = D.size, valid_pct: o.ValidPct = D.valid_pct, seed: o.Seed = D.seed,
+    ctx: typer.Context, data: o.Data = D.data, arch: o.Arch = D.arch, epochs: o.Epochs = D.epochs, lr: o.Lr = D.lr,
+    bs: o.Bs = D.bs, size: o.Size = D.size, valid_pct: o.ValidPct = D.valid_pct, seed: o.Seed = D.seed,
     freeze_epochs: o.FreezeEpochs = D.freeze_epochs, pretrained: o.Pretrained = D.pretrained,
     weights: o.Weights = D.weights, out: o.Out = D.out, device: o.Device = D.device, workers: o.Workers = D.workers,
     split_file: o.SplitFile = D.split_file, clean_train_sample: o.CleanTrainSample = D.clean_train_sample,
     precision: o.Precision = D.precision, compile_: o.Compile = D.compile, cache: o.Cache = D.cache,
-    cache_dir: o.CacheDir = D.cache_dir, threads: o.Threads = D.threads,
+    cache_dir: o.CacheDir = D.cache_dir, threads: o.Threads = D.threads, resume: o.Resume = None,
 ) -> None:
-    """Fine-tune a pretrained classifier and save the best and final models in a run folder."""
-    with user_errors():
+    """Fine-tune a pretrained classifier and save the best and final models in a run folder.
+    An interrupted run (Ctrl-C, SIGTERM, a crash) goes on with --resume RUN_DIR."""
+    reporter = make_reporter()
+    with user_errors(stopped=lambda: resume_hint(reporter)):
         from ..config import TrainConfig
-        from ..training import train as run_training
+        from ..training import resume as resume_training, train as run_training
 
-        config = TrainConfig(data=data, arch=arch, epochs=epochs, lr=lr, bs=bs, size=size, valid_pct=valid_pct,
-                             seed=seed, freeze_epochs=freeze_epochs, pretrained=pretrained, weights=weights, out=out,
-                             device=device, workers=workers, split_file=split_file,
-                             clean_train_sample=clean_train_sample, precision=precision, compile=compile_,
-                             cache=cache, cache_dir=cache_dir, threads=threads).validate()
-        result = run_training(config, reporter=make_reporter())
+        if resume is not None:
+            names = {p: TRAIN_FIELDS.get(p, p) for p in ctx.params if p != "resume"}
+            result = resume_training(resume, reporter=reporter, **o.given_options(ctx, names))
+        else:
+            config = TrainConfig(data=data, arch=arch, epochs=epochs, lr=lr, bs=bs, size=size, valid_pct=valid_pct,
+                                 seed=seed, freeze_epochs=freeze_epochs, pretrained=pretrained, weights=weights,
+                                 out=out, device=device, workers=workers, split_file=split_file,
+                                 clean_train_sample=clean_train_sample, precision=precision, compile=compile_,
+                                 cache=cache, cache_dir=cache_dir, threads=threads).validate()
+            result = run_training(config, reporter=reporter)
+    show_training_result(result)
+
+
+def show_training_result(result) -> None:
     s = result.summary
     speed = f" ({s.train_images_per_second:.1f} train images/s)" if s.train_images_per_second else ""
     console.print(f"best valid accuracy {s.best_valid_accuracy:.1%} at epoch {s.best_epoch}, "

@@ -34,3 +34,16 @@ Compile = Annotated[bool, typer.Option("--compile/--no-compile", help="Run the m
 Cache = Annotated[bool, typer.Option("--cache/--no-cache", help="Keep decoded, resized photos in a cache folder so later epochs and runs skip decoding.")]
 CacheDir = Annotated[Optional[Path], typer.Option("--cache-dir", help="Where the photo cache lives. Default: $FLOWERFAST_CACHE, else $XDG_CACHE_HOME/flowerfast/images, else ~/.cache/flowerfast/images.", show_default=False)]
 Threads = Annotated[Optional[int], typer.Option("--threads", help="Compute threads. Default: torch's choice (one per core).", show_default=False)]
+Resume = Annotated[Optional[Path], typer.Option("--resume", help="Continue an interrupted run from its checkpoint, to its planned last epoch, with its own options (only --data, --device, --workers, --threads, --cache and --cache-dir may be given).", show_default=False, metavar="RUN_DIR")]
+
+
+def given_options(ctx: typer.Context, names: dict[str, str]) -> dict:
+    """The options typed on the command line (not defaults), as ``TrainConfig`` field names:
+    what a resumed run must check against the options it started with. ``names`` maps the
+    command's parameter names to field names."""
+    given = {}
+    for param, value in ctx.params.items():
+        source = ctx.get_parameter_source(param)  # click's ParameterSource, or typer's copy of it
+        if param in names and getattr(source, "name", None) == "COMMANDLINE":
+            given[names[param]] = value
+    return given

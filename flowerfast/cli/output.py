@@ -10,7 +10,7 @@ import contextlib
 import os
 import signal
 import warnings
-from typing import TYPE_CHECKING, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -66,11 +66,14 @@ class LineReporter(Reporter):
     def __init__(self, out: Console = console):
         self.out = out
         self.total = 0
+        self.run_dir: Optional[str] = None  # the run being set up or trained, for the resume hint
+        self.checkpoint_epoch: Optional[int] = None  # epochs the run's checkpoint holds
 
     def stage(self, text: str) -> None:
-        self.out.print(f"[dim]{text}...[/dim]")
+        self.out.print(f"[dim]{escape(text)}...[/dim]")
 
     def run_ready(self, config: "ResolvedConfig") -> None:
+        self.run_dir = config.out
         print_run_header(config, self.out)
 
     def epochs_started(self, total_epochs: int) -> None:
@@ -78,6 +81,9 @@ class LineReporter(Reporter):
 
     def epoch_done(self, record: EpochRecord, best: bool) -> None:
         self.out.print(format_epoch(record, self.total, best), markup=False)
+
+    def checkpoint_saved(self, epoch: int, path) -> None:
+        self.checkpoint_epoch = epoch
 
 
 class RichReporter(LineReporter):
@@ -203,13 +209,29 @@ def terminate_as_exception() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def resume_hint(reporter: Optional[LineReporter], command: str = "train", folder: Optional[str] = None) -> str:
+    """The rest of the line an interrupted training command ends with: what is kept and the
+    command that goes on (``folder``: what to resume, by default the run being trained)."""
+    run_dir = reporter.run_dir if reporter is not None else None
+    saved = reporter.checkpoint_epoch if reporter is not None else None
+    if saved is None and folder is None:
+        where = f" in {run_dir}" if run_dir else ""
+        return f"no training had begun; files already written{where} are complete"
+    kept = f"epochs 1-{saved} are kept" if saved else "no epoch was finished"
+    return f"{kept}; resume with: flowerfast {command} --resume {folder or run_dir}"
+
+
 @contextlib.contextmanager
-def user_errors() -> Iterator[None]:
+def user_errors(stopped: Optional[Callable[[], str]] = None) -> Iterator[None]:
     """Turn FlowerfastError into one line and an exit code; show warnings as one line each;
-    Ctrl-C and SIGTERM end the command with one line and exit 130 / 143.
+    Ctrl-C and SIGTERM end the command with one line and exit 130 / 143. ``stopped`` gives the
+    rest of that line (how to resume), by default that files already written are complete.
 
     Library noise (deprecation and future warnings from dependencies) is hidden.
     """
+    def after_stop() -> str:
+        return escape(stopped() if stopped is not None else "files already written in the run folder are complete")
+
     with warnings.catch_warnings(), terminate_as_exception():
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -220,10 +242,10 @@ def user_errors() -> Iterator[None]:
         except FlowerfastError as exc:
             fail(str(exc))
         except KeyboardInterrupt:
-            err_console.print("[bold red]interrupted[/bold red]: files already written in the run folder are complete")
+            err_console.print(f"[bold red]interrupted[/bold red]: {after_stop()}")
             raise typer.Exit(130)
         except Terminated:
-            err_console.print("[bold red]terminated[/bold red]: files already written in the run folder are complete")
+            err_console.print(f"[bold red]terminated[/bold red]: {after_stop()}")
             raise typer.Exit(143)
         finally:
             warnings.showwarning = previous
