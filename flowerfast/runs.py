@@ -48,10 +48,23 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> Path:
     except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise write_error(path, exc) from None
+        cause = os_error_behind(exc) if isinstance(exc, Exception) else None  # never hide Ctrl-C
+        if cause is not None:
+            raise write_error(path, cause) from None
         raise
     return path
+
+
+def os_error_behind(exc: BaseException) -> Optional[OSError]:
+    """The OSError that caused ``exc``, if any: a writer such as ``torch.save`` may report a failed
+    write as its own error (a RuntimeError raised while it was closing the file)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:

@@ -64,3 +64,68 @@ def test_pickle_model_files_are_refused(tmp_path):
         load_classifier(tmp_path / "export.pkl")
     with pytest.raises(FlowerfastError, match="no model found"):
         load_classifier(tmp_path)
+
+
+@pytest.fixture()
+def saved(tmp_path):
+    """A small saved model: its weights file, JSON file and an input to check outputs on."""
+    torch.manual_seed(0)
+    model, cut, nf = assemble_classifier(torchvision.models.resnet18(), "resnet18", 3, size=32)
+    spec = ModelSpec(arch="resnet18", classes=["a", "b", "c"], size=32, cut=cut, num_features=nf)
+    weights, meta = save_model(model, spec, tmp_path / "best")
+    return weights, meta, model.eval()
+
+
+def test_the_weights_file_alone_is_a_complete_model(saved):
+    """A kill between writing best.safetensors and best.json never leaves a model that cannot load:
+    the spec travels inside the safetensors metadata, and it wins over a stale JSON."""
+    weights, meta, model = saved
+    stale = json.loads(meta.read_text())
+    meta.unlink()
+    loaded, spec = load_classifier(weights)
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(loaded(x), model(x)) and spec.classes == ["a", "b", "c"]
+    meta.write_text(json.dumps({**stale, "classes": ["x", "y", "z"]}))  # an older model's JSON
+    assert load_classifier(weights)[1].classes == ["a", "b", "c"]
+
+
+def test_the_weights_checksum_is_recorded_and_a_damaged_file_refused(saved):
+    from safetensors import safe_open
+
+    from flowerfast.model import weights_sha256
+
+    weights, meta, model = saved
+    with safe_open(str(weights), framework="pt") as fh:
+        recorded = fh.metadata()["flowerfast_sha256"]
+    assert recorded == json.loads(meta.read_text())["sha256"] == weights_sha256(model.state_dict())
+    data = bytearray(weights.read_bytes())
+    data[-4:] = b"\x00\x00\xc0\x7f"  # the last float of the data becomes NaN, the header intact
+    weights.write_bytes(bytes(data))
+    with pytest.raises(FlowerfastError) as caught:
+        load_classifier(weights)
+    assert str(caught.value) == (f"{weights} is damaged: its weights do not match the checksum saved with them; "
+                                 "use another copy or train again")
+
+
+def test_random_bytes_in_a_weights_file_are_one_clear_error(saved):
+    import os
+
+    weights, _, _ = saved
+    weights.write_bytes(os.urandom(4096))
+    with pytest.raises(FlowerfastError, match=f"^cannot read model weights {weights}: "):
+        load_classifier(weights)
+
+
+def test_a_killed_writes_temporary_file_is_removed_by_the_next_write(saved):
+    """kill -9 during a save leaves ``.best.safetensors.<random>.tmp``; the next save of that
+    model removes it, and no other file's temporary files are touched."""
+    weights, meta, model = saved
+    leftover = weights.with_name(".best.safetensors.k1ll3d.tmp")
+    leftover.write_bytes(b"x" * 1000)
+    other = weights.with_name(".final.safetensors.k1ll3d.tmp")
+    other.write_bytes(b"y")
+    spec = load_classifier(weights)[1]
+    save_model(model, spec, weights)
+    assert not leftover.exists() and other.exists()
+    assert sorted(p.name for p in weights.parent.iterdir()) == [".final.safetensors.k1ll3d.tmp", "best.json",
+                                                                 "best.safetensors"]

@@ -270,3 +270,67 @@ class _no_warnings:
     def __exit__(self, *exc):
         self._cm.__exit__(*exc)
         assert not [str(w.message) for w in self.caught]
+
+
+def test_a_photo_that_vanishes_during_training_is_skipped_and_reported(tmp_path):
+    """One training and one validation photo deleted after the first epoch: the run goes on
+    without them, warns once for each, and scores the validation photos that are left."""
+    import flowerfast
+    from fastai.callback.core import Callback
+
+    from flowerfast.data import UnreadablePhotoWarning
+    from flowerfast.runfolder import RunFolder
+
+    data = make_folder(tmp_path / "photos", {"daisy": 10, "rose": 10, "tulip": 10})
+    run = RunFolder(tmp_path / "run")
+    gone = []
+
+    class DeleteAfterFirstEpoch(Callback):
+        order = 100
+
+        def after_epoch(self):
+            if self.epoch == 0:
+                rows = run.read_split(data)
+                for is_valid in (False, True):
+                    victim = next(r.file for r in rows if r.is_valid == is_valid)
+                    victim.unlink()
+                    gone.append(victim)
+
+    with pytest.warns(UnreadablePhotoWarning) as caught:
+        result = flowerfast.train(data=data, arch="resnet18", pretrained=False, size=32, epochs=3, bs=8,
+                                  device="cpu", workers=0, cache=False, out=run.path,
+                                  callbacks=[DeleteAfterFirstEpoch()])
+    messages = sorted({str(w.message) for w in caught if issubclass(w.category, UnreadablePhotoWarning)})
+    assert messages == sorted(f"{f} could not be read after the scan (FileNotFoundError: [Errno 2] No such file "
+                              f"or directory: '{f}'): skipped" for f in gone)
+    assert [r.epoch for r in result.history] == [1, 2, 3]
+    n_valid = sum(r.is_valid for r in run.read_split(data))
+    predictions = run.read_valid_predictions()
+    assert len(predictions) == n_valid - 1 and gone[1].name not in {p.file for p in predictions}
+    assert result.summary.skipped_files == 2
+
+
+def test_file_names_in_any_encoding_train_and_predict(tmp_path, runner):
+    """Names that are not valid UTF-8 (bytes a Linux file system allows), accents, CJK and spaces:
+    scanned, written to split.csv and read back as the same files, and predicted."""
+    from flowerfast.runfolder import RunFolder
+
+    from .conftest import invoke
+
+    data = make_folder(tmp_path / "photos", {"daisy": 8, "rose": 8})
+    daisy, rose = sample_files("daisy", 1)[0], sample_files("rose", 1)[0]
+    odd = [os.fsdecode(bytes(data / "daisy") + b"/\xff\xfe latin-1 \xe9t\xe9.jpg"),
+           str(data / "rose" / "rosé 日本 ünïcode.jpg")]
+    for name, src in zip(odd, (daisy, rose)):
+        with open(src, "rb") as fh_in, open(os.fsencode(name), "wb") as fh_out:
+            fh_out.write(fh_in.read())
+    result = invoke(runner, ["train", "--data", data, "--arch", "resnet18", "--no-pretrained", "--size", "32",
+                             "--epochs", "1", "--bs", "8", "--device", "cpu", "--out", tmp_path / "run"])
+    assert result.exit_code == 0, result.output
+    rows = RunFolder(tmp_path / "run").read_split(data)
+    assert {str(r.file) for r in rows} >= set(odd) and all(r.file.exists() for r in rows)
+    predicted = invoke(runner, ["predict", tmp_path / "run", *odd, "--json"])
+    assert predicted.exit_code == 0, predicted.output
+    import json
+
+    assert len(json.loads(predicted.stdout)) == 2

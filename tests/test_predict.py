@@ -397,6 +397,25 @@ def test_a_model_with_nan_weights_is_an_error_everywhere(run_dir, tmp_path):
     assert not (tmp_path / "m.pt").exists()
 
 
+def test_a_weights_file_damaged_on_disk_is_refused_by_its_checksum(run_dir, tmp_path):
+    """The same damage done in place (the file's own metadata kept): the checksum saved with the
+    weights no longer matches, and every command says so in one line."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    shutil.copy(run_dir / "best.safetensors", broken / "best.safetensors")  # no best.json: not needed
+    data = bytearray((broken / "best.safetensors").read_bytes())
+    data[-4:] = b"\x00\x00\xc0\x7f"  # NaN
+    (broken / "best.safetensors").write_bytes(bytes(data))
+    expected = (f"error: {broken / 'best.safetensors'} is damaged: its weights do not match the checksum saved "
+                "with them; use another copy or train again")
+    for args in (["predict", broken, SAMPLE / "daisy"], ["evaluate", broken, SAMPLE, "--out", tmp_path / "ev"],
+                 ["export", broken, "--format", "torchscript", "--out", tmp_path / "m.pt"]):
+        result = invoke(*args)
+        assert result.exit_code == 1, args
+        assert result.stderr.strip() == expected
+    assert not (tmp_path / "m.pt").exists() and not (tmp_path / "ev").exists()
+
+
 def test_predict_fails_when_no_file_is_readable(run_dir, tmp_path):
     for name in ("a.jpg", "b.png"):
         (tmp_path / name).write_bytes(b"not an image")

@@ -372,5 +372,6 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_the_last_good_model(tmp_p
     assert "best.safetensors holds epoch 1" in message and "--lr" in message
     run = RunFolder(tmp_path / "run")
     assert [r.epoch for r in run.read_history()] == [1]
+    assert flowerfast.load_checkpoint(run.file("checkpoint.pt")).epoch == 1  # the last good state, resumable
     model = flowerfast.load_model(tmp_path / "run", device="cpu")
     assert all(torch.isfinite(p).all() for p in model.network.parameters())
