@@ -111,17 +111,15 @@ class ReportProgress(Callback):
 class SaveBestModel:
     """Listener for :class:`EpochStats`: saves the model whenever validation accuracy improves."""
 
-    def __init__(self, save: Callable[[], None], reporter: Reporter, best_accuracy: Optional[float] = None,
+    def __init__(self, save: Callable[[], None], best_accuracy: Optional[float] = None,
                  best_epoch: Optional[int] = None):
-        self.save, self.reporter = save, reporter
+        self.save = save
         self.best_accuracy, self.best_epoch = best_accuracy, best_epoch  # a resumed run's best so far
 
     def __call__(self, record: EpochRecord) -> None:
-        improved = self.best_accuracy is None or record.valid_accuracy > self.best_accuracy
-        if improved:
+        if self.best_accuracy is None or record.valid_accuracy > self.best_accuracy:
             self.best_accuracy, self.best_epoch = record.valid_accuracy, record.epoch
             self.save()
-        self.reporter.epoch_done(record, best=improved)
 
 
 class LRFindProgress(Callback):

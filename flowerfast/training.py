@@ -133,13 +133,16 @@ def fit_phases(setup: RunSetup, reporter: Reporter, callbacks: Sequence = ()) ->
         history.append(epoch)
         run.write_history(history)
 
-    saver = SaveBestModel(lambda: save_model(learn.model, setup.bundle.spec, run.model_stem(BEST)), reporter,
+    saver = SaveBestModel(lambda: save_model(learn.model, setup.bundle.spec, run.model_stem(BEST)),
                           best_accuracy=start.best_accuracy if start else None,
                           best_epoch=start.best_epoch if start else None)
 
     def keep(epoch: EpochRecord) -> None:
         save_checkpoint(run.file(CHECKPOINT), snapshot(setup, epoch.epoch, history, saver, clock.seconds()))
         reporter.checkpoint_saved(epoch.epoch, run.file(CHECKPOINT))
+
+    def report(epoch: EpochRecord) -> None:  # last: an epoch is shown once everything of it is saved
+        reporter.epoch_done(epoch, best=saver.best_epoch == epoch.epoch)
 
     clean_dl = clean_train_dl(setup, config.clean_train_images, config.options.seed)
     reporter.epochs_started(total)
@@ -161,7 +164,7 @@ def fit_phases(setup: RunSetup, reporter: Reporter, callbacks: Sequence = ()) ->
                 continue
             skip = max(0, done - offset)
             stats = EpochStats(phase=phase, epoch_offset=offset, start_epoch=skip)
-            stats.listeners += [record, saver, keep]
+            stats.listeners += [record, saver, keep, report]
             cbs = [stats, ReportProgress(reporter, epoch_offset=offset), *callbacks]
             if clean_dl is not None:
                 cbs.append(CleanTrainAccuracy(clean_dl, setup.bundle.precision, start_epoch=skip))
