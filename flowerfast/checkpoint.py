@@ -201,6 +201,6 @@ RESUME_MAY_CHANGE = ("data", "device", "workers", "threads", "cache", "cache_dir
 data folder may move, as long as its photos are the same)."""
 
 RESOLVED_MUST_MATCH = ("classes", "n_train", "n_valid", "bs", "lr", "freeze_epochs", "body_lr", "pretrained",
-                       "clean_train_images")
+                       "clean_train_images", "class_weights")
 """Resolved values that decide the run's arithmetic: a resume that resolves any of them
 differently is refused."""

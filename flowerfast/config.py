@@ -20,6 +20,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 MAX_LOADER_WORKERS = 8
 LR_AUTO = "auto"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+CLASS_WEIGHTS = ("none", "balanced")
 DEFAULT_LR_PRETRAINED = 2e-3
 DEFAULT_LR_SCRATCH = 3e-3
 BODY_LR_DIVISOR = 100
@@ -50,6 +51,12 @@ class TrainConfig:
     cache: keep decoded, resized photos in ``cache_dir`` (default: the user's cache folder), so
         later epochs and later runs skip JPEG decoding and the big resize.
     threads: torch's compute threads; ``None`` leaves torch's choice (one per core).
+    stratify: split at random within each class (every class with two or more images on both
+        sides); ``False`` is fastai's plain ``RandomSplitter``.
+    class_weights: ``"none"``, or ``"balanced"`` to weight the loss by inverse class frequency.
+    patience: stop when validation accuracy has not improved for this many epochs (``None``: never).
+    save_every: also keep the model of every N-th epoch in ``checkpoints/`` (0: off).
+    keep: how many of those to keep, the newest (``None``: all).
     """
 
     data: Optional[Path] = None
@@ -73,6 +80,11 @@ class TrainConfig:
     cache: bool = True
     cache_dir: Optional[Path] = None
     threads: Optional[int] = None
+    stratify: bool = True
+    class_weights: str = "none"
+    patience: Optional[int] = None
+    save_every: int = 0
+    keep: Optional[int] = None
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> "TrainConfig":
@@ -95,6 +107,14 @@ class TrainConfig:
             raise FlowerfastError(f"--precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
         if self.threads is not None and self.threads < 1:
             raise FlowerfastError(f"--threads must be at least 1 (got {self.threads})")
+        if self.class_weights not in CLASS_WEIGHTS:
+            raise FlowerfastError(f"--class-weights must be one of {', '.join(CLASS_WEIGHTS)} (got {self.class_weights!r})")
+        if self.patience is not None and self.patience < 1:
+            raise FlowerfastError(f"--patience must be at least 1 (got {self.patience})")
+        if self.save_every < 0:
+            raise FlowerfastError(f"--save-every must be 0 or more (got {self.save_every})")
+        if self.keep is not None and self.keep < 1:
+            raise FlowerfastError(f"--keep must be at least 1 (got {self.keep})")
         if self.clean_train_sample < 0:
             raise FlowerfastError(f"clean_train_sample must be 0 or more (got {self.clean_train_sample})")
         if self.split_file is not None and not Path(self.split_file).is_file():
@@ -129,6 +149,32 @@ class TrainConfig:
 
 
 DEFAULTS = TrainConfig()
+
+
+def read_options(path: Path | str) -> TrainConfig:
+    """The options a run was started with, from its ``config.json`` (or any JSON object of
+    ``TrainConfig`` fields), to run it again: ``train --config runs/x/config.json``. The output
+    folder is not taken (a replay writes a new run); unknown keys are ignored, so a file written
+    by another flowerfast version still replays what both know."""
+    import json
+
+    path = Path(path).expanduser()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FlowerfastError(f"config file not found: {path}") from None
+    except (OSError, ValueError) as exc:
+        raise FlowerfastError(f"cannot read config file {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise FlowerfastError(f"{path} is not a flowerfast config (expected a JSON object)")
+    given = data.get("options") if isinstance(data.get("options"), dict) else {
+        **data, "pretrained": data.get("pretrained_requested", data.get("pretrained")),
+        "precision": data.get("precision_requested", data.get("precision", "auto"))}
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"out", "extra"}
+    try:
+        return make_config(None, **{k: v for k, v in given.items() if k in names})
+    except (TypeError, ValueError) as exc:
+        raise FlowerfastError(f"{path} holds an option flowerfast cannot use: {exc}") from None
 """The defaults of every option, for the CLI and the library functions that take single options."""
 
 
@@ -184,6 +230,8 @@ class ResolvedConfig:
     warnings: list[str]
     versions: dict[str, str]
     clean_train_images: int = 0
+    class_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    class_weights: Optional[dict[str, float]] = None
     lr: Optional[float] = None
     lr_find: Optional[dict[str, float]] = None
     freeze_epochs: Optional[int] = None
@@ -209,12 +257,14 @@ class ResolvedConfig:
         out["mixed_precision"] = self.mixed_precision
         out["pretrained_requested"] = self.options.pretrained
         out["precision_requested"] = self.options.precision
+        out["options"] = self.options.to_dict()  # exactly as given: what --config replays
         return out
 
 
 def resolve(options: TrainConfig, *, data, run_dir: Path, device, workers: int, threads: int, precision: str,
             channels_last: bool, cache_dir: Optional[Path], weights, versions: dict[str, str], training: bool = True,
-            lr_finder=None) -> ResolvedConfig:
+            lr_finder=None, class_counts: Optional[dict] = None,
+            class_weights: Optional[list[float]] = None) -> ResolvedConfig:
     """Decide everything the options left open, in one place, before the first epoch.
 
     ``data`` is the :class:`flowerfast.data.FlowerData`, ``weights`` the backbone's
@@ -244,6 +294,8 @@ def resolve(options: TrainConfig, *, data, run_dir: Path, device, workers: int, 
         weights_source=weights.source,
         warnings=[weights.note] if weights.note else [], versions=versions,
         clean_train_images=clean_sample_size(options.clean_train_sample, data.n_train),
+        class_counts=dict(class_counts or {}),
+        class_weights=dict(zip(data.classes, class_weights)) if class_weights else None,
         lr=lr, lr_find=found, freeze_epochs=freeze, body_lr=lower,
     )
 

@@ -177,15 +177,21 @@ def scan_image_folder(root: Path | str, check: bool = True) -> ImageFolder:
     return ImageFolder(root=root, classes=classes, files=files, labels=labels, skipped=skipped, preset_split=preset)
 
 
-def split_rows(folder: ImageFolder, valid_pct: float = DEFAULTS.valid_pct, seed: int = DEFAULTS.seed) -> list[SplitRow]:
-    """Assign each image to train or valid: the folder's own split, or fastai's RandomSplitter."""
+def split_rows(folder: ImageFolder, valid_pct: float = DEFAULTS.valid_pct, seed: int = DEFAULTS.seed,
+               stratify: bool = DEFAULTS.stratify) -> list[SplitRow]:
+    """Assign each image to train or valid: the folder's own split; else, by default, a random
+    split stratified by class (:func:`stratified_valid_indices`); with ``stratify=False``,
+    fastai's plain ``RandomSplitter``, as the flower report did."""
     if folder.preset_split is not None:
         is_valid = folder.preset_split
     else:
-        from fastai.data.transforms import RandomSplitter
+        if stratify:
+            valid_set = stratified_valid_indices(folder.labels, valid_pct, seed)
+        else:
+            from fastai.data.transforms import RandomSplitter
 
-        _, valid_idx = RandomSplitter(valid_pct=valid_pct, seed=seed)(folder.files)
-        valid_set = set(int(i) for i in valid_idx)
+            _, valid_idx = RandomSplitter(valid_pct=valid_pct, seed=seed)(folder.files)
+            valid_set = set(int(i) for i in valid_idx)
         is_valid = [i in valid_set for i in range(len(folder.files))]
     rows = [SplitRow(f, lbl, v) for f, lbl, v in zip(folder.files, folder.labels, is_valid)]
     if not any(r.is_valid for r in rows):
@@ -193,6 +199,29 @@ def split_rows(folder: ImageFolder, valid_pct: float = DEFAULTS.valid_pct, seed:
     if all(r.is_valid for r in rows):
         raise FlowerfastError("the training set is empty: add images or lower --valid-pct")
     return rows
+
+
+def stratified_valid_indices(labels: Sequence[str], valid_pct: float, seed: int) -> set[int]:
+    """The validation images of a split stratified by class: from each class, ``valid_pct`` of its
+    images (rounded), chosen by a shuffle seeded with the seed and the class name.
+
+    Why: a plain random split of a small or imbalanced folder can leave a class with no validation
+    image (never measured) or no training image (never learnt). Here every class with at least two
+    images has at least one on each side, and a class's draw depends only on its own photos, so
+    adding photos to one class leaves the other classes' split as it was.
+    """
+    import random
+
+    by_class: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(label, []).append(i)
+    valid: set[int] = set()
+    for label in sorted(by_class):
+        indices = by_class[label]
+        n = len(indices)
+        k = min(max(round(valid_pct * n), 1), n - 1) if n >= 2 else 0
+        valid.update(random.Random(f"{seed}:{label}").sample(indices, n)[:k])
+    return valid
 
 
 class ImageLoader:
@@ -313,10 +342,11 @@ def rows_from_split_file(folder: ImageFolder, split_file: Path) -> list[SplitRow
 def load_data(data: Optional[Path | str] = None, size: int = DEFAULTS.size, bs: int = DEFAULTS.bs,
               valid_pct: float = DEFAULTS.valid_pct, seed: int = DEFAULTS.seed, workers: int = 0, device=None,
               split_file: Optional[Path] = None, cache_dir: Optional[Path | str] = None,
-              check_folder=None) -> FlowerData:
+              check_folder=None, stratify: bool = DEFAULTS.stratify) -> FlowerData:
     """Scan a data folder, split it and build DataLoaders. ``data=None`` uses the embedded sample.
 
-    ``split_file`` reuses an earlier run's ``split.csv`` instead of splitting anew. ``cache_dir``
+    ``split_file`` reuses an earlier run's ``split.csv`` instead of splitting anew; otherwise the
+    split is stratified by class unless ``stratify`` is false (see :func:`split_rows`). ``cache_dir``
     keeps decoded, reduced photos there (:class:`~flowerfast.imagecache.ImageCache`); ``None``
     decodes every photo every epoch. ``check_folder`` is called with the scanned
     :class:`ImageFolder` before anything else (a resumed run checks its photos are unchanged).
@@ -328,7 +358,7 @@ def load_data(data: Optional[Path | str] = None, size: int = DEFAULTS.size, bs: 
     if split_file is not None:
         rows = rows_from_split_file(folder, Path(split_file))
     else:
-        rows = split_rows(folder, valid_pct=valid_pct, seed=seed)
+        rows = split_rows(folder, valid_pct=valid_pct, seed=seed, stratify=stratify)
     n_train = sum(not r.is_valid for r in rows)
     # fastai drops the last partial training batch; a batch larger than the training set would
     # leave no batch at all, so cap it (and keep at least 2 so BatchNorm can train).
@@ -344,25 +374,43 @@ def load_data(data: Optional[Path | str] = None, size: int = DEFAULTS.size, bs: 
 
 
 FEW_TRAINING_IMAGES = 5
+IMBALANCE_RATIO = 10
 
 
 class ThinClassWarning(UserWarning):
-    """A class has no training image, or too few to learn it."""
+    """A class has no training image, too few to learn it, or far fewer than another class."""
 
 
 def thin_class_warnings(rows: Iterable[SplitRow], classes: Iterable[str]) -> list[str]:
     """One sentence per class the model can hardly learn: none, or fewer than a handful, of its
-    images on the training side of the split (a small class can land wholly in validation)."""
+    images on the training side of the split (a small class can land wholly in validation); and
+    one when the largest class has over ten times the training images of the smallest, where
+    plain training learns to favour the large class."""
     counts = class_counts(rows)
     notes = []
-    for c in classes:
-        n = counts.get(c, {}).get("train", 0)
+    train = {c: counts.get(c, {}).get("train", 0) for c in classes}
+    for c, n in train.items():
         if n == 0:
             notes.append(f"class {c} has no training image (all its images are in validation): "
                          f"the model cannot learn it; add photos or lower --valid-pct")
         elif n < FEW_TRAINING_IMAGES:
             notes.append(f"class {c} has only {n} training image(s): expect it to be learnt poorly")
+    present = {c: n for c, n in train.items() if n > 0}
+    if present:
+        big, small = max(present, key=present.get), min(present, key=present.get)
+        if present[big] > IMBALANCE_RATIO * present[small]:
+            notes.append(f"classes are imbalanced: {big} has {present[big]} training images, {small} "
+                         f"{present[small]} ({present[big] / present[small]:.0f}:1); consider --class-weights balanced")
     return notes
+
+
+def balanced_class_weights(rows: Iterable[SplitRow], classes: Sequence[str]) -> list[float]:
+    """scikit-learn's "balanced" weights, ``n_train / (n_classes * n_train_of_class)``: each class
+    weighs as much in the loss as if the classes were the same size."""
+    counts = class_counts(rows)
+    train = [counts.get(c, {}).get("train", 0) for c in classes]
+    total, k = sum(train), len(classes)
+    return [total / (k * n) if n else 0.0 for n in train]
 
 
 def class_counts(rows: Iterable[SplitRow]) -> dict[str, dict[str, int]]:

@@ -58,13 +58,14 @@ class LearnerBundle:
 def create_learner(data: FlowerData, arch: str = DEFAULTS.arch, size: int = DEFAULTS.size,
                    pretrained: Optional[bool] = DEFAULTS.pretrained, weights: Optional[Path] = None,
                    device: Optional[torch.device] = None, precision: str = "fp32", compile: bool = False,
-                   path: Optional[Path] = None) -> LearnerBundle:
+                   path: Optional[Path] = None, class_weights: Optional[list[float]] = None) -> LearnerBundle:
     """Build the classifier for ``data.classes`` and wrap it in a fastai Learner (Adam, accuracy).
 
     ``precision`` is a resolved one (``fp32``, ``bf16``, ``fp16``: see
     :func:`flowerfast.devices.resolve_precision`); the network and its batches are channels-last
     where that layout is faster (:func:`flowerfast.devices.preferred_layout`); ``compile`` runs
     it through ``torch.compile`` (in place, so the weights keep their names).
+    ``class_weights`` (one per class, in ``data.classes`` order) weight the cross-entropy loss.
     ``path`` is the Learner's scratch folder (see :func:`learner_workspace`); by default a new
     temporary folder, removed when the Learner is garbage-collected or the program exits.
     """
@@ -81,9 +82,10 @@ def create_learner(data: FlowerData, arch: str = DEFAULTS.arch, size: int = DEFA
     backbone, info = load_backbone(arch, pretrained=pretrained, weights=weights)
     model, cut, nf = assemble_classifier(backbone, arch, len(data.classes), size=size)
     head = model[1]
+    weight = torch.tensor(class_weights, dtype=torch.float32, device=device) if class_weights else None
     learn = vision_learner(
         data.dls, lambda *args, **kwargs: backbone, normalize=False, pretrained=False, cut=cut,
-        custom_head=head, loss_func=CrossEntropyLossFlat(), opt_func=adam(device), metrics=accuracy,
+        custom_head=head, loss_func=CrossEntropyLossFlat(weight=weight), opt_func=adam(device), metrics=accuracy,
         path=Path(path) if path is not None else Path(tempfile.mkdtemp(prefix="flowerfast-")),
     )
     if path is None:

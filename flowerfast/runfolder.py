@@ -14,6 +14,8 @@ Writes go through :mod:`flowerfast.runs`, so each file appears whole or not at a
     summary.json           the run's figures (:class:`RunSummary`)
     latency.json           inference speed, measured once for a report (:mod:`flowerfast.latency`)
     lr_find.png/.csv/.json the learning-rate finder's plot, curve and suggestions
+    checkpoint.pt          the resumable state while the run goes on (:mod:`flowerfast.checkpoint`)
+    checkpoints/epoch-NNN.safetensors/.json  the model every --save-every epochs
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ LATENCY = "latency.json"
 LR_FIND_PLOT = "lr_find.png"
 LR_FIND_CSV = "lr_find.csv"
 LR_FIND_JSON = "lr_find.json"
+SNAPSHOTS = "checkpoints"
 MODEL_SUFFIXES = (".safetensors", ".json")
 
 FINISHED_FILES = (SPLIT, HISTORY, SUMMARY, VALID_PREDICTIONS, BEST + ".safetensors", BEST + ".json")
@@ -146,17 +149,20 @@ class RunSummary:
     skipped_files: int
     best_model: str
     final_model: str
+    stopped_early_at: Optional[int] = None
+    planned_epochs: Optional[int] = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunSummary":
-        names = [f.name for f in dataclasses.fields(cls)]
-        missing = [n for n in names if n not in data]
+        fields = dataclasses.fields(cls)
+        required = [f.name for f in fields if f.default is dataclasses.MISSING]
+        missing = [n for n in required if n not in data]
         if missing:
             raise KeyError(", ".join(missing))
-        return cls(**{n: data[n] for n in names})
+        return cls(**{f.name: data[f.name] for f in fields if f.name in data})
 
 
 @dataclass
@@ -217,6 +223,14 @@ class RunFolder:
     def model_stem(self, name: str) -> Path:
         """Where :func:`flowerfast.model.save_model` writes ``name`` (``best`` or ``final``)."""
         return self.path / name
+
+    def snapshot_stem(self, epoch: int) -> Path:
+        """Where the model of ``epoch`` is kept with ``--save-every`` (``checkpoints/epoch-NNN``)."""
+        return self.path / SNAPSHOTS / f"epoch-{epoch:03d}"
+
+    def snapshots(self) -> list[Path]:
+        """The kept epoch models' weights files, oldest first."""
+        return sorted((self.path / SNAPSHOTS).glob("epoch-*.safetensors"))
 
     def check_finished(self) -> None:
         """Raise, naming the first missing file, unless every file a report needs is there."""

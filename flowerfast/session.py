@@ -16,7 +16,8 @@ from .archs import WeightsInfo, check_arch
 from .checkpoint import (RESOLVED_MUST_MATCH, Checkpoint, data_files, describe_data_change,
                          split_sha256)
 from .config import ResolvedConfig, TrainConfig, resolve
-from .data import FlowerData, ThinClassWarning, load_data, thin_class_warnings
+from .data import (FlowerData, ThinClassWarning, balanced_class_weights, class_counts, load_data,
+                   thin_class_warnings)
 from .devices import resolve_device, resolve_precision, resolve_workers, use_threads
 from .imagecache import default_cache_dir
 from .learner import LearnerBundle, create_learner, learner_workspace
@@ -74,18 +75,21 @@ def prepare_run(options: TrainConfig, reporter: Reporter, prefix: str = "", trai
     data = load_data(options.data, size=options.size, bs=options.bs, valid_pct=options.valid_pct,
                      seed=options.seed, workers=workers, device=device,
                      split_file=resume[0].file(SPLIT) if resume else options.split_file, cache_dir=cache_dir,
+                     stratify=options.stratify,
                      check_folder=(lambda folder: check_same_photos(resume, folder)) if resume else None)
     if resume is not None:
         check_same_split(resume, data)
     notes = thin_class_warnings(data.rows, data.classes)
     for note in notes:
         warnings.warn(note, ThinClassWarning, stacklevel=3)
+    weights_per_class = (balanced_class_weights(data.rows, data.classes)
+                         if options.class_weights == "balanced" else None)
     with learner_workspace() as scratch:
         reporter.stage(f"building {options.arch}")
         bundle = create_learner(data, arch=options.arch, size=options.size,
                                 pretrained=False if resume else options.pretrained,
                                 weights=None if resume else options.weights, device=device, precision=precision,
-                                compile=options.compile, path=scratch)
+                                compile=options.compile, path=scratch, class_weights=weights_per_class)
         if resume is None:
             check_room_for_run(run_dir, bundle.learn.model, training)
             run = RunFolder.create(run_dir, unique=options.out is None)
@@ -104,7 +108,8 @@ def prepare_run(options: TrainConfig, reporter: Reporter, prefix: str = "", trai
         config = resolve(options, data=data, run_dir=run.path, device=device, workers=workers,
                          threads=threads, precision=bundle.precision, channels_last=bundle.channels_last,
                          cache_dir=cache_dir, weights=weights, versions=library_versions(),
-                         training=training, lr_finder=find if lr_finder is not None else None)
+                         training=training, lr_finder=find if lr_finder is not None else None,
+                         class_counts=class_counts(data.rows), class_weights=weights_per_class)
         config.warnings += notes
         if resume is None:
             run.write_config(config)

@@ -111,13 +111,24 @@ def score_best_model(setup: RunSetup) -> float:
     return int((preds == targets).sum()) / len(targets)
 
 
-def fit_phases(setup: RunSetup, reporter: Reporter, callbacks: Sequence = ()) -> tuple[list[EpochRecord], object]:
+@dataclass
+class FitOutcome:
+    """What the epochs gave: the history, the best epoch and its accuracy, and the epoch training
+    stopped at early (``--patience``), if it did."""
+
+    history: list[EpochRecord]
+    best_epoch: Optional[int]
+    best_accuracy: Optional[float]
+    stopped_early_at: Optional[int] = None
+
+
+def fit_phases(setup: RunSetup, reporter: Reporter, callbacks: Sequence = ()) -> FitOutcome:
     """Run the frozen and full one-cycle phases; ``history.csv`` is rewritten after every epoch,
     the best model saved whenever validation accuracy improves, and ``checkpoint.pt`` written
     after every epoch (and once before the first). A resumed run (``setup.checkpoint``) restores
     the model, optimizer and random generators and continues the schedule where it stopped:
     fastai's ``start_epoch`` skips the epochs already done, so the one-cycle position is the
-    same as in an uninterrupted run. Returns the history and the saver."""
+    same as in an uninterrupted run."""
     from fastai.torch_core import set_seed
 
     from .callbacks import CleanTrainAccuracy, EpochStats, ReportProgress, SaveBestModel
@@ -141,8 +152,11 @@ def fit_phases(setup: RunSetup, reporter: Reporter, callbacks: Sequence = ()) ->
         save_checkpoint(run.file(CHECKPOINT), snapshot(setup, epoch.epoch, history, saver, clock.seconds()))
         reporter.checkpoint_saved(epoch.epoch, run.file(CHECKPOINT))
 
-    def report(epoch: EpochRecord) -> None:  # last: an epoch is shown once everything of it is saved
+    def report(epoch: EpochRecord) -> None:  # an epoch is shown once everything of it is saved
         reporter.epoch_done(epoch, best=saver.best_epoch == epoch.epoch)
+
+    snapshots = KeepEpochModels(setup) if config.options.save_every else None
+    stopper = EarlyStopping(config.options.patience, saver)
 
     clean_dl = clean_train_dl(setup, config.clean_train_images, config.options.seed)
     reporter.epochs_started(total)
@@ -159,12 +173,16 @@ def fit_phases(setup: RunSetup, reporter: Reporter, callbacks: Sequence = ()) ->
     offset = 0
     try:
         for phase, n_epochs in config.phases:
+            if stopper.due(done):  # a resumed run that had already stopped early
+                stopper.stopped_at = done
+            if stopper.stopped_at is not None:
+                break
             if offset + n_epochs <= done:
                 offset += n_epochs
                 continue
             skip = max(0, done - offset)
             stats = EpochStats(phase=phase, epoch_offset=offset, start_epoch=skip)
-            stats.listeners += [record, saver, keep, report]
+            stats.listeners += [record, saver, keep, report, *([snapshots] if snapshots else []), stopper]
             cbs = [stats, ReportProgress(reporter, epoch_offset=offset), *callbacks]
             if clean_dl is not None:
                 cbs.append(CleanTrainAccuracy(clean_dl, setup.bundle.precision, start_epoch=skip))
@@ -188,7 +206,55 @@ def fit_phases(setup: RunSetup, reporter: Reporter, callbacks: Sequence = ()) ->
                                       f"{kept}. Lower the learning rate (--lr) or train in fp32 (--precision fp32)")
     finally:
         reporter.finished()
-    return history, saver
+    return FitOutcome(history=history, best_epoch=saver.best_epoch, best_accuracy=saver.best_accuracy,
+                      stopped_early_at=stopper.stopped_at)
+
+
+class EarlyStopping:
+    """Listener for :class:`~flowerfast.callbacks.EpochStats`: ends training when validation
+    accuracy has not improved for ``patience`` epochs (``None``: never), after that epoch is saved.
+    It stops the current fit through fastai's ``CancelFitException``; :func:`fit_phases` then
+    starts no further phase."""
+
+    def __init__(self, patience: Optional[int], saver):
+        self.patience, self.saver = patience, saver
+        self.stopped_at: Optional[int] = None
+
+    def due(self, epoch: int) -> bool:
+        best = self.saver.best_epoch
+        return self.patience is not None and best is not None and epoch - best >= self.patience
+
+    def __call__(self, record: EpochRecord) -> None:
+        from fastai.callback.core import CancelFitException
+
+        if self.due(record.epoch):
+            self.stopped_at = record.epoch
+            raise CancelFitException()
+
+
+class KeepEpochModels:
+    """Listener: the model of every ``save_every``-th epoch in ``checkpoints/epoch-NNN.*``, the
+    newest ``keep`` of them kept (all when ``keep`` is ``None``). Each is a model file like
+    ``best.safetensors``, so ``flowerfast predict runs/x/checkpoints/epoch-005.safetensors`` works."""
+
+    def __init__(self, setup: RunSetup):
+        self.setup = setup
+        self.every, self.keep = setup.config.options.save_every, setup.config.options.keep
+
+    def __call__(self, record: EpochRecord) -> None:
+        if record.epoch % self.every:
+            return
+        run = self.setup.run
+        stem = run.snapshot_stem(record.epoch)
+        try:
+            stem.parent.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise FlowerfastError(f"cannot create {stem.parent}: {exc.strerror}") from None
+        save_model(self.setup.bundle.learn.model, self.setup.bundle.spec, stem)
+        if self.keep is not None:
+            for old in run.snapshots()[:-self.keep]:
+                old.unlink(missing_ok=True)
+                old.with_suffix(".json").unlink(missing_ok=True)
 
 
 class EpochClock:
@@ -315,29 +381,48 @@ def resumed_options_check(where: Path, stored: dict, changes: dict) -> None:
 def finish_training(setup: RunSetup, reporter: Reporter, callbacks: Sequence = ()) -> TrainResult:
     """Train (or go on training), then save the final model, score the best one and write the
     summary; the checkpoint is removed once the run is complete."""
+    from .pictures import BATCH, draw_batch
+
+    if setup.checkpoint is None:  # the augmentation can be checked while the run goes on
+        draw_batch(setup.run.file(BATCH), setup.data.dls, setup.data.classes, setup.config.options.size)
     started = time.perf_counter()
-    history, saver = fit_phases(setup, reporter, callbacks)
+    outcome = fit_phases(setup, reporter, callbacks)
     seconds = (setup.checkpoint.seconds if setup.checkpoint else 0.0) + time.perf_counter() - started
     final_paths = save_model(setup.bundle.learn.model, setup.bundle.spec, setup.run.model_stem(FINAL))
     reporter.stage("scoring the best model on the validation set")
     rescored = score_best_model(setup)
-    summary = summarise(setup, history, saver, rescored, seconds, final_paths[0])
+    summary = summarise(setup, outcome, rescored, seconds, final_paths[0])
+    draw_run_pictures(setup, outcome.history)
     setup.run.write_summary(summary)
     setup.run.file(CHECKPOINT).unlink(missing_ok=True)
-    return TrainResult(run_dir=setup.run.path, history=history, config=setup.config, summary=summary)
+    return TrainResult(run_dir=setup.run.path, history=outcome.history, config=setup.config, summary=summary)
 
 
-def summarise(setup: RunSetup, history: list[EpochRecord], saver, rescored: float, seconds: float,
+def draw_run_pictures(setup: RunSetup, history: Sequence[EpochRecord]) -> None:
+    """``curves.png``, ``confusion.png`` and ``mistakes.png`` of the finished run."""
+    from .pictures import draw_confusion, draw_curves, draw_mistakes
+
+    run = setup.run
+    predictions = run.read_valid_predictions()
+    draw_curves(run, setup.config.options.arch, history)
+    draw_confusion(run, setup.data.classes, predictions)
+    draw_mistakes(run, setup.data.root, predictions)
+
+
+def summarise(setup: RunSetup, outcome: FitOutcome, rescored: float, seconds: float,
               final_model: Path) -> RunSummary:
-    config = setup.config
+    config, history = setup.config, outcome.history
     train_seconds = sum(r.seconds for r in history)
     return RunSummary(
         arch=config.options.arch, classes=list(setup.data.classes), class_counts=class_counts(setup.data.rows),
         pretrained=config.pretrained, weights_source=config.weights_source, epochs=len(history),
-        best_epoch=saver.best_epoch, best_valid_accuracy=saver.best_accuracy, best_valid_accuracy_rescored=rescored,
+        best_epoch=outcome.best_epoch, best_valid_accuracy=outcome.best_accuracy,
+        best_valid_accuracy_rescored=rescored,
         final_valid_accuracy=history[-1].valid_accuracy, final_train_loss=history[-1].train_loss, lr=config.lr,
         lr_find=config.lr_find, seconds=seconds, seconds_per_epoch=train_seconds / len(history),
         train_images_per_second=setup.data.n_train * len(history) / train_seconds if train_seconds else None,
         parameters=count_parameters(setup.bundle.learn.model), device=config.device,
-        skipped_files=len(setup.data.skipped) + len(setup.data.loader.skipped if setup.data.loader else ()), best_model=str(setup.run.best_model), final_model=str(final_model),
+        skipped_files=len(setup.data.skipped) + len(setup.data.loader.skipped if setup.data.loader else ()),
+        best_model=str(setup.run.best_model), final_model=str(final_model),
+        stopped_early_at=outcome.stopped_early_at, planned_epochs=sum(n for _, n in config.phases),
     )

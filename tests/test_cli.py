@@ -154,7 +154,8 @@ def test_cli_defaults_are_the_library_defaults(command_name):
 
 def test_train_and_compare_offer_the_same_training_options():
     train, compare = set(_options("train")), set(_options("compare"))
-    assert train - compare == {"arch", "weights", "split_file"}  # one architecture, one backbone file, one split
+    # one architecture, one backbone file, one split, one run's config.json to replay
+    assert train - compare == {"arch", "weights", "split_file", "config_file"}
     assert compare - train == {"archs"}
 
 

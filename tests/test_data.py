@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pytest
 
 from flowerfast.data import load_data, rows_from_split_file, scan_image_folder, split_rows
@@ -124,3 +125,64 @@ def test_classes_with_no_or_few_training_images_are_warned_about(tmp_path, runne
     expected = [expected("rose"), expected("tulip")]
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert sum(w.startswith("class ") for w in config["warnings"]) == len(expected)
+
+
+def test_the_default_split_is_stratified_every_class_on_both_sides(tmp_path):
+    data = make_folder(tmp_path / "d", {"daisy": 20, "rose": 3, "tulip": 2})
+    folder = scan_image_folder(data)
+    rows = split_rows(folder, valid_pct=0.2, seed=42)
+    sides = {c: [r.is_valid for r in rows if r.label == c] for c in ("daisy", "rose", "tulip")}
+    assert {c: sum(v) for c, v in sides.items()} == {"daisy": 4, "rose": 1, "tulip": 1}
+    assert all(not all(v) for v in sides.values())  # a training image in every class
+    shutil.copy(sample_files("daisy")[-1], data / "daisy" / "zz-new.jpg")  # one class grows
+    again = split_rows(scan_image_folder(data), valid_pct=0.2, seed=42)
+    others = lambda rs: {(r.file, r.is_valid) for r in rs if r.label != "daisy"}  # noqa: E731
+    assert others(again) == others(rows)  # the other classes' split is unchanged
+
+
+def test_no_stratify_is_fastais_random_splitter(tmp_path):
+    from fastai.data.transforms import RandomSplitter
+
+    folder = scan_image_folder(make_folder(tmp_path / "d", {"daisy": 20, "rose": 3, "tulip": 2}))
+    rows = split_rows(folder, valid_pct=0.2, seed=42, stratify=False)
+    _, valid_idx = RandomSplitter(valid_pct=0.2, seed=42)(folder.files)
+    assert [i for i, r in enumerate(rows) if r.is_valid] == sorted(int(i) for i in valid_idx)
+
+
+def test_imbalanced_classes_are_warned_about_and_balanced_weights_follow_sklearn(tmp_path, runner):
+    import json
+
+    from sklearn.utils.class_weight import compute_class_weight
+
+    from .conftest import invoke
+
+    data = make_folder(tmp_path / "d", {"daisy": 40, "rose": 5, "tulip": 3})
+    result = invoke(runner, ["train", "--data", data, "--arch", "resnet18", "--no-pretrained", "--size", "32",
+                             "--epochs", "1", "--bs", "8", "--device", "cpu", "--class-weights", "balanced",
+                             "--out", tmp_path / "run"])
+    assert result.exit_code == 0, result.output
+    assert "warning: classes are imbalanced: daisy has 32 training images, tulip 2 (16:1); consider " \
+           "--class-weights balanced" in result.stderr
+    assert "classes (3, train/valid): daisy 32/8, rose 4/1, tulip 2/1; loss weighted by class (balanced)" \
+        in result.stdout
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    rows = read_split_csv(tmp_path / "run" / "split.csv")
+    labels = [r.label for r in rows if not r.is_valid]
+    expected = compute_class_weight("balanced", classes=np.array(["daisy", "rose", "tulip"]), y=np.array(labels))
+    assert list(config["class_weights"].values()) == pytest.approx(list(expected))
+    assert config["class_counts"] == {"daisy": {"train": 32, "valid": 8}, "rose": {"train": 4, "valid": 1},
+                                      "tulip": {"train": 2, "valid": 1}}
+
+
+def test_balanced_weights_reach_the_loss():
+    import torch
+
+    from flowerfast.data import balanced_class_weights
+    from flowerfast.learner import create_learner
+
+    data = load_data(None, size=32, bs=8, device=torch.device("cpu"))
+    weights = balanced_class_weights(data.rows, data.classes)
+    bundle = create_learner(data, arch="resnet18", size=32, pretrained=False, device=torch.device("cpu"),
+                            class_weights=[1.0, 2.0, 3.0, 4.0, 5.0])
+    assert bundle.learn.loss_func.func.weight.tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert weights == pytest.approx([1.0] * 5)  # the embedded sample is balanced

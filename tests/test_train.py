@@ -375,3 +375,43 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_the_last_good_model(tmp_p
     assert flowerfast.load_checkpoint(run.file("checkpoint.pt")).epoch == 1  # the last good state, resumable
     model = flowerfast.load_model(tmp_path / "run", device="cpu")
     assert all(torch.isfinite(p).all() for p in model.network.parameters())
+
+
+def test_patience_stops_early_and_save_every_keeps_the_newest_epoch_models(tmp_path, runner):
+    """A learning rate so small that nothing improves after the first epoch: with --patience 2
+    the run stops after epoch 3 of 6, says so and records it; --save-every 1 --keep 2 leaves the
+    models of epochs 2 and 3, each loadable."""
+    from flowerfast.model import load_classifier
+
+    out = tmp_path / "run"
+    result = invoke(runner, ["train", "--arch", "resnet18", "--no-pretrained", "--size", "32", "--epochs", "6",
+                             "--bs", "16", "--lr", "1e-9", "--device", "cpu", "--patience", "2", "--save-every", "1",
+                             "--keep", "2", "--out", out])
+    assert result.exit_code == 0, result.output
+    run = RunFolder(out)
+    history = run.read_history()
+    summary = run.read_summary()
+    best = summary.best_epoch
+    assert [r.epoch for r in history] == list(range(1, best + 3)) and len(history) < 6
+    assert summary.stopped_early_at == best + 2 and summary.planned_epochs == 6 and summary.epochs == best + 2
+    assert f"stopped early after epoch {best + 2} of 6: validation accuracy had not improved for 2 epochs" \
+        in result.stdout
+    assert [p.name for p in run.snapshots()] == [f"epoch-{e:03d}.safetensors" for e in (best + 1, best + 2)]
+    model, spec = load_classifier(run.snapshots()[-1])
+    final, _ = load_classifier(out / "final.safetensors")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), final.state_dict().values()))
+
+
+def test_config_replays_a_runs_options_with_overrides(tiny_run, tmp_path, runner):
+    """``--config`` takes the options a run was given (not what they resolved to), and options
+    typed on the command line win; the replay gets a folder of its own."""
+    out = tmp_path / "replay"
+    result = invoke(runner, ["train", "--config", tiny_run / "config.json", "--epochs", "1", "--out", out])
+    assert result.exit_code == 0, result.output
+    original = json.loads((tiny_run / "config.json").read_text())["options"]
+    replayed = json.loads((out / "config.json").read_text())["options"]
+    assert replayed == {**original, "epochs": 1, "out": str(out)}
+    assert RunFolder(out).read_split() == RunFolder(tiny_run).read_split()  # same seed, same split
+    assert [r.epoch for r in RunFolder(out).read_history()] == [1]
+    missing = invoke(runner, ["train", "--config", tmp_path / "nope.json"])
+    assert missing.exit_code == 1 and missing.stderr.strip() == f"error: config file not found: {tmp_path / 'nope.json'}"

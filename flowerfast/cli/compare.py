@@ -67,7 +67,9 @@ def compare(
     device: o.Device = D.device, workers: o.Workers = D.workers,
     clean_train_sample: o.CleanTrainSample = D.clean_train_sample, precision: o.Precision = D.precision,
     compile_: o.Compile = D.compile, cache: o.Cache = D.cache, cache_dir: o.CacheDir = D.cache_dir,
-    threads: o.Threads = D.threads, resume: ResumeCompare = None,
+    threads: o.Threads = D.threads, stratify: o.Stratify = D.stratify,
+    class_weights: o.ClassWeights = D.class_weights, patience: o.Patience = D.patience,
+    save_every: o.SaveEvery = D.save_every, keep: o.Keep = D.keep, resume: ResumeCompare = None,
 ) -> None:
     """Train several architectures on the identical split and compare them: accuracy, speed, size,
     and a paired significance test on the same validation images."""
@@ -94,7 +96,9 @@ def compare(
             config = TrainConfig(data=data, epochs=epochs, lr=lr, bs=bs, size=size, valid_pct=valid_pct, seed=seed,
                                  freeze_epochs=freeze_epochs, pretrained=pretrained, out=out, device=device,
                                  workers=workers, clean_train_sample=clean_train_sample, precision=precision,
-                                 compile=compile_, cache=cache, cache_dir=cache_dir, threads=threads)
+                                 compile=compile_, cache=cache, cache_dir=cache_dir, threads=threads,
+                                 stratify=stratify, class_weights=class_weights, patience=patience,
+                                 save_every=save_every, keep=keep)
             rep = run_compare(archs, config, reporter=reporter, on_folder=lambda p: folder.update(path=p))
     show_report(rep)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 from rich.table import Table
 
@@ -22,7 +24,10 @@ def train(
     weights: o.Weights = D.weights, out: o.Out = D.out, device: o.Device = D.device, workers: o.Workers = D.workers,
     split_file: o.SplitFile = D.split_file, clean_train_sample: o.CleanTrainSample = D.clean_train_sample,
     precision: o.Precision = D.precision, compile_: o.Compile = D.compile, cache: o.Cache = D.cache,
-    cache_dir: o.CacheDir = D.cache_dir, threads: o.Threads = D.threads, resume: o.Resume = None,
+    cache_dir: o.CacheDir = D.cache_dir, threads: o.Threads = D.threads, stratify: o.Stratify = D.stratify,
+    class_weights: o.ClassWeights = D.class_weights, patience: o.Patience = D.patience,
+    save_every: o.SaveEvery = D.save_every, keep: o.Keep = D.keep, config_file: o.ConfigFile = None,
+    resume: o.Resume = None,
 ) -> None:
     """Fine-tune a pretrained classifier and save the best and final models in a run folder.
     An interrupted run (Ctrl-C, SIGTERM, a crash) goes on with --resume RUN_DIR."""
@@ -31,15 +36,22 @@ def train(
         from ..config import TrainConfig
         from ..training import resume as resume_training, train as run_training
 
+        names = {p: TRAIN_FIELDS.get(p, p) for p in ctx.params if p not in ("resume", "config_file")}
         if resume is not None:
-            names = {p: TRAIN_FIELDS.get(p, p) for p in ctx.params if p != "resume"}
             result = resume_training(resume, reporter=reporter, **o.given_options(ctx, names))
+        elif config_file is not None:
+            from ..config import read_options
+
+            config = read_options(config_file).with_options(**o.given_options(ctx, names))
+            result = run_training(config, reporter=reporter)
         else:
             config = TrainConfig(data=data, arch=arch, epochs=epochs, lr=lr, bs=bs, size=size, valid_pct=valid_pct,
                                  seed=seed, freeze_epochs=freeze_epochs, pretrained=pretrained, weights=weights,
                                  out=out, device=device, workers=workers, split_file=split_file,
                                  clean_train_sample=clean_train_sample, precision=precision, compile=compile_,
-                                 cache=cache, cache_dir=cache_dir, threads=threads).validate()
+                                 cache=cache, cache_dir=cache_dir, threads=threads, stratify=stratify,
+                                 class_weights=class_weights, patience=patience, save_every=save_every,
+                                 keep=keep).validate()
             result = run_training(config, reporter=reporter)
     show_training_result(result)
 
@@ -49,6 +61,9 @@ def show_training_result(result) -> None:
     speed = f" ({s.train_images_per_second:.1f} train images/s)" if s.train_images_per_second else ""
     console.print(f"best valid accuracy {s.best_valid_accuracy:.1%} at epoch {s.best_epoch}, "
                   f"final {s.final_valid_accuracy:.1%}; {s.seconds:.0f}s{speed}", markup=False)
+    if s.stopped_early_at is not None:
+        console.print(f"stopped early after epoch {s.stopped_early_at} of {s.planned_epochs}: validation accuracy "
+                      f"had not improved for {result.config.options.patience} epochs", markup=False)
     console.print(f"run folder: {result.run_dir}", markup=False)
     console.print(f"best model: {result.best_model}", markup=False)
 
@@ -59,7 +74,7 @@ def lr_find(
     valid_pct: o.ValidPct = D.valid_pct, seed: o.Seed = D.seed, pretrained: o.Pretrained = D.pretrained,
     weights: o.Weights = D.weights, out: o.Out = D.out, device: o.Device = D.device, workers: o.Workers = D.workers,
     precision: o.Precision = D.precision, cache: o.Cache = D.cache, cache_dir: o.CacheDir = D.cache_dir,
-    threads: o.Threads = D.threads,
+    threads: o.Threads = D.threads, stratify: o.Stratify = D.stratify,
 ) -> None:
     """Find a good learning rate: plot loss against a rising learning rate and suggest values."""
     with user_errors():
@@ -68,7 +83,8 @@ def lr_find(
 
         config = TrainConfig(data=data, arch=arch, bs=bs, size=size, valid_pct=valid_pct, seed=seed,
                              pretrained=pretrained, weights=weights, out=out, device=device, workers=workers,
-                             precision=precision, cache=cache, cache_dir=cache_dir, threads=threads).validate()
+                             precision=precision, cache=cache, cache_dir=cache_dir, threads=threads,
+                             stratify=stratify).validate()
         result = find_lr(config, reporter=make_reporter())
     table = Table(title="learning-rate suggestions")
     table.add_column("method")
@@ -79,6 +95,22 @@ def lr_find(
     console.print(f"use: flowerfast train --arch {arch} --lr {result.valley:.1e}  (valley)", markup=False)
     console.print(f"plot: {result.plot}", markup=False)
     console.print(f"curve: {result.csv}", markup=False)
+
+
+@app.command("show-batch", epilog="Example: flowerfast show-batch --data photos/ --size 224 --out batch.png")
+def show_batch(
+    data: o.Data = D.data, size: o.Size = D.size, valid_pct: o.ValidPct = D.valid_pct, seed: o.Seed = D.seed,
+    stratify: o.Stratify = D.stratify, split_file: o.SplitFile = D.split_file,
+    n: int = typer.Option(16, "-n", help="How many images to draw.", metavar="N"),
+    out: Path = typer.Option(Path("batch.png"), "--out", "-o", help="The PNG file to write.", metavar="PATH"),
+) -> None:
+    """Draw augmented training images as the model sees them, without training: check the augmentation."""
+    with user_errors():
+        from ..pictures import show_batch as draw
+
+        path = draw(data=data, size=size, valid_pct=valid_pct, seed=seed, stratify=stratify, split_file=split_file,
+                    n=n, out=out)
+    console.print(f"batch: {path}", markup=False)
 
 
 @app.command(epilog="Example: flowerfast archs --all")

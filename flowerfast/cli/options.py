@@ -33,6 +33,12 @@ Precision = Annotated[str, typer.Option("--precision", help="auto, fp32, bf16 or
 Compile = Annotated[bool, typer.Option("--compile/--no-compile", help="Run the model through torch.compile (slow to start; pays off on long runs).")]
 Cache = Annotated[bool, typer.Option("--cache/--no-cache", help="Keep decoded, resized photos in a cache folder so later epochs and runs skip decoding.")]
 CacheDir = Annotated[Optional[Path], typer.Option("--cache-dir", help="Where the photo cache lives. Default: $FLOWERFAST_CACHE, else $XDG_CACHE_HOME/flowerfast/images, else ~/.cache/flowerfast/images.", show_default=False)]
+Stratify = Annotated[bool, typer.Option("--stratify/--no-stratify", help="Split at random within each class, so every class with 2 or more images is on both sides; --no-stratify is fastai's plain RandomSplitter.")]
+ClassWeights = Annotated[str, typer.Option("--class-weights", help="none, or balanced: weight the loss by inverse class frequency, for imbalanced classes.", metavar="none|balanced")]
+Patience = Annotated[Optional[int], typer.Option("--patience", help="Stop when validation accuracy has not improved for N epochs (recorded in summary.json). Default: never.", show_default=False, metavar="N")]
+SaveEvery = Annotated[int, typer.Option("--save-every", help="Also keep the model of every N-th epoch in checkpoints/ (0: off).", metavar="N")]
+Keep = Annotated[Optional[int], typer.Option("--keep", help="With --save-every: keep only the newest N of those models. Default: all.", show_default=False, metavar="N")]
+ConfigFile = Annotated[Optional[Path], typer.Option("--config", help="Run the options of an earlier run again (its config.json); options given here override the file's.", show_default=False, metavar="CONFIG_JSON")]
 Threads = Annotated[Optional[int], typer.Option("--threads", help="Compute threads. Default: torch's choice (one per core).", show_default=False)]
 Resume = Annotated[Optional[Path], typer.Option("--resume", help="Continue an interrupted run from its checkpoint, to its planned last epoch, with its own options (only --data, --device, --workers, --threads, --cache and --cache-dir may be given).", show_default=False, metavar="RUN_DIR")]
 

@@ -45,9 +45,18 @@ def format_epoch(record: EpochRecord, total: int, best: bool) -> str:
 
 def print_run_header(config: "ResolvedConfig", out: Console = console) -> None:
     """What the run is about to do: data, split, classes, skipped files, weights."""
-    split = "given split" if config.preset_split else f"random split, seed {config.options.seed}"
+    if config.options.split_file is not None:
+        split = f"split from {config.options.split_file}"
+    elif config.preset_split:
+        split = "the folder's own train/valid split"
+    else:
+        kind = "stratified random split" if config.options.stratify else "random split"
+        split = f"{kind}, seed {config.options.seed}"
     out.print(f"data: {config.data}  ({config.n_train} train / {config.n_valid} valid, {split})", markup=False)
-    out.print(f"classes ({len(config.classes)}): {', '.join(config.classes)}", markup=False)
+    counts = config.class_counts
+    listed = ", ".join(f"{c} {counts[c]['train']}/{counts[c]['valid']}" if c in counts else c for c in config.classes)
+    weighted = "; loss weighted by class (balanced)" if config.class_weights else ""
+    out.print(f"classes ({len(config.classes)}, train/valid): {listed}{weighted}", markup=False)
     if config.skipped:
         out.print(f"[yellow]skipped {len(config.skipped)} unreadable file(s):[/yellow]")
         for s in config.skipped[:10]:
