@@ -9,6 +9,7 @@ confusion matrix looks exactly like the comparison report's.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -19,7 +20,7 @@ from .data import SkippedFile, scan_image_folder
 from .errors import FlowerfastError
 from .inference import LoadedModel, as_loaded_model
 from .plots import confusion_png, mistakes_png
-from .runfolder import relative_path
+from .runfolder import CONFIG, SPLIT, RunFolder, relative_path
 from .runs import atomic_write_bytes, create_run_dir, write_csv, write_json
 
 
@@ -61,6 +62,8 @@ class EvaluationResult:
     predicted: list[str] = field(default_factory=list)
     confidence: list[float] = field(default_factory=list)
     skipped: list[SkippedFile] = field(default_factory=list)
+    source: str = "folder"
+    trained_on: int = 0
 
     @property
     def macro_f1(self) -> float:
@@ -74,6 +77,7 @@ class EvaluationResult:
             "per_class": [asdict(m) for m in self.per_class], "confusion": self.confusion,
             "mistakes": [{**asdict(m), "path": str(m.path)} for m in self.mistakes],
             "skipped": [{"path": str(s.path), "reason": s.reason} for s in self.skipped],
+            "source": self.source, "trained_on": self.trained_on,
         }
 
 
@@ -90,29 +94,117 @@ def score_classes(labels: Sequence[str], predicted: Sequence[str], classes: Sequ
             for name, p, r, f, n in zip(classes, precision, recall, f1, support)]
 
 
-def evaluate(model_or_path, data_dir: Path | str, mistakes: int = 9, bs: int = 64,
+class TrainingOverlapWarning(UserWarning):
+    """Some evaluated images are images the model was trained on: the accuracy is optimistic."""
+
+
+def run_of(model_or_path) -> Optional[RunFolder]:
+    """The run folder a model came from (a run folder itself, or a model file inside one), if any."""
+    if not isinstance(model_or_path, (str, Path)):
+        return None
+    path = Path(model_or_path).expanduser()
+    folder = path if path.is_dir() else path.parent
+    run = RunFolder(folder)
+    return run if run.file(CONFIG).is_file() and run.file(SPLIT).is_file() else None
+
+
+def validation_split(run: RunFolder) -> tuple[Path, list[Path], list[str], list[SkippedFile]]:
+    """The run's own validation images and labels, from ``split.csv`` and the data folder in
+    ``config.json``; a photo no longer there is skipped with the reason."""
+    root = Path(run.read_config().get("data", ""))
+    files, labels, skipped = [], [], []
+    for row in run.read_split(root):
+        if row.is_valid:
+            if row.file.is_file():
+                files.append(row.file)
+                labels.append(row.label)
+            else:
+                skipped.append(SkippedFile(row.file, "no longer there"))
+    return root, files, labels, skipped
+
+
+def training_overlap(run: RunFolder, files: Sequence[Path]) -> int:
+    """How many of ``files`` the run trained on: the same file (by real path) or the same bytes
+    (a copy under another name). Only files whose size equals a training image's are hashed, so
+    checking a big folder costs a stat per file, not a read."""
+    import hashlib
+    import os
+
+    root = Path(run.read_config().get("data", ""))
+    train = [r.file for r in run.read_split(root) if not r.is_valid]
+    real = {os.path.realpath(f) for f in train}
+    by_size: dict[int, list[Path]] = {}
+    for f in train:
+        try:
+            by_size.setdefault(os.stat(f).st_size, []).append(f)
+        except OSError:
+            pass
+    hashes: dict[Path, str] = {}
+
+    def digest(path: Path) -> Optional[str]:
+        if path not in hashes:
+            try:
+                hashes[path] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+            except OSError:
+                hashes[path] = None
+        return hashes[path]
+
+    count = 0
+    for f in files:
+        if os.path.realpath(f) in real:
+            count += 1
+            continue
+        try:
+            candidates = by_size.get(os.stat(f).st_size, [])
+        except OSError:
+            continue
+        if candidates and digest(f) in {digest(c) for c in candidates}:
+            count += 1
+    return count
+
+
+def evaluate(model_or_path, data_dir: Optional[Path | str] = None, mistakes: int = 9, bs: int = 64,
              device: Optional[str] = None, workers: Optional[int] = None,
              trust_pickle: bool = False, precision: str = "fp32") -> EvaluationResult:
     """Predict every image of a labelled folder and score the predictions.
 
-    Class folders the model does not know are an error (their images could never be right);
-    classes the model knows but the folder lacks are fine (they simply have no support).
+    Without ``data_dir``, a run's model is scored on the run's own validation split (the images
+    it never trained on). Given a folder, images the run trained on (same path, or same content
+    under another name) are counted in ``trained_on`` and warned about: they make the accuracy
+    optimistic. Class folders the model does not know are an error (their images could never be
+    right); classes the model knows but the folder lacks are fine (they simply have no support).
     """
     if mistakes < 0:
         raise FlowerfastError(f"--mistakes must be 0 or more, not {mistakes}")
-    folder = scan_image_folder(data_dir)
+    run = run_of(model_or_path)
+    if data_dir is None:
+        if run is None:
+            raise FlowerfastError("give a folder of labelled images to evaluate on; only a run folder (or a model "
+                                  "in one) can be scored on its own validation split without one")
+        root, all_files, all_labels, scan_skipped = validation_split(run)
+        source = f"validation split of {run.path}"
+    else:
+        folder = scan_image_folder(data_dir)
+        root, all_files, all_labels, scan_skipped = folder.root, folder.files, folder.labels, folder.skipped
+        source = "folder"
     model: LoadedModel = as_loaded_model(model_or_path, device=device, trust_pickle=trust_pickle, precision=precision)
-    unknown = [c for c in folder.classes if c not in model.classes]
+    unknown = sorted(set(all_labels) - set(model.classes))
     if unknown:
-        raise FlowerfastError(f"{folder.root} has class folder(s) the model does not know: {', '.join(unknown)} "
+        raise FlowerfastError(f"{root} has class folder(s) the model does not know: {', '.join(unknown)} "
                               f"(model classes: {', '.join(model.classes)})")
-    paths, probs, errors = model.probabilities(folder.files, bs=bs, workers=workers)
-    skipped = list(folder.skipped) + [SkippedFile(paths[i], reason) for i, reason in sorted(errors.items())]
+    trained_on = training_overlap(run, all_files) if data_dir is not None and run is not None else 0
+    if trained_on:
+        warnings.warn(f"{trained_on} of {len(all_files)} images ({trained_on / len(all_files):.0%}) were in the "
+                      f"model's training set (same file or same content): the accuracy is optimistic. "
+                      f"`flowerfast evaluate {run.path}` scores its validation split", TrainingOverlapWarning,
+                      stacklevel=2)
+    paths, probs, errors = model.probabilities(all_files, bs=bs, workers=workers)
+    skipped = list(scan_skipped) + [SkippedFile(paths[i], reason) for i, reason in sorted(errors.items())]
     keep = [i for i in range(len(paths)) if i not in errors]
     files = [paths[i] for i in keep]
-    labels = [folder.labels[i] for i in keep]
+    labels = [all_labels[i] for i in keep]
     if not files:
-        raise FlowerfastError(f"no readable images in {folder.root}")
+        raise FlowerfastError(f"no readable images in {root}")
     conf, idx = probs.max(dim=1)
     predicted = [model.classes[int(j)] for j in idx]
     confidence = [float(c) for c in conf]
@@ -120,10 +212,11 @@ def evaluate(model_or_path, data_dir: Path | str, mistakes: int = 9, bs: int = 6
     correct = sum(t == p for t, p in zip(labels, predicted))
     wrong = sorted((i for i in range(len(files)) if labels[i] != predicted[i]), key=lambda i: -confidence[i])
     return EvaluationResult(
-        data_dir=folder.root, classes=model.classes, n_images=len(files), accuracy=correct / len(files),
+        data_dir=root, classes=model.classes, n_images=len(files), accuracy=correct / len(files),
         per_class=score_classes(labels, predicted, model.classes), confusion=confusion,
         mistakes=[Mistake(files[i], labels[i], predicted[i], confidence[i]) for i in wrong[:mistakes]],
-        files=files, labels=labels, predicted=predicted, confidence=confidence, skipped=skipped)
+        files=files, labels=labels, predicted=predicted, confidence=confidence, skipped=skipped, source=source,
+        trained_on=trained_on)
 
 
 def confusion_title(result: EvaluationResult) -> str:

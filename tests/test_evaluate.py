@@ -13,11 +13,15 @@ from typer.testing import CliRunner
 import flowerfast
 from flowerfast.cli import app
 from flowerfast.data import default_data_dir
-from flowerfast.evaluation import confusion_title, save_report
+from flowerfast.evaluation import TrainingOverlapWarning, confusion_title, save_report
 from flowerfast.plots import confusion_png, mistakes_png
 
 SAMPLE = default_data_dir()
 runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
 
 
 def test_metrics_equal_hand_computed(run_dir, tmp_path):
@@ -80,7 +84,8 @@ def test_python_api_equals_cli_json(run_dir, tmp_path):
     assert cli.exit_code == 0, cli.output
     expected = json.loads(cli.stdout)
 
-    result = flowerfast.evaluate(run_dir, SAMPLE, mistakes=0)
+    with pytest.warns(TrainingOverlapWarning, match="160 of 200 images"):  # the run trained on them
+        result = flowerfast.evaluate(run_dir, SAMPLE, mistakes=0)
     assert isinstance(result, flowerfast.EvaluationResult) and result.mistakes == []
     assert result.n_images == expected["n_images"] == 200
     assert result.classes == expected["classes"]
@@ -97,7 +102,8 @@ def test_python_api_equals_cli_json(run_dir, tmp_path):
 
 def test_confusion_png_is_the_shared_plot(run_dir, tmp_path):
     """evaluate's confusion.png is drawn by plots.confusion_png, as the comparison report's are."""
-    result = flowerfast.evaluate(run_dir, SAMPLE, mistakes=3)
+    with pytest.warns(TrainingOverlapWarning, match="160 of 200 images"):  # the run trained on them
+        result = flowerfast.evaluate(run_dir, SAMPLE, mistakes=3)
     files = save_report(result, tmp_path / "report")
     assert files.confusion.read_bytes() == confusion_png(confusion_title(result), result.classes, result.confusion)
     if result.mistakes:
@@ -123,3 +129,52 @@ def test_bad_input(run_dir, tmp_path, args, message):
     args = [a.format(run=run_dir, tmp=tmp_path, sample=SAMPLE) for a in args]
     result = runner.invoke(app, ["evaluate", *args, "--out", str(tmp_path / "r")])
     assert result.exit_code != 0 and message in result.stderr
+
+
+def test_evaluate_a_run_without_a_folder_scores_its_validation_split(run_dir, tmp_path):
+    from flowerfast.evaluation import evaluate
+    from flowerfast.runfolder import RunFolder
+
+    run = RunFolder(run_dir)
+    result = evaluate(run_dir, device="cpu")
+    predictions = run.read_valid_predictions()
+    assert result.n_images == len(predictions) and result.trained_on == 0
+    assert result.source == f"validation split of {run_dir}"
+    assert result.accuracy == pytest.approx(sum(p.correct for p in predictions) / len(predictions))
+    assert result.accuracy == pytest.approx(run.read_summary().best_valid_accuracy_rescored)
+    cli = invoke("evaluate", run_dir, "--out", tmp_path / "ev")
+    assert cli.exit_code == 0, cli.output
+    assert f"on {len(predictions)} images (validation split of {run_dir})" in cli.stdout
+
+
+def test_evaluate_warns_when_the_folder_holds_training_images_by_path_or_content(run_dir, tmp_path):
+    import shutil
+
+    from flowerfast.runfolder import RunFolder
+
+    run = RunFolder(run_dir)
+    data = Path(run.read_config()["data"])
+    rows = run.read_split(data)
+    classes = sorted({r.label for r in rows})[:2]
+    train = [r for c in classes for r in [r for r in rows if r.label == c and not r.is_valid][:2]][:3]
+    valid = [next(r for r in rows if r.label == c and r.is_valid) for c in classes]
+    folder = tmp_path / "mixed"
+    for i, r in enumerate(train + valid):
+        (folder / r.label).mkdir(parents=True, exist_ok=True)
+        shutil.copy(r.file, folder / r.label / f"renamed-{i}.jpg")  # the same bytes under another name
+    (folder / train[0].label / "link.jpg").symlink_to(train[1].file)  # the same file by path
+    result = invoke("evaluate", run_dir, folder, "--out", tmp_path / "ev", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["trained_on"] == 4
+    assert ("warning: 4 of 6 images (67%) were in the model's training set (same file or same content): the "
+            f"accuracy is optimistic. `flowerfast evaluate {run_dir}` scores its validation split") in result.stderr
+
+
+def test_evaluate_without_a_folder_needs_a_run(run_dir, tmp_path):
+    import shutil
+
+    shutil.copy(run_dir / "best.safetensors", tmp_path / "m.safetensors")
+    result = invoke("evaluate", tmp_path / "m.safetensors")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == ("error: give a folder of labelled images to evaluate on; only a run folder (or "
+                                     "a model in one) can be scored on its own validation split without one")

@@ -114,7 +114,7 @@ def predict(
 @app.command(epilog="Example: flowerfast evaluate runs/resnet18-20240101-120000/ test-photos/ --mistakes 12")
 def evaluate(
     model: Model,
-    data_dir: Annotated[Path, typer.Argument(help="Labelled folder: one folder per class.", show_default=False)],
+    data_dir: Annotated[Optional[Path], typer.Argument(help="Labelled folder: one folder per class. Without it, a run folder's model is scored on the run's own validation split.", show_default=False, metavar="[DATA_DIR]")] = None,
     mistakes: Annotated[int, typer.Option("--mistakes", help="How many of the most confident mistakes to list and plot.")] = 9,
     out: Annotated[Optional[Path], typer.Option("--out", help="Folder for metrics.json, predictions.csv and the PNGs. Default: runs/evaluate-<timestamp>.", show_default=False)] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON instead of tables.")] = False,
@@ -142,8 +142,9 @@ def evaluate(
 
 
 def _print_evaluation(result) -> None:
-    console.print(f"accuracy {result.accuracy:.1%} on {result.n_images} images; macro F1 {result.macro_f1:.3f}",
-                  markup=False)
+    on = result.source if result.source != "folder" else str(result.data_dir)
+    console.print(f"accuracy {result.accuracy:.1%} on {result.n_images} images ({on}); macro F1 "
+                  f"{result.macro_f1:.3f}", markup=False)
     metrics = Table(title="per class")
     for name, justify in (("class", "left"), ("precision", "right"), ("recall", "right"), ("F1", "right"),
                           ("images", "right")):
