@@ -142,7 +142,7 @@ def main() -> int:
     learn.predict(sub[0])
     fa_out, t_fa = best_of(args.repeat, lambda: [learn.predict(p) for p in sub])
     fa_rate = len(sub) / t_fa
-    agree = sum(str(o[0]) == p.label for o, p in zip(fa_out, preds))
+    agree = sum(str(o[0]) == p.predicted for o, p in zip(fa_out, preds))
     ours = model.predict(sub, top_k=len(model.classes))
     max_diff = max(float((o[2].cpu() - torch.tensor([dict(p.top_k)[c] for c in model.classes])).abs().max())
                    for o, p in zip(fa_out, ours))

@@ -82,16 +82,22 @@ def default_export_path(model: LoadedModel, fmt: str) -> Path:
     return src.with_suffix(FORMATS[fmt])
 
 
-def export_model(model_or_path, format: str = "onnx", out: Optional[Path | str] = None, check: bool = True,
+def export_model(model_or_path, format: str = "auto", out: Optional[Path | str] = None, check: bool = True,
                  trust_pickle: bool = False, force: bool = False) -> ExportResult:
     """Write the model as ONNX (``.onnx``) or TorchScript (``.pt``) plus ``<file>.json`` preprocessing.
 
     ``out`` defaults to the model file with the format's suffix (``runs/x/best.onnx``); an existing
     file is replaced only with ``force``. The export is written beside its target and checked
     there; only an export that passes its check is put in place, so a failed one leaves nothing.
-    Exports run on the CPU with a dynamic batch axis.
+    Exports run on the CPU with a dynamic batch axis. ``format="auto"`` follows the suffix of
+    ``out`` (``.onnx``, ``.pt``); without one it is ONNX where the ``onnx`` extra is installed and
+    TorchScript (which needs nothing more) otherwise.
     """
     fmt = str(format).lower()
+    if fmt == "auto":
+        suffix = Path(out).suffix.lower() if out is not None else ""
+        fmt = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript"}.get(
+            suffix, "onnx" if onnx_available() else "torchscript")
     if fmt not in FORMATS:
         raise FlowerfastError(f"unknown export format {format!r}: use {' or '.join(FORMATS)}")
     check_pickle_allowed(model_or_path, trust_pickle)  # before anything else: never a hint to install onnx first
@@ -141,6 +147,16 @@ def export_model(model_or_path, format: str = "onnx", out: Optional[Path | str] 
     finally:
         staged.unlink(missing_ok=True)
     return ExportResult(path=path, preprocessing=info_path, format=fmt, max_abs_diff=diff)
+
+
+def onnx_available() -> bool:
+    """Whether the ``onnx`` extra (onnx and onnxruntime) can be imported."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _require_onnx() -> None:

@@ -78,10 +78,12 @@ def default_workers(n_images: int, bs: int, device: torch.device) -> int:
 
 @dataclass
 class Prediction:
-    """The model's answer for one file. ``error`` is set (and the rest empty) for unreadable files."""
+    """The model's answer for one file: ``predicted`` is the class it chose (flowerfast says
+    ``label`` only for a true class), ``top_k`` the most likely classes with their probabilities.
+    ``error`` is set (and the rest empty) for unreadable files."""
 
     path: Path
-    label: Optional[str] = None
+    predicted: Optional[str] = None
     probability: Optional[float] = None
     top_k: list[tuple[str, float]] = field(default_factory=list)
     error: Optional[str] = None
@@ -91,8 +93,8 @@ class Prediction:
         return self.error is None
 
     def to_dict(self) -> dict:
-        return {"path": str(self.path), "label": self.label, "probability": self.probability,
-                "top_k": [{"label": lbl, "probability": p} for lbl, p in self.top_k], "error": self.error}
+        return {"path": str(self.path), "predicted": self.predicted, "probability": self.probability,
+                "top_k": [{"class": name, "probability": p} for name, p in self.top_k], "error": self.error}
 
 
 def check_top_k(top_k: int, n_classes: int) -> int:
@@ -180,7 +182,7 @@ def predictions_from(paths: Sequence[Path], probs: torch.Tensor, errors: dict[in
             out.append(Prediction(path=path, error=errors[i]))
             continue
         top = [(classes[int(j)], float(v)) for v, j in zip(values[row], indices[row])]
-        out.append(Prediction(path=path, label=top[0][0], probability=top[0][1], top_k=top))
+        out.append(Prediction(path=path, predicted=top[0][0], probability=top[0][1], top_k=top))
         row += 1
     return out
 

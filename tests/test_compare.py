@@ -132,6 +132,16 @@ def test_report_rebuilt_from_runs_equals_compare_json(comparison, tmp_path):
     assert (rebuilt / "report.md").read_text() == (out / "report.md").read_text()
 
 
+def test_report_json_is_report_json_on_stdout(comparison, tmp_path):
+    out, _ = comparison
+    result = CliRunner().invoke(app, ["report", str(out / ARCHS[0]), str(out / ARCHS[1]), "--out",
+                                      str(tmp_path / "r"), "--json"])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)  # stdout holds the JSON alone; progress went to stderr
+    assert printed.pop("out") == str(tmp_path / "r")
+    assert printed == json.loads((tmp_path / "r" / "report.json").read_text())
+
+
 def test_python_api_report(comparison, tmp_path):
     out, _ = comparison
     import flowerfast.reporting  # noqa: F401  (importing the module must not hide the function)

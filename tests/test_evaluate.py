@@ -35,7 +35,7 @@ def test_metrics_equal_hand_computed(run_dir, tmp_path):
     files = sorted(SAMPLE.glob("*/*.jpg"))
     truth = [f.parent.name for f in files]
     preds = model.predict(files)
-    guess = [p.label for p in preds]
+    guess = [p.predicted for p in preds]
     classes = model.classes
     n = len(files)
     assert report["n_images"] == n == 200
@@ -52,7 +52,7 @@ def test_metrics_equal_hand_computed(run_dir, tmp_path):
         assert m["precision"] == pytest.approx(precision) and m["recall"] == pytest.approx(recall)
         assert m["f1"] == pytest.approx(f1)
 
-    wrong = sorted((p.probability for p, t in zip(preds, truth) if p.label != t), reverse=True)
+    wrong = sorted((p.probability for p, t in zip(preds, truth) if p.predicted != t), reverse=True)
     mistakes = report["mistakes"]
     assert len(mistakes) == min(5, len(wrong))
     assert [m["probability"] for m in mistakes] == pytest.approx(wrong[:len(mistakes)], abs=1e-6)

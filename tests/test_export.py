@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 
 import numpy as np
@@ -47,7 +48,7 @@ def cli_predictions(run_dir):
 
 
 def expected_matrix(preds, classes):
-    return np.array([[dict((t["label"], t["probability"]) for t in p["top_k"])[c] for c in classes] for p in preds])
+    return np.array([[dict((t["class"], t["probability"]) for t in p["top_k"])[c] for c in classes] for p in preds])
 
 
 def test_onnx_matches_predict(run_dir, tmp_path, cli_predictions):
@@ -93,7 +94,7 @@ def test_default_path_is_beside_the_model(run_dir):
 
 def test_bad_format_and_missing_model(run_dir, tmp_path):
     result = runner.invoke(app, ["export", str(run_dir), "--format", "tflite"])
-    assert result.exit_code != 0 and "unknown export format 'tflite'" in result.stderr
+    assert result.exit_code != 0 and "'tflite' is not one of 'auto', 'onnx', 'torchscript'" in result.stderr
     result = runner.invoke(app, ["export", str(tmp_path / "none")])
     assert result.exit_code != 0 and "model not found" in result.stderr
     result = runner.invoke(app, ["export", str(run_dir), "--out", str(tmp_path / "no" / "dir" / "m.onnx")])
@@ -104,6 +105,17 @@ def test_missing_onnx_says_how_to_install(run_dir, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     result = runner.invoke(app, ["export", str(run_dir), "--out", str(tmp_path / "m.onnx")])
     assert result.exit_code != 0 and "pip install flowerfast[onnx]" in result.stderr
+
+
+def test_export_without_format_works_on_a_plain_install(run_dir, tmp_path, monkeypatch):
+    """Without the onnx extra, ``export`` with no --format writes TorchScript, and says so."""
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    model = tmp_path / "run"
+    shutil.copytree(run_dir, model)
+    result = runner.invoke(app, ["export", str(model)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == f"torchscript: {model / 'best.pt'}"
+    assert torch.jit.load(str(model / "best.pt")) is not None
 
 
 def test_an_existing_file_is_replaced_only_with_force(run_dir, tmp_path):

@@ -53,14 +53,14 @@ def test_cli_json_equals_python_api(run_dir):
         assert c["error"] is None and a.ok
         assert c["probability"] == pytest.approx(a.probability, abs=BATCH_SHAPE_TOL)
         assert a.top_k[0][1] >= a.top_k[1][1] >= a.top_k[2][1]
-        got = {t["label"]: t["probability"] for t in c["top_k"]}
+        got = {t["class"]: t["probability"] for t in c["top_k"]}
         for label, p in a.top_k:
             if label in got:
                 assert got[label] == pytest.approx(p, abs=BATCH_SHAPE_TOL)
-        assert_same_top(c["label"], dict(a.top_k))
+        assert_same_top(c["predicted"], dict(a.top_k))
         # each side is within the tolerance of the other, so only a gap of twice that cannot be reordered
         if all(a.top_k[i][1] - a.top_k[i + 1][1] > 2 * BATCH_SHAPE_TOL for i in range(2)):
-            assert [t["label"] for t in c["top_k"]] == [lbl for lbl, _ in a.top_k]
+            assert [t["class"] for t in c["top_k"]] == [lbl for lbl, _ in a.top_k]
 
 
 # Folded batch norms and channels-last change the order of float32 operations, so load_model's
@@ -129,8 +129,8 @@ def test_unreadable_files_listed_others_predicted(run_dir, tmp_path):
     assert result.exit_code == 0, result.output
     out = {Path(p["path"]).name: p for p in json.loads(result.stdout)}
     assert set(out) == {"broken.jpg", good[0].name, good[1].name}
-    assert "cannot identify image" in out["broken.jpg"]["error"] and out["broken.jpg"]["label"] is None
-    assert out[good[0].name]["label"] in flowerfast.load_model(run_dir).classes
+    assert "cannot identify image" in out["broken.jpg"]["error"] and out["broken.jpg"]["predicted"] is None
+    assert out[good[0].name]["predicted"] in flowerfast.load_model(run_dir).classes
     assert "broken.jpg" in result.stderr and "unreadable" in result.stderr
 
 
@@ -143,7 +143,7 @@ def test_table_glob_and_csv_output(run_dir, tmp_path):
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(open(target)))
     assert rows and all(Path(r["path"]).name.startswith("1") for r in rows)
-    assert set(rows[0]) == {"path", "label", "probability", "label_2", "probability_2", "error"}
+    assert set(rows[0]) == {"path", "predicted", "probability", "predicted_2", "probability_2", "error"}
     assert float(rows[0]["probability"]) >= float(rows[0]["probability_2"])
 
 
@@ -298,10 +298,10 @@ def test_trusted_fastai_export_predicts_like_fastai(fastai_export, tmp_path):
     learn = load_learner(fastai_export, cpu=True)
     for photo, pred in zip(photos, ours):
         label, _, probs = learn.predict(photo)
-        got = {t["label"]: t["probability"] for t in pred["top_k"]}
+        got = {t["class"]: t["probability"] for t in pred["top_k"]}
         expected = dict(zip(map(str, learn.dls.vocab), probs.tolist()))
         assert got == pytest.approx(expected, abs=BATCH_SHAPE_TOL)  # a batch of 6 here, of 1 in learn.predict
-        assert_same_top(pred["label"], expected)
+        assert_same_top(pred["predicted"], expected)
         assert_same_top(str(label), got)
 
     api = flowerfast.load_model(fastai_export, device="cpu", trust_pickle=True)
@@ -309,8 +309,8 @@ def test_trusted_fastai_export_predicts_like_fastai(fastai_export, tmp_path):
     assert type(api.preprocessing).__name__ == "FastaiExportPreprocessing"
     with_workers = api.predict(photos, workers=2, bs=2, top_k=5)  # the transforms also work in worker processes
     for w, o in zip(with_workers, ours):  # batches of 2 against one batch of 6
-        assert dict(w.top_k) == pytest.approx({t["label"]: t["probability"] for t in o["top_k"]}, abs=BATCH_SHAPE_TOL)
-        assert_same_top(w.label, {t["label"]: t["probability"] for t in o["top_k"]})
+        assert dict(w.top_k) == pytest.approx({t["class"]: t["probability"] for t in o["top_k"]}, abs=BATCH_SHAPE_TOL)
+        assert_same_top(w.predicted, {t["class"]: t["probability"] for t in o["top_k"]})
 
 
 def test_trusted_fastai_export_exports_with_its_own_resize(fastai_export, tmp_path):
@@ -343,7 +343,7 @@ def test_trusted_grayscale_fastai_export(tmp_path):
         expected = dict(zip(map(str, reference.dls.vocab), probs.tolist()))
         # one batch of 3 here, batches of 1 in learn.predict: see BATCH_SHAPE_TOL
         assert dict(pred.top_k) == pytest.approx(expected, abs=BATCH_SHAPE_TOL)
-        assert_same_top(pred.label, expected)
+        assert_same_top(pred.predicted, expected)
         assert_same_top(str(label), dict(pred.top_k))
 
 

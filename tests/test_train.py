@@ -402,6 +402,17 @@ def test_patience_stops_early_and_save_every_keeps_the_newest_epoch_models(tmp_p
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), final.state_dict().values()))
 
 
+def test_train_json_prints_the_summary_alone_on_stdout(tmp_path, runner):
+    out = tmp_path / "run"
+    result = invoke(runner, ["train", "--arch", "resnet18", "--no-pretrained", "--size", "32", "--epochs", "1",
+                             "--bs", "16", "--device", "cpu", "--out", out, "--json"])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    assert printed.pop("run_dir") == str(out)
+    assert printed == json.loads((out / "summary.json").read_text())
+    assert "epoch 1/1" in result.stderr
+
+
 def test_config_replays_a_runs_options_with_overrides(tiny_run, tmp_path, runner):
     """``--config`` takes the options a run was given (not what they resolved to), and options
     typed on the command line win; the replay gets a folder of its own."""

@@ -12,14 +12,14 @@ from ..config import DEFAULTS as D
 from . import options as o
 from .app import app
 from ..errors import FlowerfastError
-from .output import console, make_reporter, resume_hint, user_errors
+from .output import console, make_reporter, print_json, resume_hint, user_errors
 
 Archs = Annotated[Optional[str], typer.Option("--archs", help="Architectures to compare, comma-separated (at least 2), e.g. resnet152,vgg11_bn.", show_default=False)]
 ResumeCompare = Annotated[Optional[Path], typer.Option("--resume", help="Finish an interrupted comparison: finished models are kept, the interrupted one resumes, the rest are trained (only --data, --device, --workers, --threads, --cache and --cache-dir may be given).", show_default=False, metavar="COMPARE_DIR")]
-CompareOut = Annotated[Optional[Path], typer.Option("--out", help="Comparison folder to create: one run folder per architecture plus the report. Default: runs/compare-<timestamp>.", show_default=False)]
-ReportOut = Annotated[Optional[Path], typer.Option("--out", help="Folder to create for the report. Default: runs/report-<timestamp>.", show_default=False)]
-LatencyPrecision = Annotated[str, typer.Option("--precision", help="Precision the inference speed is measured in: fp32 (as exported and served models run), bf16, fp16 or auto.")]
-RunDirs = Annotated[list[Path], typer.Argument(help="Finished run folders trained on the same split (2 or more).", show_default=False)]
+CompareOut = Annotated[Optional[Path], typer.Option("--out", "-o", metavar="PATH", help="Comparison folder to create: one run folder per architecture plus the report. Default: runs/compare-<timestamp>.", show_default=False)]
+ReportOut = Annotated[Optional[Path], typer.Option("--out", "-o", metavar="PATH", help="Folder to create for the report. Default: runs/report-<timestamp>.", show_default=False)]
+LatencyPrecision = Annotated[o.PrecisionChoice, typer.Option("--precision", help="Precision the inference speed is measured in: fp32 (as exported and served models run), or as in training (auto).")]
+RunDirs = Annotated[list[Path], typer.Argument(help="Finished run folders trained on the same split (2 or more).", show_default=False, metavar="RUN_DIR...")]
 
 
 def _transposed(table, title: str) -> Table:
@@ -70,10 +70,11 @@ def compare(
     threads: o.Threads = D.threads, stratify: o.Stratify = D.stratify,
     class_weights: o.ClassWeights = D.class_weights, patience: o.Patience = D.patience,
     save_every: o.SaveEvery = D.save_every, keep: o.Keep = D.keep, resume: ResumeCompare = None,
+    json_: o.Json = False,
 ) -> None:
     """Train several architectures on the identical split and compare them: accuracy, speed, size,
     and a paired significance test on the same validation images."""
-    reporter = make_reporter()
+    reporter = make_reporter(to_stderr=json_)
     folder = {"path": out}
 
     def stopped() -> str:
@@ -85,7 +86,7 @@ def compare(
 
         if resume is not None:
             folder["path"] = resume
-            names = {p: {"compile_": "compile"}.get(p, p) for p in ctx.params if p not in ("resume", "archs")}
+            names = {p: {"compile_": "compile"}.get(p, p) for p in ctx.params if p not in ("resume", "archs", "json_")}
             changes = o.given_options(ctx, names)
             if archs is not None:
                 changes["archs"] = archs
@@ -94,20 +95,27 @@ def compare(
             if archs is None:
                 raise FlowerfastError("--archs is required (or --resume COMPARE_DIR to finish a comparison)")
             config = TrainConfig(data=data, epochs=epochs, lr=lr, bs=bs, size=size, valid_pct=valid_pct, seed=seed,
-                                 freeze_epochs=freeze_epochs, pretrained=pretrained, out=out, device=device,
-                                 workers=workers, clean_train_sample=clean_train_sample, precision=precision,
+                                 freeze_epochs=freeze_epochs, pretrained=pretrained, out=out, device=o.value(device),
+                                 workers=workers, clean_train_sample=clean_train_sample, precision=o.value(precision),
                                  compile=compile_, cache=cache, cache_dir=cache_dir, threads=threads,
-                                 stratify=stratify, class_weights=class_weights, patience=patience,
+                                 stratify=stratify, class_weights=o.value(class_weights), patience=patience,
                                  save_every=save_every, keep=keep)
             rep = run_compare(archs, config, reporter=reporter, on_folder=lambda p: folder.update(path=p))
+    if json_:
+        print_json({"out": str(rep.out), **rep.to_dict()})
+        return
     show_report(rep)
 
 
 @app.command(epilog="Example: flowerfast report runs/resnet152-20240101-120000 runs/vgg11_bn-20240101-130000")
-def report(run_dirs: RunDirs, out: ReportOut = None, precision: LatencyPrecision = "fp32") -> None:
+def report(run_dirs: RunDirs, out: ReportOut = None, precision: LatencyPrecision = o.PrecisionChoice.fp32,
+           json_: o.Json = False) -> None:
     """Build the comparison report from finished runs that share one split."""
     with user_errors():
         from ..reporting import report as build
 
-        rep = build(run_dirs, out=out, reporter=make_reporter(), precision=precision)
+        rep = build(run_dirs, out=out, reporter=make_reporter(to_stderr=json_), precision=o.value(precision))
+    if json_:
+        print_json({"out": str(rep.out), **rep.to_dict()})
+        return
     show_report(rep)

@@ -10,7 +10,7 @@ from rich.table import Table
 from ..config import DEFAULTS as D
 from . import options as o
 from .app import app
-from .output import console, make_reporter, resume_hint, user_errors
+from .output import console, make_reporter, print_json, resume_hint, user_errors
 
 
 TRAIN_FIELDS = {"compile_": "compile"}
@@ -27,16 +27,16 @@ def train(
     cache_dir: o.CacheDir = D.cache_dir, threads: o.Threads = D.threads, stratify: o.Stratify = D.stratify,
     class_weights: o.ClassWeights = D.class_weights, patience: o.Patience = D.patience,
     save_every: o.SaveEvery = D.save_every, keep: o.Keep = D.keep, config_file: o.ConfigFile = None,
-    resume: o.Resume = None,
+    resume: o.Resume = None, json_: o.Json = False,
 ) -> None:
     """Fine-tune a pretrained classifier and save the best and final models in a run folder.
     An interrupted run (Ctrl-C, SIGTERM, a crash) goes on with --resume RUN_DIR."""
-    reporter = make_reporter()
+    reporter = make_reporter(to_stderr=json_)
     with user_errors(stopped=lambda: resume_hint(reporter)):
         from ..config import TrainConfig
         from ..training import resume as resume_training, train as run_training
 
-        names = {p: TRAIN_FIELDS.get(p, p) for p in ctx.params if p not in ("resume", "config_file")}
+        names = {p: TRAIN_FIELDS.get(p, p) for p in ctx.params if p not in ("resume", "config_file", "json_")}
         if resume is not None:
             result = resume_training(resume, reporter=reporter, **o.given_options(ctx, names))
         elif config_file is not None:
@@ -47,12 +47,15 @@ def train(
         else:
             config = TrainConfig(data=data, arch=arch, epochs=epochs, lr=lr, bs=bs, size=size, valid_pct=valid_pct,
                                  seed=seed, freeze_epochs=freeze_epochs, pretrained=pretrained, weights=weights,
-                                 out=out, device=device, workers=workers, split_file=split_file,
-                                 clean_train_sample=clean_train_sample, precision=precision, compile=compile_,
+                                 out=out, device=o.value(device), workers=workers, split_file=split_file,
+                                 clean_train_sample=clean_train_sample, precision=o.value(precision), compile=compile_,
                                  cache=cache, cache_dir=cache_dir, threads=threads, stratify=stratify,
-                                 class_weights=class_weights, patience=patience, save_every=save_every,
+                                 class_weights=o.value(class_weights), patience=patience, save_every=save_every,
                                  keep=keep).validate()
             result = run_training(config, reporter=reporter)
+    if json_:
+        print_json({"run_dir": str(result.run_dir), **result.summary.to_dict()})
+        return
     show_training_result(result)
 
 
@@ -74,7 +77,7 @@ def lr_find(
     valid_pct: o.ValidPct = D.valid_pct, seed: o.Seed = D.seed, pretrained: o.Pretrained = D.pretrained,
     weights: o.Weights = D.weights, out: o.Out = D.out, device: o.Device = D.device, workers: o.Workers = D.workers,
     precision: o.Precision = D.precision, cache: o.Cache = D.cache, cache_dir: o.CacheDir = D.cache_dir,
-    threads: o.Threads = D.threads, stratify: o.Stratify = D.stratify,
+    threads: o.Threads = D.threads, stratify: o.Stratify = D.stratify, json_: o.Json = False,
 ) -> None:
     """Find a good learning rate: plot loss against a rising learning rate and suggest values."""
     with user_errors():
@@ -82,10 +85,14 @@ def lr_find(
         from ..lr_find import find_lr
 
         config = TrainConfig(data=data, arch=arch, bs=bs, size=size, valid_pct=valid_pct, seed=seed,
-                             pretrained=pretrained, weights=weights, out=out, device=device, workers=workers,
-                             precision=precision, cache=cache, cache_dir=cache_dir, threads=threads,
+                             pretrained=pretrained, weights=weights, out=out, device=o.value(device), workers=workers,
+                             precision=o.value(precision), cache=cache, cache_dir=cache_dir, threads=threads,
                              stratify=stratify).validate()
-        result = find_lr(config, reporter=make_reporter())
+        result = find_lr(config, reporter=make_reporter(to_stderr=json_))
+    if json_:
+        print_json({"run_dir": str(result.run_dir), "suggestions": result.suggestions, "plot": str(result.plot),
+                    "curve": str(result.csv)})
+        return
     table = Table(title="learning-rate suggestions")
     table.add_column("method")
     table.add_column("lr", justify="right")

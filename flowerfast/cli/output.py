@@ -128,8 +128,20 @@ class RichReporter(LineReporter):
         self.progress.stop()
 
 
-def make_reporter() -> Reporter:
-    return RichReporter() if interactive() else LineReporter()
+def make_reporter(to_stderr: bool = False) -> Reporter:
+    """A rich bar for a person at a terminal, else plain lines. ``to_stderr`` (with ``--json``)
+    keeps stdout for the JSON alone."""
+    out = err_console if to_stderr else console
+    return RichReporter(out) if out.is_terminal and not os.environ.get("CI") else LineReporter(out)
+
+
+def print_json(data) -> None:
+    """Machine-readable output: JSON on stdout, nothing else there."""
+    import json
+
+    from ..runs import json_default
+
+    typer.echo(json.dumps(data, indent=2, default=json_default))
 
 
 def fail(message: str, code: int = 1) -> None:

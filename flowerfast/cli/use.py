@@ -7,20 +7,28 @@ a fastai export), so ``flowerfast predict`` on one photo costs little more than 
 from __future__ import annotations
 
 import json
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
 from rich.table import Table
 
+from . import options as o
 from .app import app
 from .output import console, err_console, fail, user_errors
 
-Model = Annotated[Path, typer.Argument(help="Run folder, or a model file (.safetensors or .json).", show_default=False)]
-Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")]
-Bs = Annotated[int, typer.Option("--bs", help="Images per batch.")]
-Workers = Annotated[Optional[int], typer.Option("--workers", help="Image-decoding processes. Default: none on a CPU (the network needs the cores); on a GPU one per core, up to 8.", show_default=False)]
-InferencePrecision = Annotated[str, typer.Option("--precision", help="fp32 (the numbers exports and served models give), bf16, fp16 or auto (bf16 where the hardware has it, as in training).")]
+Model = Annotated[Path, typer.Argument(help="Run folder, or a model file (.safetensors or .json).", show_default=False, metavar="MODEL")]
+Device = Annotated[o.DeviceChoice, typer.Option("--device", help="Where to compute; auto: a CUDA GPU, else Apple's MPS, else the CPU.")]
+Bs = Annotated[int, typer.Option("--bs", metavar="N", help="Images per batch.")]
+Workers = Annotated[Optional[int], typer.Option("--workers", metavar="N", help="Image-decoding processes. Default: none on a CPU (the network needs the cores); on a GPU one per core, up to 8.", show_default=False)]
+InferencePrecision = Annotated[o.PrecisionChoice, typer.Option("--precision", help="fp32: the numbers exports and served models give; auto: bf16 where the hardware has it, as in training.")]
+class ExportFormat(str, Enum):
+    auto = "auto"
+    onnx = "onnx"
+    torchscript = "torchscript"
+
+
 TrustPickle = Annotated[bool, typer.Option("--trust-pickle", help="Allow a fastai learn.export() .pkl as MODEL. Unpickling runs code from the file: only for files you trust.")]
 
 
@@ -43,9 +51,9 @@ def _emit(text: str, output: Optional[Path]) -> None:
 def _predictions_csv(predictions, top_k: int) -> str:
     from ..runs import csv_text
 
-    header = ["path", "label", "probability"]
+    header = ["path", "predicted", "probability"]
     for k in range(2, top_k + 1):
-        header += [f"label_{k}", f"probability_{k}"]
+        header += [f"predicted_{k}", f"probability_{k}"]
     rows = []
     for p in predictions:
         row = [str(p.path)]
@@ -58,16 +66,16 @@ def _predictions_csv(predictions, top_k: int) -> str:
 @app.command(epilog="Example: flowerfast predict runs/resnet18-20240101-120000/ photos/ --top-k 3")
 def predict(
     model: Model,
-    paths: Annotated[List[Path], typer.Argument(help="Image files, folders (searched recursively) or globs.", show_default=False)],
-    top_k: Annotated[int, typer.Option("--top-k", help="How many of the most likely classes to show per image.")] = 1,
+    paths: Annotated[List[Path], typer.Argument(help="Image files, folders (searched recursively) or globs.", show_default=False, metavar="PATH...")],
+    top_k: Annotated[int, typer.Option("--top-k", metavar="N", help="How many of the most likely classes to show per image.")] = 1,
     bs: Bs = 64,
-    device: Device = "auto",
+    device: Device = o.DeviceChoice.auto,
     workers: Workers = None,
     json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     csv_: Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")] = False,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the JSON or CSV to this file instead of stdout.", show_default=False)] = None,
+    output: Annotated[Optional[Path], typer.Option("--out", "-o", "--output", metavar="PATH", help="Write the JSON or CSV to this file instead of stdout.", show_default=False)] = None,
     trust_pickle: TrustPickle = False,
-    precision: InferencePrecision = "fp32",
+    precision: InferencePrecision = o.PrecisionChoice.fp32,
 ) -> None:
     """Classify photos with a trained model, in batches."""
     with user_errors():
@@ -78,8 +86,8 @@ def predict(
         if json_ and csv_:
             raise FlowerfastError("choose one of --json and --csv")
         if output is not None and not (json_ or csv_):
-            raise FlowerfastError("--output needs --json or --csv")
-        loaded = load_model(model, device=device, trust_pickle=trust_pickle, precision=precision)
+            raise FlowerfastError("--out needs --json or --csv")
+        loaded = load_model(model, device=o.value(device), trust_pickle=trust_pickle, precision=o.value(precision))
         check_top_k(top_k, len(loaded.classes))
         files = collect_image_paths(paths)
         predictions = loaded.predict(files, top_k=top_k, bs=bs, workers=workers)
@@ -91,14 +99,14 @@ def predict(
         else:
             table = Table(title=f"predictions ({len(predictions) - len(bad)} images, {loaded.spec.arch})")
             table.add_column("file", overflow="fold")
-            table.add_column("prediction")
+            table.add_column("predicted")
             table.add_column("probability", justify="right")
             if top_k > 1:
                 table.add_column(f"top {top_k}")
             for p in predictions:
                 if not p.ok:
                     continue
-                row = [str(p.path), p.label, f"{p.probability:.1%}"]
+                row = [str(p.path), p.predicted, f"{p.probability:.1%}"]
                 if top_k > 1:
                     row.append(", ".join(f"{lbl} {prob:.1%}" for lbl, prob in p.top_k))
                 table.add_row(*row)
@@ -115,14 +123,14 @@ def predict(
 def evaluate(
     model: Model,
     data_dir: Annotated[Optional[Path], typer.Argument(help="Labelled folder: one folder per class. Without it, a run folder's model is scored on the run's own validation split.", show_default=False, metavar="[DATA_DIR]")] = None,
-    mistakes: Annotated[int, typer.Option("--mistakes", help="How many of the most confident mistakes to list and plot.")] = 9,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for metrics.json, predictions.csv and the PNGs. Default: runs/evaluate-<timestamp>.", show_default=False)] = None,
+    mistakes: Annotated[int, typer.Option("--mistakes", metavar="N", help="How many of the most confident mistakes to list and plot.")] = 9,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", metavar="PATH", help="Folder for metrics.json, predictions.csv and the PNGs. Default: runs/evaluate-<timestamp>.", show_default=False)] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON instead of tables.")] = False,
     bs: Bs = 64,
-    device: Device = "auto",
+    device: Device = o.DeviceChoice.auto,
     workers: Workers = None,
     trust_pickle: TrustPickle = False,
-    precision: InferencePrecision = "fp32",
+    precision: InferencePrecision = o.PrecisionChoice.fp32,
 ) -> None:
     """Score a trained model on a labelled folder: accuracy, per-class metrics, confusion, mistakes."""
     with user_errors():
@@ -130,8 +138,8 @@ def evaluate(
         from ..runs import check_output_dir, default_run_dir
 
         out_dir = check_output_dir(out if out is not None else default_run_dir("evaluate"))
-        result = run_evaluate(model, data_dir, mistakes=mistakes, bs=bs, device=device, workers=workers,
-                              trust_pickle=trust_pickle, precision=precision)
+        result = run_evaluate(model, data_dir, mistakes=mistakes, bs=bs, device=o.value(device), workers=workers,
+                              trust_pickle=trust_pickle, precision=o.value(precision))
         files = save_report(result, out_dir)
     if json_:
         typer.echo(json.dumps({**result.to_dict(), "out": str(files.out_dir)}, indent=2))
@@ -177,8 +185,8 @@ def _print_evaluation(result) -> None:
 @app.command(epilog="Example: flowerfast export runs/resnet18-20240101-120000/ --format onnx --out flowers.onnx")
 def export(
     model: Model,
-    format_: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
-    out: Annotated[Optional[Path], typer.Option("--out", help="File to write. Default: beside the model, e.g. best.onnx / best.pt.", show_default=False)] = None,
+    format_: Annotated[ExportFormat, typer.Option("--format", help="auto: ONNX when the onnx extra is installed (pip install 'flowerfast[onnx]'), else TorchScript.")] = "auto",
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", metavar="PATH", help="File to write. Default: beside the model, e.g. best.onnx / best.pt.", show_default=False)] = None,
     trust_pickle: TrustPickle = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing file at --out.")] = False,
 ) -> None:
@@ -186,7 +194,7 @@ def export(
     with user_errors():
         from ..export import export_model
 
-        result = export_model(model, format=format_, out=out, trust_pickle=trust_pickle, force=force)
+        result = export_model(model, format=o.value(format_), out=out, trust_pickle=trust_pickle, force=force)
     console.print(f"{result.format}: {result.path}", markup=False)
     console.print(f"preprocessing: {result.preprocessing}", markup=False)
     console.print(f"checked against PyTorch: max abs difference {result.max_abs_diff:.2e}", markup=False)
