@@ -22,7 +22,8 @@ def test_lr_find_prints_suggestions_and_writes_plot_and_curve(tmp_path, runner):
     suggestions = json.loads((out / "lr_find.json").read_text())["suggestions"]
     assert set(suggestions) == {"valley", "slide", "minimum", "steep"}
     assert all(1e-7 <= v <= 10 for v in suggestions.values())
-    assert f"--lr {suggestions['valley']:.1e}" in result.output
+    assert (f"use: flowerfast train --data {data} --arch resnet18 --size 32 --bs 8 --no-pretrained "
+            f"--lr {suggestions['valley']:.1e}  (valley)") in result.output
     with open(out / "lr_find.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     lrs = [float(r["lr"]) for r in rows]
@@ -89,3 +90,18 @@ def test_lr_find_uses_a_scratch_folder_and_removes_it(tmp_path, monkeypatch):
                        out=tmp_path / "lr", reporter=reporter)
     assert len(reporter.during) == 1 and reporter.during[0].startswith("flowerfast-")
     assert list(scratch.iterdir()) == [] and list(work.iterdir()) == []
+
+
+def test_train_lr_auto_prints_the_learning_rate_it_chose(tmp_path, runner):
+    data = make_folder(tmp_path / "d", {"daisy": 12, "sunflower": 12})
+    result = invoke(runner, ["train", "--data", data, "--arch", "resnet18", "--no-pretrained", "--size", "32",
+                             "--bs", "8", "--epochs", "1", "--lr", "auto", "--device", "cpu", "--out", tmp_path / "run"])
+    assert result.exit_code == 0, result.output
+    chosen = json.loads((tmp_path / "run" / "config.json").read_text())["lr"]
+    assert f"learning rate: {chosen:.2e} (chosen by lr-find (valley))" in result.output
+    plain = invoke(runner, ["train", "--data", data, "--arch", "resnet18", "--no-pretrained", "--size", "32",
+                            "--bs", "8", "--epochs", "1", "--device", "cpu", "--split-file",
+                            tmp_path / "run" / "split.csv", "--out", tmp_path / "run2"])
+    assert plain.exit_code == 0, plain.output
+    assert "learning rate: 3.00e-03 (default for random weights)" in plain.output
+    assert f"split from {tmp_path / 'run' / 'split.csv'}" in plain.output  # the header says where the split came from

@@ -99,7 +99,8 @@ def lr_find(
     for name, value in result.suggestions.items():
         table.add_row(name + (" (fastai: the minimum's lr / 10)" if name == "minimum" else ""), f"{value:.2e}")
     console.print(table)
-    console.print(f"use: flowerfast train --arch {arch} --lr {result.valley:.1e}  (valley)", markup=False)
+    console.print(f"use: {lr_find_hint(data, arch, size, bs, pretrained, weights, result.valley)}  (valley)",
+                  markup=False)
     console.print(f"plot: {result.plot}", markup=False)
     console.print(f"curve: {result.csv}", markup=False)
 
@@ -118,6 +119,25 @@ def show_batch(
         path = draw(data=data, size=size, valid_pct=valid_pct, seed=seed, stratify=stratify, split_file=split_file,
                     n=n, out=out)
     console.print(f"batch: {path}", markup=False)
+
+
+def lr_find_hint(data, arch: str, size: int, bs: int, pretrained, weights, lr: float) -> str:
+    """The train command to paste after lr-find: the same data, architecture, size, batch size and
+    weights the curve was measured with (a learning rate is only good for those)."""
+    import shlex
+
+    parts = ["flowerfast", "train"]
+    if data is not None:
+        parts += ["--data", str(data)]
+    parts += ["--arch", arch, "--size", str(size)]
+    if bs != D.bs:
+        parts += ["--bs", str(bs)]
+    if weights is not None:
+        parts += ["--weights", str(weights)]
+    elif pretrained is not None:
+        parts.append("--pretrained" if pretrained else "--no-pretrained")
+    parts += ["--lr", f"{lr:.1e}"]
+    return shlex.join(parts)
 
 
 @app.command(epilog="Example: flowerfast archs --all")

@@ -63,6 +63,16 @@ def print_run_header(config: "ResolvedConfig", out: Console = console) -> None:
             out.print(f"  {s['file']}: {s['reason']}", markup=False)
         if len(config.skipped) > 10:
             out.print(f"  ... and {len(config.skipped) - 10} more (all listed in config.json)")
+    if config.lr is not None:
+        if config.lr_find:
+            how = "chosen by lr-find (valley)"
+        elif config.options.lr is not None:
+            how = "as given"
+        else:
+            how = f"default for {'pretrained' if config.pretrained else 'random'} weights"
+        body = f", body from {config.body_lr:.1e}" if config.pretrained and config.body_lr else ""
+        frozen = f"; {config.freeze_epochs} frozen epoch(s) first" if config.freeze_epochs else ""
+        out.print(f"learning rate: {config.lr:.2e} ({how}){body}{frozen}", markup=False)
     layout = ", channels-last" if config.channels_last else ""
     compiled = ", compiled" if config.compile else ""
     out.print(f"model: {config.options.arch} from {config.weights_source} on {config.device} "
