@@ -165,7 +165,7 @@ def training_overlap(run: RunFolder, files: Sequence[Path]) -> int:
 
 def evaluate(model_or_path, data_dir: Optional[Path | str] = None, mistakes: int = 9, bs: int = 64,
              device: Optional[str] = None, workers: Optional[int] = None,
-             trust_pickle: bool = False, precision: str = "fp32") -> EvaluationResult:
+             trust_pickle: bool = False, precision: str = "fp32", reporter=None) -> EvaluationResult:
     """Predict every image of a labelled folder and score the predictions.
 
     Without ``data_dir``, a run's model is scored on the run's own validation split (the images
@@ -198,7 +198,7 @@ def evaluate(model_or_path, data_dir: Optional[Path | str] = None, mistakes: int
                       f"model's training set (same file or same content): the accuracy is optimistic. "
                       f"`flowerfast evaluate {run.path}` scores its validation split", TrainingOverlapWarning,
                       stacklevel=2)
-    paths, probs, errors = model.probabilities(all_files, bs=bs, workers=workers)
+    paths, probs, errors = model.probabilities(all_files, bs=bs, workers=workers, reporter=reporter)
     skipped = list(scan_skipped) + [SkippedFile(paths[i], reason) for i, reason in sorted(errors.items())]
     keep = [i for i in range(len(paths)) if i not in errors]
     files = [paths[i] for i in keep]

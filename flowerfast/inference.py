@@ -129,12 +129,13 @@ class LoadedModel:
     def classes(self) -> list[str]:
         return list(self.spec.classes)
 
-    def probabilities(self, paths: Sequence[Path | str], bs: int = 64,
-                      workers: Optional[int] = None) -> tuple[list[Path], torch.Tensor, dict[int, str]]:
+    def probabilities(self, paths: Sequence[Path | str], bs: int = 64, workers: Optional[int] = None,
+                      reporter=None) -> tuple[list[Path], torch.Tensor, dict[int, str]]:
         """Softmax probabilities ``(n_readable, n_classes)`` in input order, plus the unreadable files.
 
         Returns ``(paths, probs, errors)`` with ``errors`` mapping an index of ``paths`` to its
-        reason; ``probs`` rows follow the readable paths in order.
+        reason; ``probs`` rows follow the readable paths in order. ``reporter`` (a
+        :class:`~flowerfast.progress.Reporter`) hears of each batch, as ``"predict"``.
         """
         if bs < 1:
             raise FlowerfastError(f"--bs must be at least 1, not {bs}")
@@ -145,14 +146,20 @@ class LoadedModel:
             collate_fn=collate_images, pin_memory=self.device.type == "cuda")
         rows: list[torch.Tensor] = []
         errors: dict[int, str] = {}
+        if reporter is not None:
+            reporter.batches_started("predict", len(loader))
         with torch.inference_mode():
             for _, images, bad in loader:
+                if reporter is not None:
+                    reporter.batch_done("predict")
                 errors.update(bad)
                 if images is None:
                     continue
                 images = images.to(self.device, non_blocking=True)
                 x = self.preprocessing.to_input(images).contiguous(memory_format=self.memory_format)
                 rows.append(torch.softmax(self.forward(x).float(), dim=-1).cpu())
+        if reporter is not None:
+            reporter.finished()
         probs = torch.cat(rows) if rows else torch.zeros(0, self.spec.n_classes)
         check_finite(probs, self.source)
         return paths, probs, errors
@@ -166,10 +173,10 @@ class LoadedModel:
             return self.network(x)
 
     def predict(self, paths: Sequence[Path | str], top_k: int = 1, bs: int = 64,
-                workers: Optional[int] = None) -> list[Prediction]:
+                workers: Optional[int] = None, reporter=None) -> list[Prediction]:
         """One :class:`Prediction` per path, in order; unreadable files carry their ``error``."""
         check_top_k(top_k, self.spec.n_classes)
-        paths, probs, errors = self.probabilities(paths, bs=bs, workers=workers)
+        paths, probs, errors = self.probabilities(paths, bs=bs, workers=workers, reporter=reporter)
         return predictions_from(paths, probs, errors, self.classes, top_k)
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .config import TrainConfig, make_config
+from .config import LR_FIND_ITERATIONS, TrainConfig, make_config
 from .errors import FlowerfastError
 from .progress import NullReporter, Reporter
 from .runfolder import RunFolder
@@ -19,7 +19,6 @@ from .runs import atomic_write_bytes
 from .session import prepare_run
 
 SUGGESTION_NAMES = ("valley", "slide", "minimum", "steep")
-LR_FIND_ITERATIONS = 100
 
 
 @dataclass
@@ -83,15 +82,19 @@ def find_and_save_lr(bundle, run: RunFolder, reporter: Optional[Reporter] = None
     return found.suggestions
 
 
-def find_lr(config: Optional[TrainConfig] = None, reporter: Optional[Reporter] = None, **options) -> LRFindResult:
+def find_lr(config: Optional[TrainConfig] = None, reporter: Optional[Reporter] = None,
+            num_it: int = LR_FIND_ITERATIONS, **options) -> LRFindResult:
     """Build the data and model of ``config`` and run the learning-rate finder on them.
 
     Writes the plot and curve into ``config.out`` (default ``runs/lr-find-<arch>-<timestamp>``).
     ``options`` override fields of ``config`` (``find_lr(data="photos", arch="resnet18")``).
+    ``num_it`` is the number of mini-batches the learning rate rises over.
     """
+    if num_it < 10:
+        raise FlowerfastError(f"--num-it must be at least 10 (got {num_it})")
     reporter = reporter or NullReporter()
     with prepare_run(make_config(config, **options), reporter, prefix="lr-find-", training=False) as setup:
         reporter.stage("running the learning-rate finder")
-        result = run_lr_find(setup.bundle.learn, reporter)
+        result = run_lr_find(setup.bundle.learn, reporter, num_it=num_it)
         result.config = setup.config.to_dict()
         return save_lr_find(result, setup.run, title=f"lr-find: {setup.options.arch}, {setup.options.size}px")

@@ -32,11 +32,13 @@ def test_lr_find_prints_suggestions_and_writes_plot_and_curve(tmp_path, runner):
         assert im.format == "PNG" and im.size[0] >= 600
     assert (out / "split.csv").exists() and (out / "config.json").exists()
     again = invoke(runner, ["lr-find", "--data", data, "--arch", "resnet18", "--no-pretrained", "--size", "32",
-                            "--bs", "8", "--out", tmp_path / "lr2", "--json"])
+                            "--bs", "8", "--out", tmp_path / "lr2", "--json", "--num-it", "40"])
     assert again.exit_code == 0, again.output
     printed = json.loads(again.stdout)
     assert printed["suggestions"] == json.loads((tmp_path / "lr2" / "lr_find.json").read_text())["suggestions"]
     assert printed["plot"] == str(tmp_path / "lr2" / "lr_find.png")
+    with open(tmp_path / "lr2" / "lr_find.csv", newline="") as fh:
+        assert len(list(csv.DictReader(fh))) <= 40 < len(rows)  # --num-it: a shorter curve than the default
 
 
 def test_train_lr_auto_trains_with_the_valley_suggestion(tmp_path):

@@ -422,3 +422,13 @@ def test_predict_fails_when_no_file_is_readable(run_dir, tmp_path):
     result = invoke("predict", run_dir, tmp_path, "--json")
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines()[-1] == "error: none of the 2 file(s) could be read as an image"
+
+
+def test_predicting_many_files_logs_its_progress(run_dir):
+    """In a log (not a terminal) a long predict says how far it is, on stderr, each quarter."""
+    result = invoke("predict", run_dir, SAMPLE, "--bs", "8", "--json")
+    assert result.exit_code == 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith("predict: ")]
+    assert lines == ["predict: 6/25 batches", "predict: 12/25 batches", "predict: 18/25 batches",
+                     "predict: 25/25 batches"]
+    assert len(json.loads(result.stdout)) == 200  # stdout holds the JSON alone

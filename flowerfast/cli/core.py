@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ..config import DEFAULTS as D
+from ..config import DEFAULTS as D, LR_FIND_ITERATIONS
 from . import options as o
 from .app import app
 from .output import console, make_reporter, print_json, resume_hint, user_errors
@@ -78,6 +78,7 @@ def lr_find(
     weights: o.Weights = D.weights, out: o.Out = D.out, device: o.Device = D.device, workers: o.Workers = D.workers,
     precision: o.Precision = D.precision, cache: o.Cache = D.cache, cache_dir: o.CacheDir = D.cache_dir,
     threads: o.Threads = D.threads, stratify: o.Stratify = D.stratify, json_: o.Json = False,
+    num_it: int = typer.Option(LR_FIND_ITERATIONS, "--num-it", metavar="N", help="Mini-batches the learning rate rises over."),
 ) -> None:
     """Find a good learning rate: plot loss against a rising learning rate and suggest values."""
     with user_errors():
@@ -88,7 +89,7 @@ def lr_find(
                              pretrained=pretrained, weights=weights, out=out, device=o.value(device), workers=workers,
                              precision=o.value(precision), cache=cache, cache_dir=cache_dir, threads=threads,
                              stratify=stratify).validate()
-        result = find_lr(config, reporter=make_reporter(to_stderr=json_))
+        result = find_lr(config, reporter=make_reporter(to_stderr=json_), num_it=num_it)
     if json_:
         print_json({"run_dir": str(result.run_dir), "suggestions": result.suggestions, "plot": str(result.plot),
                     "curve": str(result.csv)})

@@ -98,6 +98,20 @@ class LineReporter(Reporter):
     def epochs_started(self, total_epochs: int) -> None:
         self.total = total_epochs
 
+    def batches_started(self, kind: str, total: int, epoch: Optional[int] = None) -> None:
+        self.loop = [kind, total, 0]
+
+    def batch_done(self, kind: str) -> None:
+        """Long loops other than an epoch's (predicting many files, lr-find) log a line at each
+        quarter, so a log shows they are moving; epochs have their own line."""
+        loop = getattr(self, "loop", None)
+        if loop is None or kind in ("train", "valid") or loop[0] != kind:
+            return
+        loop[2] += 1
+        total, done = loop[1], loop[2]
+        if total >= 8 and done in {total * q // 4 for q in (1, 2, 3, 4)}:
+            self.out.print(f"{kind}: {done}/{total} batches", markup=False)
+
     def epoch_done(self, record: EpochRecord, best: bool) -> None:
         self.out.print(format_epoch(record, self.total, best), markup=False)
 

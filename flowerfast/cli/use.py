@@ -16,7 +16,7 @@ from rich.table import Table
 
 from . import options as o
 from .app import app
-from .output import console, err_console, fail, user_errors
+from .output import console, err_console, fail, make_reporter, user_errors
 
 Model = Annotated[Path, typer.Argument(help="Run folder, or a model file (.safetensors or .json).", show_default=False, metavar="MODEL")]
 Device = Annotated[o.DeviceChoice, typer.Option("--device", help="Where to compute; auto: a CUDA GPU, else Apple's MPS, else the CPU.")]
@@ -90,7 +90,8 @@ def predict(
         loaded = load_model(model, device=o.value(device), trust_pickle=trust_pickle, precision=o.value(precision))
         check_top_k(top_k, len(loaded.classes))
         files = collect_image_paths(paths)
-        predictions = loaded.predict(files, top_k=top_k, bs=bs, workers=workers)
+        predictions = loaded.predict(files, top_k=top_k, bs=bs, workers=workers,
+                                     reporter=make_reporter(to_stderr=True))
         bad = [p for p in predictions if not p.ok]
         if json_:
             _emit(json.dumps([p.to_dict() for p in predictions], indent=2) + "\n", output)
@@ -139,7 +140,8 @@ def evaluate(
 
         out_dir = check_output_dir(out if out is not None else default_run_dir("evaluate"))
         result = run_evaluate(model, data_dir, mistakes=mistakes, bs=bs, device=o.value(device), workers=workers,
-                              trust_pickle=trust_pickle, precision=o.value(precision))
+                              trust_pickle=trust_pickle, precision=o.value(precision),
+                              reporter=make_reporter(to_stderr=True))
         files = save_report(result, out_dir)
     if json_:
         typer.echo(json.dumps({**result.to_dict(), "out": str(files.out_dir)}, indent=2))
