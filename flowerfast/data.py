@@ -295,6 +295,12 @@ def train_transforms(size: int):
     return item_tfms, batch_tfms
 
 
+def augmentation_description(size: int) -> str:
+    """:func:`train_transforms` in words, for reports."""
+    return (f"RandomResizedCrop({size}, min_scale=0.35); fastai aug_transforms (flips, rotation up to 10 degrees, "
+            "zoom up to 1.1, warp 0.2, lighting 0.2); ImageNet normalisation; RandomErasing(p=0.25)")
+
+
 def build_dataloaders(rows: Sequence[SplitRow], classes: Sequence[str], size: int, bs: int,
                       workers: int = 0, device=None, seed: int = DEFAULTS.seed,
                       cache_dir: Optional[Path | str] = None, loader: Optional[ImageLoader] = None):

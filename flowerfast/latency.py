@@ -10,6 +10,7 @@ figures.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -68,7 +69,8 @@ def measure_inference(run_dir: Path, device: Optional[str] = None, batch_size: i
     precision = resolve_precision(check_precision(precision), torch.device(device))
     stored = folder.read_latency()
     if isinstance(stored, dict) and stored.get("device") == device and stored.get("batch_size") == batch_size \
-            and stored.get("layout") == str(layout) and stored.get("precision", "fp32") == precision:
+            and stored.get("layout") == str(layout) and stored.get("precision", "fp32") == precision \
+            and "latency_ms_min" in stored:
         return stored
     dev = torch.device(device) if ":" in device else resolve_device(device)  # a clear error for a missing one
     model = load_model(folder.best_model, device=dev, precision=precision)  # the network as predict runs it
@@ -87,11 +89,16 @@ def measure_inference(run_dir: Path, device: Optional[str] = None, batch_size: i
         batch = torch.randn(batch_size, *shape, device=dev).contiguous(memory_format=model.memory_format)
         for _ in range(2):  # warm-up: allocator, kernel selection, caches
             timed(one), timed(batch)
-        single = sorted(timed(one) for _ in range(2 * repeats + 1))[repeats]  # the median
-        batched = sum(timed(batch) for _ in range(repeats))
+        singles = sorted(timed(one) for _ in range(2 * repeats + 1))
+        rates = sorted(batch_size / timed(batch) for _ in range(repeats))
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     result = {"device": device, "batch_size": batch_size, "layout": str(layout), "precision": model.precision,
               "image_size": spec.size,
-              "latency_ms_per_image": 1000 * single, "images_per_second": batch_size * repeats / batched,
-              "threads": torch.get_num_threads() if dev.type == "cpu" else None}
+              "latency_ms_per_image": 1000 * singles[repeats], "latency_ms_min": 1000 * singles[0],
+              "latency_ms_max": 1000 * singles[-1], "single_repeats": len(singles),
+              "images_per_second": rates[len(rates) // 2], "images_per_second_min": rates[0],
+              "images_per_second_max": rates[-1], "batch_repeats": len(rates),
+              "threads": torch.get_num_threads() if dev.type == "cpu" else None,
+              "load_average": load, "cpu_count": os.cpu_count()}
     folder.write_latency(result)  # best effort: a read-only run folder still gets its figures
     return result

@@ -67,19 +67,48 @@ class Table:
         return self.align_right or [False] * len(self.headers)
 
 
+def spread(median: Optional[float], low: Optional[float], high: Optional[float], fmt: str, unit: str = "") -> str:
+    """``12.3 ms (11.8-13.1)``: a measured figure with the range of its repeats."""
+    if median is None:
+        return "-"
+    text = f"{median:{fmt}}{unit}"
+    return text + (f" ({low:{fmt}}-{high:{fmt}})" if low is not None and high is not None else "")
+
+
 def summary_table(models: Sequence[Any]) -> Table:
-    """One row per model: accuracy, training time and speed, size, inference speed."""
+    """One row per model: accuracy, training time and speed, size, inference speed (median of
+    the repeats, with their range)."""
     headers = ["model", "best valid acc", "best epoch", "final valid acc", "training time", "s/epoch",
-               "train images/s", "parameters", "model size", "latency/image", "inference images/s"]
+               "train images/s", "parameters (this model)", "parameters (flowerfast archs)", "model size",
+               "latency/image (range)", "inference images/s (range)"]
     rows = []
     for m in models:
         s, inf = m.summary, m.inference
+        published = getattr(m, "published_parameters", None)
         rows.append([m.name, format_percent(s.best_valid_accuracy), str(s.best_epoch),
                      format_percent(s.final_valid_accuracy), f"{s.seconds:.1f} s", f"{s.seconds_per_epoch:.1f}",
                      format_number(s.train_images_per_second, ".1f"), f"{s.parameters / 1e6:.2f}M",
-                     f"{s.model_bytes / 1e6:.1f} MB", f"{inf['latency_ms_per_image']:.1f} ms",
-                     f"{inf['images_per_second']:.1f}"])
+                     f"{published / 1e6:.2f}M" if published else "-", f"{s.model_bytes / 1e6:.1f} MB",
+                     spread(inf["latency_ms_per_image"], inf.get("latency_ms_min"), inf.get("latency_ms_max"), ".1f",
+                            " ms"),
+                     spread(inf["images_per_second"], inf.get("images_per_second_min"),
+                            inf.get("images_per_second_max"), ".1f")])
     return Table(headers, rows, [False] + [True] * (len(headers) - 1))
+
+
+def settings_table(models: Sequence[Any]) -> Table:
+    """One row per training setting, one column per model: what each model was trained with."""
+    names = list(models[0].training) if models else []
+    rows = [[name, *[format_setting(m.training.get(name)) for m in models]] for name in names]
+    return Table(["setting", *[m.name for m in models]], rows, [False] * (len(models) + 1))
+
+
+def format_setting(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2e}"
+    return str(value)
 
 
 def pairs_table(pairs: Sequence[Any], ci_level: float) -> Table:
@@ -135,12 +164,15 @@ def _context(rep: Any) -> dict[str, Any]:
         "title": "Model comparison: " + " vs ".join(m.name for m in rep.models),
         "split": split,
         "split_kind": ("given train/valid folders" if split.get("preset_split")
-                       else f"random split, seed {split.get('seed')}"),
+                       else f"{'stratified random' if split.get('stratify') else 'random'} split, "
+                            f"seed {split.get('seed')}"),
         "mixed_weights": len({bool(m.pretrained) for m in rep.models}) > 1,
         "models": [{"entry": m, "history": history_table(m.history), "lr": format_number(m.lr, ".2e")}
                    for m in rep.models],
         "inference": rep.models[0].inference,
         "summary": summary_table(rep.models),
+        "training": settings_table(rep.models),
+        "machine_load": machine_load_note(rep.models[0].inference),
         "pairs": pairs_table(rep.pairs, rep.settings["ci_level"]),
         "n_paired": rep.pairs[0].n_images,
         "ci_level": f"{rep.settings['ci_level']:.0%}",
@@ -149,6 +181,14 @@ def _context(rep: Any) -> dict[str, Any]:
         "per_class": per_class_table(rep.models, classes, split["valid_per_class"]),
         "plots": rep.plots,
     }
+
+
+def machine_load_note(inference: Mapping[str, Any]) -> str:
+    """How busy the machine was while speed was measured: the figures mean less on a loaded one."""
+    load, cores = inference.get("load_average"), inference.get("cpu_count")
+    if load is None:
+        return "machine load not recorded"
+    return f"load average {load:.2f} on {cores} CPU cores while measuring"
 
 
 def render_markdown(rep: Any) -> str:

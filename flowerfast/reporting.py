@@ -82,6 +82,8 @@ class ModelEntry:
     per_class_accuracy: dict[str, Optional[float]]
     confusion_matrix: list[list[int]]
     confusion_plot: str
+    training: dict[str, Any] = dataclasses.field(default_factory=dict)
+    published_parameters: Optional[int] = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -197,7 +199,32 @@ def model_entry(run: RunRecord, inference: dict[str, Any]) -> ModelEntry:
     return ModelEntry(name=run.name, arch=s.arch, run_dir=str(run.run_dir), pretrained=s.pretrained,
                       weights_source=s.weights_source, lr=s.lr, epochs=len(run.history), summary=figures,
                       inference=inference, history=run.history, per_class_accuracy=per_class,
-                      confusion_matrix=matrix, confusion_plot=confusion_plot_name(run.name))
+                      confusion_matrix=matrix, confusion_plot=confusion_plot_name(run.name),
+                      training=training_settings(run.config, s), published_parameters=published_parameters(s.arch))
+
+
+def training_settings(config: dict[str, Any], summary) -> dict[str, Any]:
+    """What a run was trained with, as the report shows it: image size, batch size, epochs
+    (frozen + full, and where it stopped early), learning rate, precision and the augmentation."""
+    from .data import augmentation_description
+
+    size = config.get("size")
+    return {"image size": size, "batch size": config.get("bs"), "epochs": summary.epochs,
+            "frozen epochs": config.get("freeze_epochs"), "peak lr": config.get("lr"),
+            "body lr": config.get("body_lr") if config.get("pretrained") else None,
+            "precision": config.get("precision"), "split": "stratified" if config.get("stratify", False) else "random",
+            "augmentation": augmentation_description(size) if size else None}
+
+
+def published_parameters(arch: str) -> Optional[int]:
+    """The parameter count ``flowerfast archs`` shows: torchvision's network with its ImageNet
+    classifier (a fine-tuned model replaces that classifier with a smaller head)."""
+    from .archs import imagenet_weights
+
+    try:
+        return int(imagenet_weights(arch).meta["num_params"])
+    except (ValueError, KeyError, AttributeError, TypeError):
+        return None
 
 
 def split_facts(run: RunRecord) -> dict[str, Any]:
@@ -207,7 +234,7 @@ def split_facts(run: RunRecord) -> dict[str, Any]:
     cfg = run.config
     return {"data": cfg.get("data"), "classes": classes, "n_train": len(run.split) - len(valid),
             "n_valid": len(valid), "valid_per_class": {c: sum(row.label == c for row in valid) for c in classes},
-            "seed": cfg.get("seed"), "preset_split": cfg.get("preset_split")}
+            "seed": cfg.get("seed"), "preset_split": cfg.get("preset_split"), "stratify": cfg.get("stratify", False)}
 
 
 def build_report(run_dirs: Sequence[Path | str], reporter: Optional[Reporter] = None,

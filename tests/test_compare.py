@@ -246,3 +246,23 @@ def test_report_measures_speed_in_the_precision_asked(comparison, tmp_path):
     assert [m["inference"]["precision"] for m in report["models"]] == ["bf16", "bf16"]
     original = json.loads((out / "report.json").read_text())  # the fp32 figures stay cached beside them
     assert [m["inference"].get("precision", "fp32") for m in original["models"]] == ["fp32", "fp32"]
+
+
+def test_the_report_says_what_it_compares_and_html_shows_all_markdown_does(comparison):
+    """Training settings, both parameter counts, latency with its range and the machine's load;
+    every table cell of report.md is in report.html too."""
+    import html
+    import re
+
+    out, _ = comparison
+    md = (out / "report.md").read_text()
+    assert "## Training settings" in md
+    for setting in ("image size", "batch size", "epochs", "peak lr", "augmentation"):
+        assert f"| {setting} |" in md
+    assert "RandomErasing(p=0.25)" in md and "parameters (flowerfast archs)" in md
+    assert re.search(r"\| \d+\.\d ms \(\d+\.\d-\d+\.\d\) \|", md)  # median (range)
+    assert re.search(r"load average \d+\.\d\d on \d+ CPU cores while measuring", md)
+    page = html.unescape((out / "report.html").read_text())
+    cells = {c.strip() for line in md.splitlines() if line.startswith("| ") for c in line.strip("|").split(" | ")}
+    missing = sorted(c for c in cells if c and c.replace("\\|", "|") not in page)
+    assert not missing, missing
