@@ -202,3 +202,8 @@ def test_every_output_option_is_out_with_o(command):
     params = _options(command)
     out = params.get("out") or params.get("output")
     assert out is not None and "--out" in out.opts and "-o" in out.opts
+
+
+def test_shell_completion_is_offered(runner):
+    result = runner.invoke(app, ["--help"])
+    assert "--install-completion" in result.output and "--show-completion" in result.output

@@ -154,7 +154,7 @@ def test_table_glob_and_csv_output(run_dir, tmp_path):
     (["predict", "{run}", "{sample}/daisy", "--top-k", "0"], "--top-k must be between 1 and 5"),
     (["predict", "{run}", "{sample}/daisy", "--top-k", "6"], "--top-k must be between 1 and 5"),
     (["predict", "{run}", "{sample}/daisy", "--json", "--csv"], "choose one of --json and --csv"),
-    (["predict", "{run}", "{sample}/daisy", "--device", "tpu"], "unknown device"),
+    (["predict", "{run}", "{sample}/daisy", "--device", "tpu"], "'tpu' is not one of 'auto', 'cpu', 'cuda', 'mps'"),
 ])
 def test_bad_input_is_one_clear_line(run_dir, tmp_path, args, message):
     args = [a.format(tmp=tmp_path, sample=SAMPLE, run=run_dir) for a in args]
@@ -219,7 +219,12 @@ def test_latency_is_measured_on_the_training_device_and_reused(run_dir, tmp_path
     assert default_device(run) == "cpu"
     first = measure_inference(run, repeats=1)
     assert set(first) == {"device", "batch_size", "layout", "precision", "image_size", "latency_ms_per_image",
-                          "images_per_second", "threads"}
+                          "latency_ms_min", "latency_ms_max", "single_repeats", "images_per_second",
+                          "images_per_second_min", "images_per_second_max", "batch_repeats", "threads",
+                          "load_average", "cpu_count"}
+    assert first["latency_ms_min"] <= first["latency_ms_per_image"] <= first["latency_ms_max"]
+    assert first["images_per_second_min"] <= first["images_per_second"] <= first["images_per_second_max"]
+    assert first["single_repeats"] == 3 and first["batch_repeats"] == 1
     assert first["device"] == "cpu" and first["layout"] == str(torch.channels_last) and first["image_size"] == 32
     assert first["latency_ms_per_image"] > 0 and first["images_per_second"] > 0 and first["threads"] >= 1
     assert folder.read_latency() == first
