@@ -196,7 +196,7 @@ def describe_data_change(before: dict[str, int], now: dict[str, int]) -> Optiona
     return "; ".join(parts) if parts else None
 
 
-RESUME_MAY_CHANGE = ("data", "device", "workers", "threads", "cache", "cache_dir")
+RESUME_MAY_CHANGE = ("data", "device", "workers", "threads", "cache", "cache_dir", "trackers")
 """Options that say where and how a run computes, not what: a resumed run may change them (the
 data folder may move, as long as its photos are the same)."""
 

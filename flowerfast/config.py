@@ -22,6 +22,7 @@ LR_AUTO = "auto"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CLASS_WEIGHTS = ("none", "balanced")
 LR_FIND_ITERATIONS = 100
+TRACKERS = ("tensorboard", "mlflow", "wandb")
 DEFAULT_LR_PRETRAINED = 2e-3
 DEFAULT_LR_SCRATCH = 3e-3
 BODY_LR_DIVISOR = 100
@@ -58,6 +59,7 @@ class TrainConfig:
     patience: stop when validation accuracy has not improved for this many epochs (``None``: never).
     save_every: also keep the model of every N-th epoch in ``checkpoints/`` (0: off).
     keep: how many of those to keep, the newest (``None``: all).
+    trackers: experiment trackers to log to: ``tensorboard``, ``mlflow``, ``wandb`` (each an extra).
     """
 
     data: Optional[Path] = None
@@ -86,6 +88,7 @@ class TrainConfig:
     patience: Optional[int] = None
     save_every: int = 0
     keep: Optional[int] = None
+    trackers: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> "TrainConfig":
@@ -116,6 +119,9 @@ class TrainConfig:
             raise FlowerfastError(f"--save-every must be 0 or more (got {self.save_every})")
         if self.keep is not None and self.keep < 1:
             raise FlowerfastError(f"--keep must be at least 1 (got {self.keep})")
+        unknown = [t for t in self.trackers if t not in TRACKERS]
+        if unknown:
+            raise FlowerfastError(f"--tracker must be one of {', '.join(TRACKERS)} (got {unknown[0]!r})")
         if self.clean_train_sample < 0:
             raise FlowerfastError(f"clean_train_sample must be 0 or more (got {self.clean_train_sample})")
         if self.split_file is not None and not Path(self.split_file).is_file():
@@ -141,7 +147,7 @@ class TrainConfig:
         unknown = set(options) - {f.name for f in dataclasses.fields(TrainConfig)}
         if unknown:
             raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
-        config = dataclasses.replace(self, **{"extra": dict(self.extra), **options})
+        config = dataclasses.replace(self, **{"extra": dict(self.extra), "trackers": list(self.trackers), **options})
         for name in PATH_OPTIONS:
             value = getattr(config, name)
             if value is not None and not isinstance(value, Path):

@@ -63,6 +63,10 @@ def prepare_run(options: TrainConfig, reporter: Reporter, prefix: str = "", trai
     that decides the arithmetic differ from the checkpoint's.
     """
     check_arch(options.arch)
+    if training:
+        from .trackers import check_trackers
+
+        check_trackers(options.trackers)  # a missing extra is found before any work
     if resume is None:
         run_dir = RunFolder.check_new(options.out or default_run_dir(f"{prefix}{options.arch}"))
     device = resolve_device(options.device)

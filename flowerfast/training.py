@@ -122,13 +122,13 @@ class FitOutcome:
     stopped_early_at: Optional[int] = None
 
 
-def fit_phases(setup: RunSetup, reporter: Reporter, callbacks: Sequence = ()) -> FitOutcome:
+def fit_phases(setup: RunSetup, reporter: Reporter, callbacks: Sequence = (), listeners: Sequence = ()) -> FitOutcome:
     """Run the frozen and full one-cycle phases; ``history.csv`` is rewritten after every epoch,
     the best model saved whenever validation accuracy improves, and ``checkpoint.pt`` written
     after every epoch (and once before the first). A resumed run (``setup.checkpoint``) restores
     the model, optimizer and random generators and continues the schedule where it stopped:
     fastai's ``start_epoch`` skips the epochs already done, so the one-cycle position is the
-    same as in an uninterrupted run."""
+    same as in an uninterrupted run. ``listeners`` hear of each epoch too (trackers)."""
     from fastai.torch_core import set_seed
 
     from .callbacks import CleanTrainAccuracy, EpochStats, ReportProgress, SaveBestModel
@@ -182,7 +182,8 @@ def fit_phases(setup: RunSetup, reporter: Reporter, callbacks: Sequence = ()) ->
                 continue
             skip = max(0, done - offset)
             stats = EpochStats(phase=phase, epoch_offset=offset, start_epoch=skip)
-            stats.listeners += [record, saver, keep, report, *([snapshots] if snapshots else []), stopper]
+            stats.listeners += [record, saver, keep, report, *([snapshots] if snapshots else []), *listeners,
+                                stopper]
             cbs = [stats, ReportProgress(reporter, epoch_offset=offset), *callbacks]
             if clean_dl is not None:
                 cbs.append(CleanTrainAccuracy(clean_dl, setup.bundle.precision, start_epoch=skip))
@@ -381,19 +382,29 @@ def resumed_options_check(where: Path, stored: dict, changes: dict) -> None:
 def finish_training(setup: RunSetup, reporter: Reporter, callbacks: Sequence = ()) -> TrainResult:
     """Train (or go on training), then save the final model, score the best one and write the
     summary; the checkpoint is removed once the run is complete."""
-    from .pictures import BATCH, draw_batch
+    from .pictures import BATCH, CONFUSION, CURVES, MISTAKES, draw_batch
+    from .trackers import close_trackers, open_trackers
 
+    run = setup.run
     if setup.checkpoint is None:  # the augmentation can be checked while the run goes on
-        draw_batch(setup.run.file(BATCH), setup.data.dls, setup.data.classes, setup.config.options.size)
-    started = time.perf_counter()
-    outcome = fit_phases(setup, reporter, callbacks)
-    seconds = (setup.checkpoint.seconds if setup.checkpoint else 0.0) + time.perf_counter() - started
-    final_paths = save_model(setup.bundle.learn.model, setup.bundle.spec, setup.run.model_stem(FINAL))
-    reporter.stage("scoring the best model on the validation set")
-    rescored = score_best_model(setup)
-    summary = summarise(setup, outcome, rescored, seconds, final_paths[0])
-    draw_run_pictures(setup, outcome.history)
-    setup.run.write_summary(summary)
+        draw_batch(run.file(BATCH), setup.data.dls, setup.data.classes, setup.config.options.size)
+    trackers = open_trackers(setup.config.options.trackers, run.path, setup.config.to_dict(),
+                             history=setup.checkpoint.records() if setup.checkpoint else ())
+    try:
+        started = time.perf_counter()
+        outcome = fit_phases(setup, reporter, callbacks, listeners=[t.log_epoch for t in trackers])
+        seconds = (setup.checkpoint.seconds if setup.checkpoint else 0.0) + time.perf_counter() - started
+        final_paths = save_model(setup.bundle.learn.model, setup.bundle.spec, run.model_stem(FINAL))
+        reporter.stage("scoring the best model on the validation set")
+        rescored = score_best_model(setup)
+        summary = summarise(setup, outcome, rescored, seconds, final_paths[0])
+        draw_run_pictures(setup, outcome.history)
+        setup.run.write_summary(summary)
+    except BaseException:
+        close_trackers(trackers, None)
+        raise
+    close_trackers(trackers, [run.file(n) for n in (CURVES, CONFUSION, MISTAKES, BATCH)]
+                   + [run.best_model, run.best_model.with_suffix(".json")])
     setup.run.file(CHECKPOINT).unlink(missing_ok=True)
     return TrainResult(run_dir=setup.run.path, history=outcome.history, config=setup.config, summary=summary)
 

@@ -69,7 +69,8 @@ def compare(
     compile_: o.Compile = D.compile, cache: o.Cache = D.cache, cache_dir: o.CacheDir = D.cache_dir,
     threads: o.Threads = D.threads, stratify: o.Stratify = D.stratify,
     class_weights: o.ClassWeights = D.class_weights, patience: o.Patience = D.patience,
-    save_every: o.SaveEvery = D.save_every, keep: o.Keep = D.keep, resume: ResumeCompare = None,
+    save_every: o.SaveEvery = D.save_every, keep: o.Keep = D.keep, tracker: o.Tracker = None,
+    resume: ResumeCompare = None,
     json_: o.Json = False,
 ) -> None:
     """Train several architectures on the identical split and compare them: accuracy, speed, size,
@@ -86,7 +87,8 @@ def compare(
 
         if resume is not None:
             folder["path"] = resume
-            names = {p: {"compile_": "compile"}.get(p, p) for p in ctx.params if p not in ("resume", "archs", "json_")}
+            names = {p: {"compile_": "compile", "tracker": "trackers"}.get(p, p) for p in ctx.params
+                     if p not in ("resume", "archs", "json_")}
             changes = o.given_options(ctx, names)
             if archs is not None:
                 changes["archs"] = archs
@@ -99,7 +101,7 @@ def compare(
                                  workers=workers, clean_train_sample=clean_train_sample, precision=o.value(precision),
                                  compile=compile_, cache=cache, cache_dir=cache_dir, threads=threads,
                                  stratify=stratify, class_weights=o.value(class_weights), patience=patience,
-                                 save_every=save_every, keep=keep)
+                                 save_every=save_every, keep=keep, trackers=o.value(tracker or []))
             rep = run_compare(archs, config, reporter=reporter, on_folder=lambda p: folder.update(path=p))
     if json_:
         print_json({"out": str(rep.out), **rep.to_dict()})

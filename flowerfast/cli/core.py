@@ -13,7 +13,7 @@ from .app import app
 from .output import console, make_reporter, print_json, resume_hint, user_errors
 
 
-TRAIN_FIELDS = {"compile_": "compile"}
+TRAIN_FIELDS = {"compile_": "compile", "tracker": "trackers"}
 
 
 @app.command(epilog="Example: flowerfast train --arch resnet152 --epochs 10 --data photos/")
@@ -27,7 +27,7 @@ def train(
     cache_dir: o.CacheDir = D.cache_dir, threads: o.Threads = D.threads, stratify: o.Stratify = D.stratify,
     class_weights: o.ClassWeights = D.class_weights, patience: o.Patience = D.patience,
     save_every: o.SaveEvery = D.save_every, keep: o.Keep = D.keep, config_file: o.ConfigFile = None,
-    resume: o.Resume = None, json_: o.Json = False,
+    tracker: o.Tracker = None, resume: o.Resume = None, json_: o.Json = False,
 ) -> None:
     """Fine-tune a pretrained classifier and save the best and final models in a run folder.
     An interrupted run (Ctrl-C, SIGTERM, a crash) goes on with --resume RUN_DIR."""
@@ -51,7 +51,7 @@ def train(
                                  clean_train_sample=clean_train_sample, precision=o.value(precision), compile=compile_,
                                  cache=cache, cache_dir=cache_dir, threads=threads, stratify=stratify,
                                  class_weights=o.value(class_weights), patience=patience, save_every=save_every,
-                                 keep=keep).validate()
+                                 keep=keep, trackers=o.value(tracker or [])).validate()
             result = run_training(config, reporter=reporter)
     if json_:
         print_json({"run_dir": str(result.run_dir), **result.summary.to_dict()})

@@ -29,13 +29,22 @@ class PrecisionChoice(str, Enum):
     fp16 = "fp16"
 
 
+class TrackerChoice(str, Enum):
+    tensorboard = "tensorboard"
+    mlflow = "mlflow"
+    wandb = "wandb"
+
+
 class ClassWeightsChoice(str, Enum):
     none = "none"
     balanced = "balanced"
 
 
 def value(choice):
-    """The plain string of a choice (what the library and config.json take)."""
+    """The plain string of a choice (what the library and config.json take); a list of choices
+    becomes a list of strings."""
+    if isinstance(choice, (list, tuple)):
+        return [value(c) for c in choice]
     return getattr(choice, "value", choice)
 
 from ..config import DEFAULT_LR_PRETRAINED, DEFAULT_LR_SCRATCH, MAX_LOADER_WORKERS
@@ -67,6 +76,7 @@ SaveEvery = Annotated[int, typer.Option("--save-every", help="Also keep the mode
 Keep = Annotated[Optional[int], typer.Option("--keep", help="With --save-every: keep only the newest N of those models. Default: all.", show_default=False, metavar="N")]
 ConfigFile = Annotated[Optional[Path], typer.Option("--config", help="Run the options of an earlier run again (its config.json); options given here override the file's.", show_default=False, metavar="CONFIG_JSON")]
 Json = Annotated[bool, typer.Option("--json", help="Print a machine-readable summary as JSON on stdout (progress goes to stderr).")]
+Tracker = Annotated[Optional[list[TrackerChoice]], typer.Option("--tracker", help="Also log to an experiment tracker (repeat for several); each is an extra: pip install \"flowerfast[mlflow]\".", show_default=False)]
 Threads = Annotated[Optional[int], typer.Option("--threads", metavar="N", help="Compute threads. Default: torch's choice (one per core).", show_default=False)]
 Resume = Annotated[Optional[Path], typer.Option("--resume", help="Continue an interrupted run from its checkpoint, to its planned last epoch, with its own options (only --data, --device, --workers, --threads, --cache and --cache-dir may be given).", show_default=False, metavar="RUN_DIR")]
 
@@ -76,8 +86,8 @@ def given_options(ctx: typer.Context, names: dict[str, str]) -> dict:
     what a resumed run must check against the options it started with. ``names`` maps the
     command's parameter names to field names."""
     given = {}
-    for param, value in ctx.params.items():
+    for param, typed in ctx.params.items():
         source = ctx.get_parameter_source(param)  # click's ParameterSource, or typer's copy of it
         if param in names and getattr(source, "name", None) == "COMMANDLINE":
-            given[names[param]] = value
+            given[names[param]] = value(typed)
     return given

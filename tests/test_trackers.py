@@ -1,0 +1,147 @@
+"""Experiment trackers, read back offline: TensorBoard event files, an MLflow file store and a
+W&B offline run, all from one real training run."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from flowerfast.runfolder import RunFolder
+
+from .conftest import invoke
+
+pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
+pytest.importorskip("wandb", reason="the wandb extra is not installed")
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory):
+    """One 2-epoch run logged to all three trackers, each writing to a folder of the test."""
+    import os
+
+    tmp = tmp_path_factory.mktemp("tracked")
+    store = tmp / "mlruns"
+    env = {"MLFLOW_TRACKING_URI": store.as_uri(), "MLFLOW_ALLOW_FILE_STORE": "true", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+           "WANDB_DIR": str(tmp), "WANDB_CACHE_DIR": str(tmp / "wandb-cache"),
+           "WANDB_CONFIG_DIR": str(tmp / "wandb-config"), "WANDB_DATA_DIR": str(tmp / "wandb-data")}
+    previous = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        from typer.testing import CliRunner
+
+        out = tmp / "run"
+        result = invoke(CliRunner(), ["train", "--arch", "resnet18", "--no-pretrained", "--size", "32", "--epochs",
+                                      "2", "--bs", "16", "--device", "cpu", "--tracker", "tensorboard",
+                                      "--tracker", "mlflow", "--tracker", "wandb", "--out", out])
+        assert result.exit_code == 0, result.output
+    finally:
+        for k, v in previous.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return out, store
+
+
+def test_tensorboard_event_files_hold_every_epoch_and_the_pictures(tracked):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, _ = tracked
+    history = RunFolder(out).read_history()
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "scalars": 0}).Reload()
+    valid = events.Scalars("valid_accuracy")
+    assert [e.step for e in valid] == [1, 2]
+    assert [e.value for e in valid] == pytest.approx([h.valid_accuracy for h in history], abs=1e-6)
+    assert [e.value for e in events.Scalars("train_loss")] == pytest.approx([h.train_loss for h in history], rel=1e-5)
+    assert {"curves", "confusion", "batch"} <= set(events.Tags()["images"])
+
+
+def test_mlflow_run_holds_params_metrics_and_artifacts(tracked):
+    from mlflow import MlflowClient
+
+    out, store = tracked
+    client = MlflowClient(tracking_uri=store.as_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name("flowerfast").experiment_id])
+    assert run.info.run_name == "run" and run.info.status == "FINISHED"
+    assert run.data.params["options.arch"] == "resnet18" and run.data.params["classes"].startswith('["daisy"')
+    history = RunFolder(out).read_history()
+    metric = client.get_metric_history(run.info.run_id, "valid_accuracy")
+    assert [(m.step, m.value) for m in metric] == [(h.epoch, pytest.approx(h.valid_accuracy)) for h in history]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"best.safetensors", "best.json", "curves.png", "confusion.png", "batch.png"} <= artifacts
+
+
+def wandb_records(path: Path):
+    """The protobuf records of a W&B run file (``run-*.wandb``): a 7-byte ``:W&B`` header, then
+    LevelDB's log format (32 KiB blocks; each chunk a CRC, a length, a type: full, first, middle,
+    last). W&B's own reader of this file is not part of its Python package."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, block, pending = 7, 32768, b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # too little left in this block for a chunk header: padding
+            pos += block - pos % block
+            continue
+        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind in (1, 2):
+            pending = chunk
+        elif kind in (3, 4):
+            pending += chunk
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            yield record
+
+
+def items_dict(items) -> dict:
+    """W&B's key/value items (a key, or a nested key path) as a nested dict of JSON values."""
+    out: dict = {}
+    for item in items:
+        path = [item.key] if item.key else list(item.nested_key)
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = json.loads(item.value_json)
+    return out
+
+
+def test_wandb_offline_run_holds_config_metrics_pictures_and_model(tracked):
+    out, _ = tracked
+    (run_file,) = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
+    history, config, artifacts = [], {}, []
+    for record in wandb_records(run_file):
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            history.append(items_dict(record.history.item))
+        elif kind == "run":
+            config.update(items_dict(record.run.config.update))
+        elif kind == "config":
+            config.update(items_dict(record.config.update))
+        elif kind == "artifact":
+            artifacts.append(record.artifact)
+    epochs = [h for h in history if "valid_accuracy" in h]
+    expected = RunFolder(out).read_history()
+    assert [h["epoch"] for h in epochs] == [1, 2]
+    assert [h["valid_accuracy"] for h in epochs] == pytest.approx([r.valid_accuracy for r in expected])
+    assert config["arch"] == "resnet18" and config["lr"] == pytest.approx(3e-3)
+    assert config["options"]["epochs"] == 2 and config["classes"] == ["daisy", "dandelion", "rose", "sunflower",
+                                                                      "tulip"]
+    pictures = {k for h in history for k, v in h.items() if isinstance(v, dict) and v.get("_type") == "image-file"}
+    assert {"curves", "confusion", "batch"} <= pictures
+    assert [a.type for a in artifacts] == ["model"]
+    assert {e.path for e in artifacts[0].manifest.contents} == {"best.safetensors", "best.json"}
+
+
+def test_a_tracker_whose_extra_is_missing_is_one_line(tmp_path, runner, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow", None)
+    result = invoke(runner, ["train", "--tracker", "mlflow", "--out", tmp_path / "run"])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == 'error: --tracker mlflow needs the mlflow extra: pip install "flowerfast[mlflow]"'
+    assert not (tmp_path / "run").exists()
