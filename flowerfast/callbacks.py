@@ -75,8 +75,8 @@ class CleanTrainAccuracy(Callback):
 
     order = 55
 
-    def __init__(self, dl, precision: str = "fp32", start_epoch: int = 0):
-        self.dl, self.precision, self.start_epoch = dl, precision, start_epoch
+    def __init__(self, dl, precision: str = "fp32", start_epoch: int = 0, reporter: Optional[Reporter] = None):
+        self.dl, self.precision, self.start_epoch, self.reporter = dl, precision, start_epoch, reporter
 
     def before_fit(self):
         self.learn.clean_train_accuracy = None
@@ -86,7 +86,8 @@ class CleanTrainAccuracy(Callback):
 
         if self.epoch < self.start_epoch:  # done before a resume: fastai skipped it
             return
-        probs, targets = predict_batches(self.learn.model, self.dl, self.precision)
+        probs, targets = predict_batches(self.learn.model, self.dl, self.precision, reporter=self.reporter,
+                                         kind="clean-train")
         self.learn.clean_train_accuracy = float((probs.argmax(dim=-1) == targets).float().mean())
 
 

@@ -23,6 +23,7 @@ from .config import DEFAULTS
 from .errors import FlowerfastError
 from .imagecache import ImageCache, decode, load_size
 from .imagefiles import check_image, describe_error, find_images, is_hidden, is_inside
+from .progress import Reporter
 from .runfolder import SplitRow, read_split_csv
 
 VALID_FOLDER_NAMES = ("valid", "val")
@@ -87,18 +88,16 @@ def _class_folders(parent: Path) -> list[Path]:
     return sorted(p for p in parent.iterdir() if p.is_dir() and not is_hidden(p.name))
 
 
-def _scan_classes(parent: Path, files: list, labels: list, skipped: list, check: bool,
-                  seen: Optional[set] = None, data_root: Optional[Path] = None) -> list[str]:
-    """The classes under ``parent``, their readable images appended to ``files`` and ``labels``.
+def _class_images(parent: Path, skipped: list, seen: set, data_root: Path) -> list[tuple[Path, list[Path]]]:
+    """Each class folder under ``parent`` with the image files found in it (not yet opened).
 
     Each class folder is walked by :func:`~flowerfast.imagefiles.find_images`: links are followed
     once per real folder, never out of the class folder, and each real file is taken once across
     the whole scan (``seen`` is shared by every call of one scan); links leading out and special
-    files are reported in ``skipped`` with the unreadable files.
+    files are reported in ``skipped``.
     """
-    seen = set() if seen is None else seen
-    data_real = os.path.realpath(data_root if data_root is not None else parent)
-    classes = []
+    data_real = os.path.realpath(data_root)
+    groups = []
     for folder in _class_folders(parent):
         if folder.is_symlink():
             real = os.path.realpath(folder)
@@ -106,8 +105,21 @@ def _scan_classes(parent: Path, files: list, labels: list, skipped: list, check:
                 skipped.append(SkippedFile(folder, f"class folder is a link to {real}, inside the data folder or "
                                                    f"holding it: not followed, so no photo is taken twice"))
                 continue
-        images, problems = find_images(folder, seen=seen, data_root=data_root if data_root is not None else parent)
+        images, problems = find_images(folder, seen=seen, data_root=data_root)
         skipped.extend(SkippedFile(path, reason) for path, reason in problems)
+        groups.append((folder, images))
+    return groups
+
+
+def _check_classes(groups: list[tuple[Path, list[Path]]], files: list, labels: list, skipped: list, check: bool,
+                   reporter: Optional[Reporter] = None) -> list[str]:
+    """Open every image's header (:func:`~flowerfast.imagefiles.check_image`), one progress step
+    per image; readable ones go to ``files`` and ``labels``, the rest to ``skipped``. Returns the
+    class names in order."""
+    if reporter is not None:
+        reporter.batches_started("scan", sum(len(images) for _, images in groups))
+    classes = []
+    for folder, images in groups:
         good = []
         for path in images:
             reason = check_image(path) if check else None
@@ -115,12 +127,16 @@ def _scan_classes(parent: Path, files: list, labels: list, skipped: list, check:
                 good.append(path)
             else:
                 skipped.append(SkippedFile(path, reason))
+            if reporter is not None:
+                reporter.batch_done("scan")
         if not good:
             what = "holds no readable images" if images else "holds no images"
             raise FlowerfastError(f"class folder {folder} {what}: remove it or add photos")
         classes.append(folder.name)
         files.extend(good)
         labels.extend([folder.name] * len(good))
+    if reporter is not None:
+        reporter.finished()
     return classes
 
 
@@ -134,7 +150,7 @@ def _presplit_folders(root: Path) -> Optional[tuple[Path, Path]]:
     return None
 
 
-def scan_image_folder(root: Path | str, check: bool = True) -> ImageFolder:
+def scan_image_folder(root: Path | str, check: bool = True, reporter: Optional[Reporter] = None) -> ImageFolder:
     """Find the classes and images of a data folder, skipping unreadable files.
 
     Layouts: ``root/<class>/*.jpg`` (split at random later) or ``root/train/<class>/...`` with
@@ -144,7 +160,8 @@ def scan_image_folder(root: Path | str, check: bool = True) -> ImageFolder:
     or holding it). Inside a class folder, links are followed once per real folder and never out
     of it, each real file is taken once, and special files (FIFOs, sockets, devices) are never
     opened; links leading out, special files and unreadable or oversized images
-    (:data:`~flowerfast.imagefiles.MAX_PIXELS`) are in ``skipped`` with their reasons.
+    (:data:`~flowerfast.imagefiles.MAX_PIXELS`) are in ``skipped`` with their reasons. ``reporter``
+    hears of each image checked (``"scan"``), for big folders.
     """
     root = Path(root).expanduser()
     if not root.exists():
@@ -159,13 +176,16 @@ def scan_image_folder(root: Path | str, check: bool = True) -> ImageFolder:
     if presplit is None:
         if not find_images(root)[0] and not any(find_images(f)[0] for f in _class_folders(root)):
             raise FlowerfastError(f"no images found in {root} (expected one folder per class, e.g. {root}/daisy/1.jpg)")
-        classes = _scan_classes(root, files, labels, skipped, check, seen, root)
+        classes = _check_classes(_class_images(root, skipped, seen, root), files, labels, skipped, check, reporter)
         preset = None
     else:
         train_dir, valid_dir = presplit
-        classes = _scan_classes(train_dir, files, labels, skipped, check, seen, root)
-        n_train = len(files)
-        valid_classes = _scan_classes(valid_dir, files, labels, skipped, check, seen, root)
+        train_groups = _class_images(train_dir, skipped, seen, root)
+        valid_groups = _class_images(valid_dir, skipped, seen, root)
+        all_classes = _check_classes(train_groups + valid_groups, files, labels, skipped, check, reporter)
+        classes, valid_classes = all_classes[:len(train_groups)], all_classes[len(train_groups):]
+        train_files = {path for _, images in train_groups for path in images}
+        n_train = sum(f in train_files for f in files)  # train files come first, in order
         unknown = sorted(set(valid_classes) - set(classes))
         if unknown:
             raise FlowerfastError(f"{valid_dir} has classes that {train_dir} lacks: {', '.join(unknown)}")
@@ -348,7 +368,7 @@ def rows_from_split_file(folder: ImageFolder, split_file: Path) -> list[SplitRow
 def load_data(data: Optional[Path | str] = None, size: int = DEFAULTS.size, bs: int = DEFAULTS.bs,
               valid_pct: float = DEFAULTS.valid_pct, seed: int = DEFAULTS.seed, workers: int = 0, device=None,
               split_file: Optional[Path] = None, cache_dir: Optional[Path | str] = None,
-              check_folder=None, stratify: bool = DEFAULTS.stratify) -> FlowerData:
+              check_folder=None, stratify: bool = DEFAULTS.stratify, reporter: Optional[Reporter] = None) -> FlowerData:
     """Scan a data folder, split it and build DataLoaders. ``data=None`` uses the embedded sample.
 
     ``split_file`` reuses an earlier run's ``split.csv`` instead of splitting anew; otherwise the
@@ -358,7 +378,7 @@ def load_data(data: Optional[Path | str] = None, size: int = DEFAULTS.size, bs: 
     :class:`ImageFolder` before anything else (a resumed run checks its photos are unchanged).
     """
     root = Path(os.path.abspath(Path(data).expanduser())) if data is not None else default_data_dir()
-    folder = scan_image_folder(root)
+    folder = scan_image_folder(root, reporter=reporter)
     if check_folder is not None:
         check_folder(folder)
     if split_file is not None:

@@ -126,18 +126,23 @@ def adam(device: torch.device):
                                              fused=fused))
 
 
-def predict_batches(model, dl, precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+def predict_batches(model, dl, precision: str = "fp32", reporter=None,
+                    kind: str = "predict") -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax probabilities and targets of ``model`` over a fastai DataLoader, in eval mode.
 
     A plain loop rather than ``Learner.get_preds``, so it can run inside a fit (from a callback)
-    without disturbing fastai's training state.
+    without disturbing fastai's training state. ``reporter`` hears of each batch as ``kind``.
     """
     was_training = model.training
     model.eval()
     probs, targets = [], []
+    if reporter is not None:
+        reporter.batches_started(kind, len(dl))
     try:
         with torch.no_grad():
             for xb, yb in dl:
+                if reporter is not None:
+                    reporter.batch_done(kind)
                 xb = xb.as_subclass(torch.Tensor).contiguous(memory_format=preferred_layout(xb.device))
                 with torch.autocast(device_type=xb.device.type, dtype=autocast_dtype(precision) or torch.float32,
                                     enabled=precision != "fp32"):

@@ -79,7 +79,7 @@ def prepare_run(options: TrainConfig, reporter: Reporter, prefix: str = "", trai
     data = load_data(options.data, size=options.size, bs=options.bs, valid_pct=options.valid_pct,
                      seed=options.seed, workers=workers, device=device,
                      split_file=resume[0].file(SPLIT) if resume else options.split_file, cache_dir=cache_dir,
-                     stratify=options.stratify,
+                     stratify=options.stratify, reporter=reporter,
                      check_folder=(lambda folder: check_same_photos(resume, folder)) if resume else None)
     if resume is not None:
         check_same_split(resume, data)

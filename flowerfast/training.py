@@ -186,7 +186,7 @@ def fit_phases(setup: RunSetup, reporter: Reporter, callbacks: Sequence = (), li
                                 stopper]
             cbs = [stats, ReportProgress(reporter, epoch_offset=offset), *callbacks]
             if clean_dl is not None:
-                cbs.append(CleanTrainAccuracy(clean_dl, setup.bundle.precision, start_epoch=skip))
+                cbs.append(CleanTrainAccuracy(clean_dl, setup.bundle.precision, start_epoch=skip, reporter=reporter))
             learn.freeze() if phase == "frozen" else learn.unfreeze()  # either one resets Adam's state
             if not restored:
                 if start.optimizer is not None and skip > 0:  # within a phase: Adam's moments carry on

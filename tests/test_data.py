@@ -186,3 +186,27 @@ def test_balanced_weights_reach_the_loss():
                             class_weights=[1.0, 2.0, 3.0, 4.0, 5.0])
     assert bundle.learn.loss_func.func.weight.tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]
     assert weights == pytest.approx([1.0] * 5)  # the embedded sample is balanced
+
+
+def test_the_scan_and_the_clean_train_pass_report_progress(tmp_path):
+    """Every image checked by the scan, and every batch of the clean-train pass, is a progress
+    step the CLI shows as a bar (and, for big folders, as log lines)."""
+    import flowerfast
+    from flowerfast.progress import Reporter
+
+    class Recording(Reporter):
+        def __init__(self):
+            self.started, self.done = [], {}
+
+        def batches_started(self, kind, total, epoch=None):
+            self.started.append((kind, total))
+
+        def batch_done(self, kind):
+            self.done[kind] = self.done.get(kind, 0) + 1
+
+    reporter = Recording()
+    flowerfast.train(arch="resnet18", pretrained=False, size=32, epochs=1, bs=16, device="cpu",
+                     out=tmp_path / "run", reporter=reporter)
+    assert ("scan", 200) in reporter.started and reporter.done["scan"] == 200
+    clean = [total for kind, total in reporter.started if kind == "clean-train"]
+    assert clean == [3] and reporter.done["clean-train"] == 3  # 40 images (a quarter of 160) in batches of 16

@@ -101,16 +101,20 @@ class LineReporter(Reporter):
     def batches_started(self, kind: str, total: int, epoch: Optional[int] = None) -> None:
         self.loop = [kind, total, 0]
 
+    LOGGED = {"predict": ("batches", 8), "lr-find": ("batches", 8), "scan": ("images", 1000)}
+    """Loops that log a line at each quarter in logs (unit, smallest total worth it); an epoch's
+    loops have their own line, and the clean-train pass is short (a bar only)."""
+
     def batch_done(self, kind: str) -> None:
-        """Long loops other than an epoch's (predicting many files, lr-find) log a line at each
-        quarter, so a log shows they are moving; epochs have their own line."""
+        """Long loops other than an epoch's (predicting many files, lr-find, scanning a big
+        folder) log a line at each quarter, so a log shows they are moving."""
         loop = getattr(self, "loop", None)
-        if loop is None or kind in ("train", "valid") or loop[0] != kind:
+        if loop is None or kind not in self.LOGGED or loop[0] != kind:
             return
         loop[2] += 1
-        total, done = loop[1], loop[2]
-        if total >= 8 and done in {total * q // 4 for q in (1, 2, 3, 4)}:
-            self.out.print(f"{kind}: {done}/{total} batches", markup=False)
+        (unit, smallest), total, done = self.LOGGED[kind], loop[1], loop[2]
+        if total >= smallest and done in {total * q // 4 for q in (1, 2, 3, 4)}:
+            self.out.print(f"{kind}: {done}/{total} {unit}", markup=False)
 
     def epoch_done(self, record: EpochRecord, best: bool) -> None:
         self.out.print(format_epoch(record, self.total, best), markup=False)
