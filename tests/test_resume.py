@@ -57,16 +57,17 @@ def scratch_dir(tmp_path: Path) -> Path:
     return path
 
 
-def run_until(proc: subprocess.Popen, line_start: str, then=None, timeout: float = 300) -> list[str]:
-    """Read the process's lines until one starts with ``line_start``, call ``then``, and wait for
-    the process to end (a watchdog kills a hung one)."""
+def run_until(proc: subprocess.Popen, when, then=None, timeout: float = 300) -> list[str]:
+    """Read the process's lines until one starts with ``when`` (or ``when(line, lines so far)`` is
+    true), call ``then``, and wait for the process to end (a watchdog kills a hung one)."""
     watchdog = threading.Timer(timeout, proc.kill)
     watchdog.start()
     lines = []
+    matches = when if callable(when) else (lambda line, _: line.startswith(when))
     try:
         for line in proc.stdout:
             lines.append(line)
-            if line.startswith(line_start) and then is not None:
+            if then is not None and matches(line, lines):
                 then()
                 then = None
         proc.wait(timeout=timeout)
@@ -288,24 +289,11 @@ def test_compare_resume_keeps_finished_models_and_resumes_the_interrupted_one(tm
     args = ["compare", "--archs", "resnet18,resnet34", "--no-pretrained", "--size", "32", "--epochs", "2", "--bs", "16",
             "--device", "cpu", "--precision", "fp32", "--workers", "0", "--out", out]
     proc = start_training(args, tmp_path)
-    second_model = {"seen": False}
 
-    def stop_in_second_model(line: str = "") -> None:
-        proc.send_signal(signal.SIGINT)
+    def in_second_model(line: str, lines: list[str]) -> bool:
+        return line.startswith("epoch 1/2") and any(seen.startswith("model 2/2: resnet34") for seen in lines)
 
-    lines = []
-    watchdog = threading.Timer(300, proc.kill)
-    watchdog.start()
-    try:
-        for line in proc.stdout:
-            lines.append(line)
-            second_model["seen"] |= line.startswith("model 2/2: resnet34")
-            if second_model["seen"] and line.startswith("epoch 1/2"):
-                stop_in_second_model()
-        proc.wait(timeout=300)
-    finally:
-        watchdog.cancel()
-        proc.kill()
+    run_until(proc, in_second_model, then=lambda: proc.send_signal(signal.SIGINT))
     stderr = (tmp_path / "stderr.txt").read_text()
     assert proc.returncode == 130, stderr
     assert stderr.strip().splitlines()[-1].endswith(f"resume with: flowerfast compare --resume {out}")
