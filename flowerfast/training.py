@@ -171,10 +171,10 @@ def fit_phases(setup: RunSetup, reporter: Reporter, callbacks: Sequence = (), li
     clock.start()
     restored = start is None
     offset = 0
+    if stopper.due(done):  # a resumed run that had stopped early: nothing left to train
+        stopper.stopped_at = done
     try:
         for phase, n_epochs in config.phases:
-            if stopper.due(done):  # a resumed run that had already stopped early
-                stopper.stopped_at = done
             if stopper.stopped_at is not None:
                 break
             if offset + n_epochs <= done:
@@ -187,7 +187,10 @@ def fit_phases(setup: RunSetup, reporter: Reporter, callbacks: Sequence = (), li
             cbs = [stats, ReportProgress(reporter, epoch_offset=offset), *callbacks]
             if clean_dl is not None:
                 cbs.append(CleanTrainAccuracy(clean_dl, setup.bundle.precision, start_epoch=skip, reporter=reporter))
-            learn.freeze() if phase == "frozen" else learn.unfreeze()  # either one resets Adam's state
+            if phase == "frozen":  # either call resets Adam's state, as between an uninterrupted run's phases
+                learn.freeze()
+            else:
+                learn.unfreeze()
             if not restored:
                 if start.optimizer is not None and skip > 0:  # within a phase: Adam's moments carry on
                     learn.opt.opt.load_state_dict(start.optimizer)
