@@ -28,14 +28,16 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> Path:
     flushed, fsynced and renamed into place. A reader sees the old file or the new one, never a
     mix; a failed or interrupted write leaves the old one as it was.
 
-    Temporary files a killed process left behind for the same name are removed first. A write
-    that fails for lack of space or permission is a :class:`FlowerfastError` naming the file and
-    the free space, so a full disk is one line, not a traceback.
+    Temporary files a killed process left behind for the same name are removed first (the
+    writer's process id is in the name, so a write still going on elsewhere is left alone). A
+    failed write is a :class:`WriteError`: a one-line :class:`FlowerfastError` naming the file (and
+    for a full disk the free space), and still an ``OSError`` for callers that get by without the
+    file (a cache, a best-effort figure).
     """
     path = Path(path)
     remove_stale_temp_files(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=path.parent)
     except OSError as exc:
         raise write_error(path, exc) from None
     try:
@@ -73,10 +75,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
 
 
 def remove_stale_temp_files(path: Path) -> list[Path]:
-    """Remove ``.<name>.*.tmp`` beside ``path``: what a write of ``path`` killed mid-way (kill -9,
-    power loss) leaves behind. Only this file's own temporary files are touched."""
+    """Remove ``.<name>.<pid>.*.tmp`` beside ``path`` whose writing process is gone: what a write
+    of ``path`` killed mid-way (kill -9, power loss) leaves behind. Only this file's own temporary
+    files are touched, and none of a process still running (two DataLoader workers may write the
+    same cache entry at once)."""
     removed = []
-    for tmp in Path(path).parent.glob(f".{glob_escape(Path(path).name)}.*{TEMP_SUFFIX}"):
+    prefix = f".{Path(path).name}."
+    for tmp in Path(path).parent.glob(f"{glob_escape(prefix)}*{TEMP_SUFFIX}"):
+        if writer_alive(tmp.name[len(prefix):]):
+            continue
         try:
             tmp.unlink()
             removed.append(tmp)
@@ -85,21 +92,44 @@ def remove_stale_temp_files(path: Path) -> list[Path]:
     return removed
 
 
+def writer_alive(rest: str) -> bool:
+    """Whether the process whose id starts ``rest`` (``<pid>.<random>.tmp``) is running."""
+    pid = rest.split(".", 1)[0]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists but is not ours to signal
+        return True
+    return True
+
+
 def glob_escape(name: str) -> str:
     import glob
 
     return glob.escape(name)
 
 
-def write_error(path: Path, exc: OSError) -> FlowerfastError:
+class WriteError(FlowerfastError, OSError):
+    """A write that failed: one line for a person (a :class:`FlowerfastError`), and an ``OSError``
+    with the original ``errno`` and ``strerror`` for code that can do without the file."""
+
+    def __init__(self, message: str, cause: OSError):
+        super().__init__(message)
+        self.errno, self.strerror = cause.errno, cause.strerror
+
+
+def write_error(path: Path, exc: OSError) -> WriteError:
     """One sentence for a failed write: which file, why, and for a full disk how much is free."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         free = free_bytes(Path(path).parent)
         room = f" ({format_bytes(free)} free)" if free is not None else ""
-        return FlowerfastError(f"disk full: cannot write {path}{room}; files already written are intact. "
-                               "Free some space and resume the run (flowerfast train --resume)")
+        return WriteError(f"disk full: cannot write {path}{room}; files already written are intact. "
+                          "Free some space and resume the run (flowerfast train --resume)", exc)
     reason = exc.strerror or str(exc)
-    return FlowerfastError(f"cannot write {path}: {reason}")
+    return WriteError(f"cannot write {path}: {reason}", exc)
 
 
 def free_bytes(folder: Path) -> Optional[int]:

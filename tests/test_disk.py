@@ -91,3 +91,19 @@ def test_a_disk_that_fills_during_training_is_one_error_and_the_last_good_files_
     result = flowerfast.resume(run.path)
     assert [r.epoch for r in result.history] == [1, 2, 3]
     assert not run.file(CHECKPOINT).exists() and run.file("summary.json").is_file()
+
+
+def test_a_photo_cache_on_a_full_disk_warns_and_decoding_goes_on(small_disk):
+    """The cache is optional: a full disk under it is a warning, never a failed run."""
+    from flowerfast.imagecache import CacheUnavailableWarning, ImageCache, decode
+
+    from .conftest import sample_files
+
+    disk = small_disk(1)
+    with open(disk / "filler", "wb") as fh:
+        fh.write(b"\0" * (shutil.disk_usage(disk).free - 4096))
+    photo = sample_files("daisy", 1)[0]
+    cache = ImageCache(disk / "cache", max_side=256)
+    with pytest.warns(CacheUnavailableWarning, match="cannot be written"):
+        img = cache.load(photo)
+    assert img.tobytes() == decode(photo, 256).tobytes() and not cache.writable

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -129,3 +131,18 @@ def test_a_killed_writes_temporary_file_is_removed_by_the_next_write(saved):
     assert not leftover.exists() and other.exists()
     assert sorted(p.name for p in weights.parent.iterdir()) == [".final.safetensors.k1ll3d.tmp", "best.json",
                                                                  "best.safetensors"]
+
+
+def test_a_write_still_going_on_in_another_process_keeps_its_temporary_file(saved):
+    """Only the temporary files of writers that are gone are removed: another live process (here
+    the one that started the tests) writing the same file at the same time is left alone."""
+    import os
+
+    weights, _, model = saved
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = weights.with_name(f".best.safetensors.{dead.stdout.strip()}.abc.tmp")
+    running = weights.with_name(f".best.safetensors.{os.getppid()}.abc.tmp")
+    for path in (gone, running):
+        path.write_bytes(b"x")
+    save_model(model, load_classifier(weights)[1], weights)
+    assert not gone.exists() and running.exists()
