@@ -87,9 +87,7 @@ def compare(
 
         if resume is not None:
             folder["path"] = resume
-            names = {p: {"compile_": "compile", "tracker": "trackers"}.get(p, p) for p in ctx.params
-                     if p not in ("resume", "archs", "json_")}
-            changes = o.given_options(ctx, names)
+            changes = o.given_options(ctx, exclude=("resume", "archs", "json_"))
             if archs is not None:
                 changes["archs"] = archs
             rep = resume_comparison(resume, reporter=reporter, **changes)

@@ -13,9 +13,6 @@ from .app import app
 from .output import console, make_reporter, print_json, resume_hint, user_errors
 
 
-TRAIN_FIELDS = {"compile_": "compile", "tracker": "trackers"}
-
-
 @app.command(epilog="Example: flowerfast train --arch resnet152 --epochs 10 --data photos/")
 def train(
     ctx: typer.Context, data: o.Data = D.data, arch: o.Arch = D.arch, epochs: o.Epochs = D.epochs, lr: o.Lr = D.lr,
@@ -36,13 +33,13 @@ def train(
         from ..config import TrainConfig
         from ..training import resume as resume_training, train as run_training
 
-        names = {p: TRAIN_FIELDS.get(p, p) for p in ctx.params if p not in ("resume", "config_file", "json_")}
+        not_options = ("resume", "config_file", "json_")
         if resume is not None:
-            result = resume_training(resume, reporter=reporter, **o.given_options(ctx, names))
+            result = resume_training(resume, reporter=reporter, **o.given_options(ctx, not_options))
         elif config_file is not None:
             from ..config import read_options
 
-            config = read_options(config_file).with_options(**o.given_options(ctx, names))
+            config = read_options(config_file).with_options(**o.given_options(ctx, not_options))
             result = run_training(config, reporter=reporter)
         else:
             config = TrainConfig(data=data, arch=arch, epochs=epochs, lr=lr, bs=bs, size=size, valid_pct=valid_pct,

@@ -81,13 +81,17 @@ Threads = Annotated[Optional[int], typer.Option("--threads", metavar="N", help="
 Resume = Annotated[Optional[Path], typer.Option("--resume", help="Continue an interrupted run from its checkpoint, to its planned last epoch, with its own options (only --data, --device, --workers, --threads, --cache and --cache-dir may be given).", show_default=False, metavar="RUN_DIR")]
 
 
-def given_options(ctx: typer.Context, names: dict[str, str]) -> dict:
-    """The options typed on the command line (not defaults), as ``TrainConfig`` field names:
-    what a resumed run must check against the options it started with. ``names`` maps the
-    command's parameter names to field names."""
+FIELD_NAMES = {"compile_": "compile", "tracker": "trackers"}
+"""Command parameters whose ``TrainConfig`` field has another name."""
+
+
+def given_options(ctx: typer.Context, exclude: tuple[str, ...] = ()) -> dict:
+    """The options typed on the command line (not defaults), by ``TrainConfig`` field name,
+    leaving out the parameters in ``exclude`` (those that are not training options): what a
+    resumed run checks against the options it started with, and what overrides a ``--config``."""
     given = {}
     for param, typed in ctx.params.items():
         source = ctx.get_parameter_source(param)  # click's ParameterSource, or typer's copy of it
-        if param in names and getattr(source, "name", None) == "COMMANDLINE":
-            given[names[param]] = value(typed)
+        if param not in exclude and getattr(source, "name", None) == "COMMANDLINE":
+            given[FIELD_NAMES.get(param, param)] = value(typed)
     return given
