@@ -148,21 +148,30 @@ class LoadedModel:
         errors: dict[int, str] = {}
         if reporter is not None:
             reporter.batches_started("predict", len(loader))
-        with torch.inference_mode():
-            for _, images, bad in loader:
-                if reporter is not None:
-                    reporter.batch_done("predict")
-                errors.update(bad)
-                if images is None:
-                    continue
-                images = images.to(self.device, non_blocking=True)
-                x = self.preprocessing.to_input(images).contiguous(memory_format=self.memory_format)
-                rows.append(torch.softmax(self.forward(x).float(), dim=-1).cpu())
+        for _, images, bad in loader:
+            if reporter is not None:
+                reporter.batch_done("predict")
+            errors.update(bad)
+            if images is not None:
+                rows.append(self.probabilities_of(images))
         if reporter is not None:
             reporter.finished()
         probs = torch.cat(rows) if rows else torch.zeros(0, self.spec.n_classes)
-        check_finite(probs, self.source)
         return paths, probs, errors
+
+    def probabilities_of(self, images: torch.Tensor) -> torch.Tensor:
+        """Softmax probabilities ``(N, n_classes)`` on the CPU of a ``uint8`` batch ``(N, C, H, W)``
+        of images opened by :meth:`Preprocessing.load`.
+
+        The one place a batch meets the network: :meth:`probabilities` (files on disk) and the web
+        server (:mod:`flowerfast.server`, uploads) both call it, so a photo gets the same answer
+        from ``flowerfast predict`` and from ``POST /predict``.
+        """
+        with torch.inference_mode():
+            images = images.to(self.device, non_blocking=True)
+            x = self.preprocessing.to_input(images).contiguous(memory_format=self.memory_format)
+            probs = torch.softmax(self.forward(x).float(), dim=-1).cpu()
+        return check_finite(probs, self.source)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The network on a prepared batch, under autocast when the precision asks for it."""

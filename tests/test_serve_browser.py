@@ -1,0 +1,147 @@
+"""The page of ``flowerfast serve`` in a real browser: headless Chromium driven by Selenium,
+against a real server process. A photo chosen through the page's file input must show the class
+``flowerfast predict`` gives it; a file that is not an image must show why; with an API key the
+page asks for it once.
+
+Needs Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them) and Selenium (the
+dev extra). Where they are missing the tests skip and say so, unless
+``FLOWERFAST_REQUIRE_BROWSER=1`` (set by CI), where a missing browser is a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from .conftest import invoke, sample_files
+from .serving import ServerProcess
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+DRIVER = "chromedriver"
+WAIT = 60
+
+
+def browser_or_reason() -> tuple[str | None, str | None, str | None]:
+    browser = next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
+    driver = shutil.which(DRIVER) or ("/usr/lib/chromium/chromedriver" if Path("/usr/lib/chromium/chromedriver").exists() else None)
+    try:
+        import fastapi  # noqa: F401
+        import selenium  # noqa: F401
+    except ImportError as exc:
+        return None, None, f"needs the dev and serve extras ({exc.name} is missing): pip install -e '.[dev]'"
+    if browser is None or driver is None:
+        return None, None, ("needs headless Chromium and its driver: apt-get install chromium chromium-driver "
+                            "(Debian packages; .ci/run installs them)")
+    return browser, driver, None
+
+
+BROWSER, DRIVER_PATH, WHY_NOT = browser_or_reason()
+if WHY_NOT and os.environ.get("FLOWERFAST_REQUIRE_BROWSER") == "1":
+    raise RuntimeError(f"FLOWERFAST_REQUIRE_BROWSER=1 but the browser test cannot run: {WHY_NOT}")
+pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
+
+
+@pytest.fixture()
+def browser(tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = BROWSER
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                 "--window-size=1200,900", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=DRIVER_PATH), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_for(driver, css: str, count: int = 1):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, WAIT).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, css)) >= count)
+    return driver.find_elements(By.CSS_SELECTOR, css)
+
+
+def choose_files(driver, *paths: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.ID, "file-input").send_keys("\n".join(str(p) for p in paths))
+
+
+def cli_prediction(runner, run_dir: Path, photo: Path) -> dict:
+    result = invoke(runner, ["predict", run_dir, photo, "--json", "--device", "cpu", "--top-k", "5"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)[0]
+
+
+def test_a_photo_chosen_on_the_page_shows_predicts_answer(run_dir, browser, runner, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    photos = [sample_files("sunflower", 1)[0], sample_files("daisy", 1)[0]]
+    not_an_image = tmp_path / "notes.jpg"
+    not_an_image.write_text("this is text")
+    with ServerProcess(run_dir) as server:
+        browser.get(server.wait_ready())
+        wait_for(browser, "#drop:not([hidden])")
+        assert browser.find_element(By.ID, "model-arch").text == "resnet18"
+        assert browser.find_element(By.ID, "model-size").text == "32 × 32 px"
+        summary = json.loads((run_dir / "summary.json").read_text())
+        accuracy = summary["best_valid_accuracy_rescored"] or summary["best_valid_accuracy"]
+        assert browser.find_element(By.ID, "model-accuracy").text.startswith(f"{100 * accuracy:.1f}%")
+        assert [c.text for c in browser.find_elements(By.CSS_SELECTOR, "#model-classes .chip")] == summary["classes"]
+
+        choose_files(browser, *photos, not_an_image)
+        cards = wait_for(browser, ".card.done", 3)
+        by_file = {card.get_attribute("data-file"): card for card in cards}
+        for photo in photos:
+            expected = cli_prediction(runner, run_dir, photo)
+            card = by_file[photo.name]
+            assert card.find_element(By.CSS_SELECTOR, ".predicted").text == expected["predicted"]
+            bars = card.find_elements(By.CSS_SELECTOR, ".bar")
+            assert [b.get_attribute("data-class") for b in bars] == [t["class"] for t in expected["top_k"]]
+            shown = bars[0].find_element(By.CSS_SELECTOR, ".probability").text
+            assert shown == f"{100 * expected['probability']:.1f}%"
+            assert card.find_element(By.TAG_NAME, "img").get_property("naturalWidth") > 0  # the thumbnail
+        failed = by_file["notes.jpg"]
+        assert "failed" in failed.get_attribute("class").split()
+        assert failed.find_element(By.CSS_SELECTOR, ".status").text == (
+            "notes.jpg could not be read as an image: UnidentifiedImageError: not an image, or in a format "
+            "Pillow cannot read")
+        problems = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"
+                    and "/predict?top_k=5 - Failed to load resource: the server responded with a status of 422" not in e["message"]]
+        assert not problems  # no script error, no resource refused by the page's security policy
+        screenshot = tmp_path / "serve-page.png"
+        assert browser.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 10_000
+        if os.environ.get("FLOWERFAST_SCREENSHOT"):
+            shutil.copy(screenshot, os.environ["FLOWERFAST_SCREENSHOT"])
+
+
+def test_the_page_asks_for_the_api_key_once(run_dir, browser):
+    from selenium.webdriver.common.by import By
+
+    photo = sample_files("tulip", 1)[0]
+    with ServerProcess(run_dir, env={"FLOWERFAST_API_KEY": "open sesame"}) as server:
+        browser.get(server.wait_ready())
+        wait_for(browser, "#key-form:not([hidden])")
+        assert browser.find_element(By.ID, "drop").get_attribute("hidden") is not None
+        browser.find_element(By.ID, "api-key").send_keys("wrong key")
+        browser.find_element(By.CSS_SELECTOR, "#key-form button").click()
+        wait_for(browser, "#key-error:not([hidden])")
+        assert browser.find_element(By.ID, "key-error").text == "wrong API key"
+        browser.find_element(By.ID, "api-key").send_keys("open sesame")
+        browser.find_element(By.CSS_SELECTOR, "#key-form button").click()
+        wait_for(browser, "#drop:not([hidden])")
+        choose_files(browser, photo)
+        card = wait_for(browser, ".card.done")[0]
+        assert card.find_element(By.CSS_SELECTOR, ".predicted").text != ""
+        browser.refresh()  # asked once: the key is kept for the tab
+        wait_for(browser, "#drop:not([hidden])")
+        assert browser.find_element(By.ID, "key-form").get_attribute("hidden") is not None
