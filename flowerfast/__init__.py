@@ -51,6 +51,9 @@ _EXPORTS = {
     "ComparisonReport": "reporting",
     "ModelEntry": "reporting",
     "PairResult": "reporting",
+    "ServeConfig": "server",
+    "create_app": "server",
+    "serve": "server",
     "mcnemar_exact": "stats",
     "paired_bootstrap_ci": "stats",
 }

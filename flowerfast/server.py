@@ -126,6 +126,16 @@ def model_accuracy(source: Path) -> dict[str, Any]:
             "run": folder.name}
 
 
+def model_file_name(source: Path) -> str:
+    """The file the model was read from (a run folder's ``best.safetensors``, say), by name."""
+    from .model import model_paths
+
+    try:
+        return model_paths(source)[0].name if source.is_dir() else source.name
+    except FlowerfastError:
+        return source.name
+
+
 def describe_model(loaded, config: ServeConfig) -> dict[str, Any]:
     """``GET /model``: what the page shows and what a client needs to call ``/predict``."""
     from . import __version__
@@ -134,7 +144,7 @@ def describe_model(loaded, config: ServeConfig) -> dict[str, Any]:
     return {
         "arch": spec.arch, "classes": list(spec.classes), "n_classes": spec.n_classes, "size": spec.size,
         "mean": list(loaded.preprocessing.mean), "std": list(loaded.preprocessing.std),
-        "model": loaded.source.name, "valid_accuracy": None, "epoch": None, "epochs": None, "run": None,
+        "model": model_file_name(loaded.source), "valid_accuracy": None, "epoch": None, "epochs": None, "run": None,
         **model_accuracy(loaded.source),
         "device": str(loaded.device), "precision": loaded.precision,
         "batching": {"max_batch": config.max_batch, "max_wait_ms": config.max_wait_ms},

@@ -141,7 +141,8 @@ def test_model_describes_the_run(client, run_dir):
     assert described["arch"] == "resnet18" and described["classes"] == summary["classes"]
     assert described["size"] == config["size"] == 32
     assert described["valid_accuracy"] == (summary["best_valid_accuracy_rescored"] or summary["best_valid_accuracy"])
-    assert (described["epoch"], described["run"]) == (summary["best_epoch"], run_dir.name)
+    assert (described["epoch"], described["run"], described["model"]) == (summary["best_epoch"], run_dir.name,
+                                                                         "best.safetensors")
     assert described["limits"] == {"max_file_mb": 0.5, "max_files": 4, "field": "files"}
 
 

@@ -91,7 +91,9 @@ def test_a_photo_chosen_on_the_page_shows_predicts_answer(run_dir, browser, runn
     with ServerProcess(run_dir) as server:
         browser.get(server.wait_ready())
         wait_for(browser, "#drop:not([hidden])")
+        assert not browser.find_element(By.ID, "key-form").is_displayed()
         assert browser.find_element(By.ID, "model-arch").text == "resnet18"
+        assert browser.find_element(By.ID, "model-file").text == f"{run_dir.name}/best.safetensors"
         assert browser.find_element(By.ID, "model-size").text == "32 × 32 px"
         summary = json.loads((run_dir / "summary.json").read_text())
         accuracy = summary["best_valid_accuracy_rescored"] or summary["best_valid_accuracy"]
@@ -131,7 +133,7 @@ def test_the_page_asks_for_the_api_key_once(run_dir, browser):
     with ServerProcess(run_dir, env={"FLOWERFAST_API_KEY": "open sesame"}) as server:
         browser.get(server.wait_ready())
         wait_for(browser, "#key-form:not([hidden])")
-        assert browser.find_element(By.ID, "drop").get_attribute("hidden") is not None
+        assert not browser.find_element(By.ID, "drop").is_displayed()
         browser.find_element(By.ID, "api-key").send_keys("wrong key")
         browser.find_element(By.CSS_SELECTOR, "#key-form button").click()
         wait_for(browser, "#key-error:not([hidden])")
@@ -144,4 +146,4 @@ def test_the_page_asks_for_the_api_key_once(run_dir, browser):
         assert card.find_element(By.CSS_SELECTOR, ".predicted").text != ""
         browser.refresh()  # asked once: the key is kept for the tab
         wait_for(browser, "#drop:not([hidden])")
-        assert browser.find_element(By.ID, "key-form").get_attribute("hidden") is not None
+        assert not browser.find_element(By.ID, "key-form").is_displayed()

@@ -90,7 +90,7 @@ function newCard(file) {
   const body = element("div", "body");
   body.append(element("div", "name", file.name), element("div", "status muted", "classifying…"));
   card.append(img, body);
-  $("results").prepend(card);
+  $("results").append(card);
   return card;
 }
 
