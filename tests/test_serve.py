@@ -327,3 +327,13 @@ def test_a_failing_batch_fails_its_callers_only():
     assert answers[0] == [2, 4]
     assert isinstance(answers[1], ValueError) and str(answers[1]) == "cannot take 3"
     assert after == [200]
+
+
+def test_the_command_refuses_bad_input_in_one_line(runner, tmp_path, run_dir):
+    missing = invoke(runner, ["serve", tmp_path / "nowhere"])
+    assert missing.exit_code == 1
+    assert missing.output.strip() == f"error: model not found: {tmp_path / 'nowhere'}"
+    bad = invoke(runner, ["serve", run_dir, "--max-batch", "0"])
+    assert (bad.exit_code, bad.output.strip()) == (1, "error: --max-batch must be at least 1, not 0")
+    pickle = invoke(runner, ["serve", tmp_path / "model.pkl"])
+    assert pickle.exit_code == 1 and "refusing to load" in pickle.output and "--trust-pickle" in pickle.output
