@@ -337,3 +337,32 @@ def test_the_command_refuses_bad_input_in_one_line(runner, tmp_path, run_dir):
     assert (bad.exit_code, bad.output.strip()) == (1, "error: --max-batch must be at least 1, not 0")
     pickle = invoke(runner, ["serve", tmp_path / "model.pkl"])
     assert pickle.exit_code == 1 and "refusing to load" in pickle.output and "--trust-pickle" in pickle.output
+
+
+def test_the_server_answers_while_the_network_computes(loaded):
+    """The network is held mid-batch (its thread waits on an event): /health and the page still
+    answer at once, then the held request completes."""
+    app = create_app(loaded, ServeConfig(max_wait_ms=0))
+    service = app.state.service
+    computing, release, threads = threading.Event(), threading.Event(), []
+    real_run_batch = service.run_batch
+
+    def held_run_batch(images):
+        threads.append(threading.current_thread().name)
+        computing.set()
+        assert release.wait(60)
+        return real_run_batch(images)
+
+    service.run_batch = held_run_batch
+    with TestClient(app) as c:
+        answers = []
+        worker = threading.Thread(target=lambda: answers.append(c.post("/predict", files=upload(PHOTOS[0]))))
+        worker.start()
+        assert computing.wait(60)
+        assert c.get("/health").json()["status"] == "ok"
+        assert c.get("/").status_code == 200
+        assert not answers  # still held
+        release.set()
+        worker.join(60)
+    assert answers[0].status_code == 200 and answers[0].json()[0]["predicted"] is not None
+    assert threads == ["flowerfast-batch_0"]
