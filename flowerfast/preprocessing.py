@@ -84,7 +84,8 @@ class Preprocessing(ABC):
 
     @abstractmethod
     def load(self, path: Path) -> torch.Tensor:
-        """One image file to a ``uint8`` tensor ``(channels, height, width)``; raises if unreadable."""
+        """One image file (a path, or a binary file object such as an upload) to a ``uint8`` tensor
+        ``(channels, height, width)``; raises if unreadable."""
 
     @abstractmethod
     def to_input(self, images: torch.Tensor) -> torch.Tensor:
