@@ -72,6 +72,9 @@ def prepare_run(options: TrainConfig, reporter: Reporter, prefix: str = "", trai
         check_trackers(options.trackers)  # a missing extra is found before any work
     procs = distributed.current()
     device = resolve_device(options.device)
+    if procs.distributed and options.sync_bn and device.type != "cuda":
+        raise FlowerfastError("--sync-bn needs CUDA GPUs (PyTorch's SyncBatchNorm runs on GPUs only); on "
+                              f"{device.type} every process keeps batch-norm statistics of its own batches")
     if procs.distributed:  # one process per GPU, or several CPU processes: join the job first
         device = distributed.process_device(device, procs)
         distributed.start(device)

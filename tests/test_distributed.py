@@ -184,6 +184,18 @@ def test_compare_trains_every_model_on_both_processes_into_one_comparison_folder
     assert len(finals[0]) == 2 and finals[0] == finals[1]  # both models trained by both processes
 
 
+def test_sync_bn_on_cpus_is_one_error_from_rank_0(tmp_path, photos):
+    proc = torchrun(TRAIN + ["--data", photos, "--epochs", "1", "--sync-bn", "--out", "run"], tmp_path,
+                    tmp_path / "trace")
+    run_until(proc, "never", timeout=150)
+    stderr = (tmp_path / "stderr.txt").read_text()
+    assert proc.returncode != 0
+    assert [line for line in stderr.splitlines() if line.startswith("error")] == [
+        "error: --sync-bn needs CUDA GPUs (PyTorch's SyncBatchNorm runs on GPUs only); on cpu every process keeps "
+        "batch-norm statistics of its own batches"]
+    assert not (tmp_path / "run").exists()
+
+
 def test_shard_bounds_split_evenly_for_training_and_wholly_for_validation():
     assert [shard_bounds(39, 2, r, even=True) for r in (0, 1)] == [(0, 19), (19, 38)]
     assert [shard_bounds(9, 2, r, even=False) for r in (0, 1)] == [(0, 4), (4, 9)]
