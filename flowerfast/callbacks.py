@@ -3,12 +3,15 @@ best-model saving. (The precision and memory-layout callbacks are in :mod:`flowe
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from typing import Callable, Optional
 
 from fastai.callback.core import Callback, CancelFitException
+from fastai.callback.schedule import LRFinder, ParamScheduler
 
+from .distributed import sum_counts
 from .progress import Reporter
 from .runfolder import EpochRecord
 
@@ -18,7 +21,9 @@ class EpochStats(Callback):
 
     fastai's Recorder logs a smoothed training loss and no training accuracy; the flower report
     wants both per epoch, so they are counted here batch by batch. The sums stay on the device
-    until the epoch ends, so on a GPU counting adds no wait for the batch to finish.
+    until the epoch ends, so on a GPU counting adds no wait for the batch to finish. In a job of
+    several processes each counts its own shard and the sums are added up over the processes, so
+    every process records the same figures, over every image of the epoch.
     """
 
     order = 60
@@ -43,8 +48,7 @@ class EpochStats(Callback):
     def after_epoch(self):
         if self.epoch < self.start_epoch:  # done before a resume: fastai skipped it
             return
-        (tl, tc, tn), (vl, vc, vn) = ([float(loss), int(correct), n] for loss, correct, n in
-                                      (self._sums[True], self._sums[False]))
+        tl, tc, tn, vl, vc, vn = sum_counts([float(v) for side in (True, False) for v in self._sums[side]])
         record = EpochRecord(
             epoch=self.epoch_offset + self.epoch + 1,
             phase=self.phase,
@@ -86,9 +90,13 @@ class CleanTrainAccuracy(Callback):
 
         if self.epoch < self.start_epoch:  # done before a resume: fastai skipped it
             return
-        probs, targets = predict_batches(self.learn.model, self.dl, self.precision, reporter=self.reporter,
-                                         kind="clean-train")
-        self.learn.clean_train_accuracy = float((probs.argmax(dim=-1) == targets).float().mean())
+        correct, n = 0, 0
+        if self.dl is not None:  # in a job of several processes, this one's share of the sample
+            probs, targets = predict_batches(getattr(self.learn.model, "module", self.learn.model), self.dl,
+                                             self.precision, reporter=self.reporter, kind="clean-train")
+            correct, n = int((probs.argmax(dim=-1) == targets).sum()), len(targets)
+        correct, n = sum_counts([correct, n])
+        self.learn.clean_train_accuracy = correct / n if n else None
 
 
 class ReportProgress(Callback):
@@ -138,3 +146,24 @@ class LRFindProgress(Callback):
         if self.training:
             self.reporter.batch_done("lr-find")
 
+
+
+class KeepWeightsLRFinder(LRFinder):
+    """fastai's ``LRFinder``, putting the weights and optimizer state back from memory.
+
+    fastai's saves them to a file in rank 0 only and loads them behind a barrier only rank 0
+    reaches, so in a job of several processes the others would wait for ever; kept in memory, every
+    process restores its own copy (the same one: DDP starts every process from rank 0's weights).
+    """
+
+    def before_fit(self):
+        ParamScheduler.before_fit(self)
+        model = getattr(self.learn.model, "module", self.learn.model)
+        self.saved_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.saved_opt = copy.deepcopy(self.learn.opt.state_dict())
+        self.best_loss = float("inf")
+
+    def after_fit(self):
+        self.learn.opt.zero_grad()
+        getattr(self.learn.model, "module", self.learn.model).load_state_dict(self.saved_model)
+        self.learn.opt.load_state_dict(self.saved_opt)

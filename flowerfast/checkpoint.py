@@ -51,6 +51,13 @@ class Checkpoint:
     best_epoch: Optional[int] = None
     best_accuracy: Optional[float] = None
     seconds: float = 0.0
+    rng_ranks: list[dict] = field(default_factory=list)
+    """In a job of several processes, each process's generators (``rng`` is rank 0's): every
+    process draws its own augmentations, and resumes its own stream."""
+
+    def rng_of(self, rank: int) -> dict:
+        """The generators process ``rank`` resumes with (``rng`` for a run of one process)."""
+        return self.rng_ranks[rank] if self.rng_ranks else self.rng
 
     def records(self) -> list[EpochRecord]:
         return [EpochRecord(**r) for r in self.history]
@@ -201,6 +208,10 @@ RESUME_MAY_CHANGE = ("data", "device", "workers", "threads", "cache", "cache_dir
 data folder may move, as long as its photos are the same)."""
 
 RESOLVED_MUST_MATCH = ("classes", "n_train", "n_valid", "bs", "lr", "freeze_epochs", "body_lr", "pretrained",
-                       "clean_train_images", "class_weights")
+                       "clean_train_images", "class_weights", "processes")
 """Resolved values that decide the run's arithmetic: a resume that resolves any of them
-differently is refused."""
+differently is refused (``processes``: the number of processes shares out every epoch and sets
+the effective batch size, so a run resumes with as many as it started with)."""
+
+RESOLVED_DEFAULTS = {"processes": 1}
+"""What a checkpoint written before a value was recorded had: runs of one process."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+from . import distributed
 from .archs import check_arch
 from .checkpoint import CHECKPOINT, RESUME_MAY_CHANGE
 from .config import TrainConfig, make_config
@@ -46,7 +47,7 @@ COMPARE_PLAN = "compare.json"
 
 
 def compare(archs: Union[str, Sequence[str]], config: Optional[TrainConfig] = None,
-            reporter: Optional[Reporter] = None, on_folder=None, **train_options) -> ComparisonReport:
+            reporter: Optional[Reporter] = None, on_folder=None, **train_options) -> Optional[ComparisonReport]:
     """Train each of ``archs`` on the same split and write the comparison report.
 
     ``config``/``train_options`` are the training options shared by every run (as for
@@ -56,24 +57,30 @@ def compare(archs: Union[str, Sequence[str]], config: Optional[TrainConfig] = No
     with :func:`resume_comparison`; ``on_folder`` is called with the comparison folder once it is
     created (the CLI names it in its resume hint).
     """
-    reporter = reporter or NullReporter()
+    reporter = distributed.main_only(reporter or NullReporter())
     names = parse_archs(archs)
     base = make_config(config, **train_options)
     if base.weights is not None:
         raise FlowerfastError("--weights holds one backbone's state dict and cannot serve several architectures")
-    out = create_run_dir(check_output_dir(base.out or default_run_dir("compare")))
-    write_json(out / COMPARE_PLAN, {"archs": names, "options": base.with_options(out=out).to_dict()})
+    distributed.start_job(base.device)  # under torchrun: rank 0 creates the folder, every process uses it
+
+    def create() -> Path:
+        created = create_run_dir(check_output_dir(base.out or default_run_dir("compare")))
+        write_json(created / COMPARE_PLAN, {"archs": names, "options": base.with_options(out=created).to_dict()})
+        return created
+
+    out = distributed.agree(create)
     if on_folder is not None:
         on_folder(out)
     return run_comparison(out, names, base, reporter)
 
 
 def resume_comparison(out: Union[str, Path], reporter: Optional[Reporter] = None,
-                      **changes) -> ComparisonReport:
+                      **changes) -> Optional[ComparisonReport]:
     """Finish an interrupted comparison: finished models are kept as they are, the interrupted one
     resumes from its checkpoint (see :func:`flowerfast.training.resume`), the rest are trained.
     ``changes`` as for that function (where and how to compute, not what)."""
-    reporter = reporter or NullReporter()
+    reporter = distributed.main_only(reporter or NullReporter())
     out = Path(out).expanduser().resolve()
     try:
         plan = read_json(out / COMPARE_PLAN)
@@ -111,8 +118,12 @@ def clear_unstarted_run(run: RunFolder) -> None:
 
 
 def run_comparison(out: Path, names: list[str], base: TrainConfig, reporter: Reporter,
-                   resuming: Optional[dict] = None) -> ComparisonReport:
-    """Train (or, when ``resuming``, finish) each architecture into ``out/<arch>`` and report."""
+                   resuming: Optional[dict] = None) -> Optional[ComparisonReport]:
+    """Train (or, when ``resuming``, finish) each architecture into ``out/<arch>`` and report.
+
+    In a job of several processes every process trains each model, and rank 0 alone clears a
+    folder and writes the report (the others return ``None``); the comparison folder must be the
+    same folder for all (one machine, or a shared file system)."""
     from .training import resume, train
 
     split_file = base.split_file
@@ -126,11 +137,13 @@ def run_comparison(out: Path, names: list[str], base: TrainConfig, reporter: Rep
             resume(run.path, reporter=reporter, **resuming)
         else:
             if resuming is not None:
-                clear_unstarted_run(run)
+                distributed.agree(lambda: clear_unstarted_run(run))
             reporter.stage(f"model {i}/{len(names)}: {arch}")
             train(base.with_options(arch=arch, out=run.path, split_file=split_file), reporter=reporter)
         run_dirs.append(run.path)
         if split_file is None:
             split_file = run.file(SPLIT)
+    if not distributed.current().is_main:
+        return None
     reporter.stage("writing the comparison report")
     return write_report(build_report(run_dirs, reporter), out)

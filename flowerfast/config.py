@@ -60,6 +60,9 @@ class TrainConfig:
     save_every: also keep the model of every N-th epoch in ``checkpoints/`` (0: off).
     keep: how many of those to keep, the newest (``None``: all).
     trackers: experiment trackers to log to: ``tensorboard``, ``mlflow``, ``wandb`` (each an extra).
+    sync_bn: in a job of several processes (``torchrun``), compute batch-norm statistics over the
+        whole batch of every process (``SyncBatchNorm``) instead of each process's own; it costs a
+        collective per batch-norm layer, and matters when a process's batch is small.
     """
 
     data: Optional[Path] = None
@@ -89,6 +92,7 @@ class TrainConfig:
     save_every: int = 0
     keep: Optional[int] = None
     trackers: list[str] = field(default_factory=list)
+    sync_bn: bool = False
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> "TrainConfig":
@@ -213,7 +217,8 @@ class ResolvedConfig:
     """What a run's options became on this machine and this data: ``config.json``.
 
     ``options`` is what was asked for; every other field is decided by :func:`resolve`. ``lr`` is
-    ``None`` only for an lr-find run (which chooses no learning rate).
+    ``None`` only for an lr-find run (which chooses no learning rate). ``bs`` is each process's
+    batch; ``processes`` train together (``torchrun``), so a step averages ``effective_bs`` images.
     """
 
     options: TrainConfig
@@ -243,6 +248,8 @@ class ResolvedConfig:
     lr_find: Optional[dict[str, float]] = None
     freeze_epochs: Optional[int] = None
     body_lr: Optional[float] = None
+    processes: int = 1
+    effective_bs: int = 0
 
     @property
     def mixed_precision(self) -> bool:
@@ -271,14 +278,14 @@ class ResolvedConfig:
 def resolve(options: TrainConfig, *, data, run_dir: Path, device, workers: int, threads: int, precision: str,
             channels_last: bool, cache_dir: Optional[Path], weights, versions: dict[str, str], training: bool = True,
             lr_finder=None, class_counts: Optional[dict] = None,
-            class_weights: Optional[list[float]] = None) -> ResolvedConfig:
+            class_weights: Optional[list[float]] = None, processes: int = 1) -> ResolvedConfig:
     """Decide everything the options left open, in one place, before the first epoch.
 
     ``data`` is the :class:`flowerfast.data.FlowerData`, ``weights`` the backbone's
     :class:`flowerfast.archs.WeightsInfo`. For a training run the learning rate is the one given,
     the default for the weights in use, or (``lr="auto"``) the valley suggestion of ``lr_finder``,
     a function that runs lr-find and returns its suggestions. An lr-find run (``training=False``)
-    resolves no learning rate and no phases.
+    resolves no learning rate and no phases. ``processes``: how many processes train together.
     """
     pretrained = weights.pretrained
     lr = found = freeze = lower = None
@@ -304,6 +311,7 @@ def resolve(options: TrainConfig, *, data, run_dir: Path, device, workers: int, 
         class_counts=dict(class_counts or {}),
         class_weights=dict(zip(data.classes, class_weights)) if class_weights else None,
         lr=lr, lr_find=found, freeze_epochs=freeze, body_lr=lower,
+        processes=processes, effective_bs=data.bs * processes,
     )
 
 

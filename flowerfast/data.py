@@ -368,7 +368,8 @@ def rows_from_split_file(folder: ImageFolder, split_file: Path) -> list[SplitRow
 def load_data(data: Optional[Path | str] = None, size: int = DEFAULTS.size, bs: int = DEFAULTS.bs,
               valid_pct: float = DEFAULTS.valid_pct, seed: int = DEFAULTS.seed, workers: int = 0, device=None,
               split_file: Optional[Path] = None, cache_dir: Optional[Path | str] = None,
-              check_folder=None, stratify: bool = DEFAULTS.stratify, reporter: Optional[Reporter] = None) -> FlowerData:
+              check_folder=None, stratify: bool = DEFAULTS.stratify, reporter: Optional[Reporter] = None,
+              shards: int = 1) -> FlowerData:
     """Scan a data folder, split it and build DataLoaders. ``data=None`` uses the embedded sample.
 
     ``split_file`` reuses an earlier run's ``split.csv`` instead of splitting anew; otherwise the
@@ -376,6 +377,8 @@ def load_data(data: Optional[Path | str] = None, size: int = DEFAULTS.size, bs: 
     keeps decoded, reduced photos there (:class:`~flowerfast.imagecache.ImageCache`); ``None``
     decodes every photo every epoch. ``check_folder`` is called with the scanned
     :class:`ImageFolder` before anything else (a resumed run checks its photos are unchanged).
+    ``shards``: the processes of a distributed job, each training on its own share of the
+    training images with ``bs`` images per batch (so the batch is capped at that share).
     """
     root = Path(os.path.abspath(Path(data).expanduser())) if data is not None else default_data_dir()
     folder = scan_image_folder(root, reporter=reporter)
@@ -386,11 +389,14 @@ def load_data(data: Optional[Path | str] = None, size: int = DEFAULTS.size, bs: 
     else:
         rows = split_rows(folder, valid_pct=valid_pct, seed=seed, stratify=stratify)
     n_train = sum(not r.is_valid for r in rows)
-    # fastai drops the last partial training batch; a batch larger than the training set would
-    # leave no batch at all, so cap it (and keep at least 2 so BatchNorm can train).
-    eff_bs = max(2, min(bs, n_train))
-    if n_train < 2:
-        raise FlowerfastError("the training set needs at least 2 images: add images or lower --valid-pct")
+    # fastai drops the last partial training batch; a batch larger than the training set (or a
+    # process's share of it) would leave no batch at all, so cap it (and keep at least 2 so
+    # BatchNorm can train).
+    share = n_train // max(shards, 1)
+    eff_bs = max(2, min(bs, share))
+    if share < 2:
+        each = f" for each of {shards} processes" if shards > 1 else ""
+        raise FlowerfastError(f"the training set needs at least 2 images{each}: add images or lower --valid-pct")
     loader = ImageLoader(size, cache_dir)
     dls = build_dataloaders(rows, folder.classes, size=size, bs=eff_bs, workers=workers, device=device, seed=seed,
                             loader=loader)

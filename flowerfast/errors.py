@@ -20,3 +20,13 @@ class FlowerfastError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class ReportedByRankZero(FlowerfastError):
+    """The error of a job of several processes (see :mod:`flowerfast.distributed`) as the other
+    processes see it: rank 0 shows the message, they end without repeating it."""
+
+
+class ProcessLost(FlowerfastError):
+    """Another process of a job of several processes died or stopped answering: this one cannot
+    go on alone (the last checkpoint is whole; the run resumes)."""

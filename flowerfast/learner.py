@@ -27,7 +27,8 @@ from .model import ModelSpec, assemble_classifier
 
 @contextlib.contextmanager
 def learner_workspace() -> Iterator[Path]:
-    """A scratch folder for a Learner (fastai's ``lr_find`` saves and restores the weights there),
+    """A scratch folder for a Learner (fastai's ``Learner.save`` and ``load`` write there; flowerfast's
+    lr-find keeps its weights in memory instead, see :func:`flowerfast.lr_find.run_lr_find`),
     removed on every way out: success, an error, Ctrl-C, or SIGTERM turned into an exception by the
     CLI. Nothing a run keeps is written here; the run folder holds those files.
     """

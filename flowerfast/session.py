@@ -10,10 +10,11 @@ from __future__ import annotations
 import contextlib
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from .archs import WeightsInfo, check_arch
-from .checkpoint import (RESOLVED_MUST_MATCH, Checkpoint, data_files, describe_data_change,
+from .checkpoint import (RESOLVED_DEFAULTS, RESOLVED_MUST_MATCH, Checkpoint, data_files, describe_data_change,
                          split_sha256)
 from .config import ResolvedConfig, TrainConfig, resolve
 from .data import (FlowerData, ThinClassWarning, balanced_class_weights, class_counts, load_data,
@@ -62,27 +63,38 @@ def prepare_run(options: TrainConfig, reporter: Reporter, prefix: str = "", trai
     it found, and a refusal naming what changed when the photos, the split or a resolved value
     that decides the arithmetic differ from the checkpoint's.
     """
+    from . import distributed
+
     check_arch(options.arch)
     if training:
         from .trackers import check_trackers
 
         check_trackers(options.trackers)  # a missing extra is found before any work
-    if resume is None:
-        run_dir = RunFolder.check_new(options.out or default_run_dir(f"{prefix}{options.arch}"))
+    procs = distributed.current()
     device = resolve_device(options.device)
+    if procs.distributed and options.sync_bn and device.type != "cuda":
+        raise FlowerfastError("--sync-bn needs CUDA GPUs (PyTorch's SyncBatchNorm runs on GPUs only); on "
+                              f"{device.type} every process keeps batch-norm statistics of its own batches")
+    if procs.distributed:  # one process per GPU, or several CPU processes: join the job first
+        device = distributed.process_device(device, procs)
+        distributed.start(device)
+    if resume is None:  # rank 0 names the folder (a timestamp): every process takes its name
+        run_dir = distributed.agree(
+            lambda: RunFolder.check_new(options.out or default_run_dir(f"{prefix}{options.arch}")))
     workers = resolve_workers(options.workers, device)
     precision = resolve_precision(options.precision, device)
     threads = use_threads(options.threads)
     cache_dir = (options.cache_dir or default_cache_dir()) if options.cache else None
 
     reporter.stage(f"scanning {options.data or 'the embedded sample photos'}")
-    data = load_data(options.data, size=options.size, bs=options.bs, valid_pct=options.valid_pct,
-                     seed=options.seed, workers=workers, device=device,
-                     split_file=resume[0].file(SPLIT) if resume else options.split_file, cache_dir=cache_dir,
-                     stratify=options.stratify, reporter=reporter,
-                     check_folder=(lambda folder: check_same_photos(resume, folder)) if resume else None)
-    if resume is not None:
-        check_same_split(resume, data)
+    with distributed.each_ready():  # a folder missing on one machine stops every process, named by rank 0
+        data = load_data(options.data, size=options.size, bs=options.bs, valid_pct=options.valid_pct,
+                         seed=options.seed, workers=workers, device=device,
+                         split_file=resume[0].file(SPLIT) if resume else options.split_file, cache_dir=cache_dir,
+                         stratify=options.stratify, reporter=reporter, shards=procs.world_size,
+                         check_folder=(lambda folder: check_same_photos(resume, folder)) if resume else None)
+        if resume is not None:
+            check_same_split(resume, data)
     notes = thin_class_warnings(data.rows, data.classes)
     for note in notes:
         warnings.warn(note, ThinClassWarning, stacklevel=3)
@@ -95,9 +107,13 @@ def prepare_run(options: TrainConfig, reporter: Reporter, prefix: str = "", trai
                                 weights=None if resume else options.weights, device=device, precision=precision,
                                 compile=options.compile, path=scratch, class_weights=weights_per_class)
         if resume is None:
-            check_room_for_run(run_dir, bundle.learn.model, training)
-            run = RunFolder.create(run_dir, unique=options.out is None)
-            run.write_split(data.rows, data.root)
+            def create_run_folder() -> Path:  # rank 0 alone writes files
+                check_room_for_run(run_dir, bundle.learn.model, training)
+                created = RunFolder.create(run_dir, unique=options.out is None)
+                created.write_split(data.rows, data.root)
+                return created.path
+
+            run = RunFolder(distributed.agree(create_run_folder))
             weights = bundle.weights
         else:
             run, stored = resume[0], resume[1].config
@@ -113,10 +129,12 @@ def prepare_run(options: TrainConfig, reporter: Reporter, prefix: str = "", trai
                          threads=threads, precision=bundle.precision, channels_last=bundle.channels_last,
                          cache_dir=cache_dir, weights=weights, versions=library_versions(),
                          training=training, lr_finder=find if lr_finder is not None else None,
-                         class_counts=class_counts(data.rows), class_weights=weights_per_class)
+                         class_counts=class_counts(data.rows), class_weights=weights_per_class,
+                         processes=procs.world_size)
         config.warnings += notes
         if resume is None:
-            run.write_config(config)
+            if procs.is_main:
+                run.write_config(config)
         else:
             check_same_resolution(resume, config)
         reporter.run_ready(config)
@@ -151,7 +169,8 @@ def check_same_split(resume: tuple[RunFolder, Checkpoint], data: FlowerData) -> 
 def check_same_resolution(resume: tuple[RunFolder, Checkpoint], config: ResolvedConfig) -> None:
     run, checkpoint = resume
     now = config.to_dict()
-    changed = [f"{name} is now {now.get(name)!r}, was {checkpoint.config.get(name)!r}"
-               for name in RESOLVED_MUST_MATCH if now.get(name) != checkpoint.config.get(name)]
+    was = {name: checkpoint.config.get(name, RESOLVED_DEFAULTS.get(name)) for name in RESOLVED_MUST_MATCH}
+    changed = [f"{name} is now {now.get(name)!r}, was {was[name]!r}"
+               for name in RESOLVED_MUST_MATCH if now.get(name) != was[name]]
     if changed:
         raise FlowerfastError(f"cannot resume {run.path}: {'; '.join(changed)}")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+from . import distributed
 from .checkpoint import (CHECKPOINT, RESUME_MAY_CHANGE, Checkpoint, capture_rng, data_files, load_checkpoint,
                          restore_rng, save_checkpoint, split_sha256)
 from .config import ResolvedConfig, TrainConfig, make_config
@@ -73,41 +74,68 @@ class TrainResult:
 
 def clean_train_dl(setup: RunSetup, n: int, seed: int):
     """A DataLoader over a fixed random sample of up to ``n`` training images, with validation
-    transforms (no augmentation); ``None`` when ``n`` is 0."""
+    transforms (no augmentation); ``None`` when ``n`` is 0. In a job of several processes each
+    takes its share of the sample (``None`` when that is empty); their counts are summed."""
     import random
+
+    from .sharding import shard_bounds
 
     if n <= 0:
         return None
     train_rows = [r for r in setup.data.rows if not r.is_valid]
     sample = random.Random(seed).sample(train_rows, min(n, len(train_rows)))
-    return setup.data.dls.test_dl([(str(r.file), r.label) for r in sample], with_labels=True)
+    procs = distributed.current()
+    start, stop = shard_bounds(len(sample), procs.world_size, procs.rank, even=False)
+    if start == stop:
+        return None
+    return setup.data.dls.test_dl([(str(r.file), r.label) for r in sample[start:stop]], with_labels=True)
 
 
 def score_best_model(setup: RunSetup) -> float:
     """Score the saved best model on the validation images and write ``valid_predictions.csv``
     (one row per image, each class's probability): what a comparison of two models on the same
-    split is computed from. Returns the accuracy."""
+    split is computed from. Returns the accuracy.
+
+    In a job of several processes rank 0 reads the best model and hands it to the others, each
+    scores its share of the validation images, and rank 0 writes every image's row, once."""
     from safetensors.torch import load_file
 
     from .learner import predict_batches
+    from .sharding import shard_bounds
 
-    learn, run = setup.bundle.learn, setup.run
-    learn.model.load_state_dict(load_file(str(run.best_model), device=str(setup.bundle.device)))
-    probs, targets = predict_batches(learn.model, setup.data.dls.valid, setup.bundle.precision)
+    learn, run, procs = setup.bundle.learn, setup.run, distributed.current()
+    model = getattr(learn.model, "module", learn.model)
+    if procs.is_main:
+        model.load_state_dict(load_file(str(run.best_model), device=str(setup.bundle.device)))
+    distributed.broadcast_module(model)
     classes = setup.data.classes
     valid_rows = [r for r in setup.data.rows if r.is_valid]
+    if procs.distributed:
+        start, stop = shard_bounds(len(valid_rows), procs.world_size, procs.rank, even=False)
+        valid_rows = valid_rows[start:stop]
+        dl = setup.data.dls.test_dl([(str(r.file), r.label) for r in valid_rows], with_labels=True)
+    else:
+        dl = setup.data.dls.valid
+    probs, targets = predict_batches(model, dl, setup.bundle.precision)
     if len(targets) != len(valid_rows):  # photos became unreadable during the run: score the others
         valid_rows = [r for r in valid_rows if setup.data.loader.readable(r.file)]
         dl = setup.data.dls.test_dl([(str(r.file), r.label) for r in valid_rows], with_labels=True)
-        probs, targets = predict_batches(learn.model, dl, setup.bundle.precision)
+        probs, targets = predict_batches(model, dl, setup.bundle.precision)
         if not valid_rows or len(targets) != len(valid_rows):
             raise FlowerfastError("the validation photos changed while the best model was being scored; "
                                   "score it later with flowerfast evaluate")
+    if procs.distributed:
+        import torch
+
+        parts = distributed.gather_objects((valid_rows, probs, targets))
+        valid_rows = [row for rows, _, _ in parts for row in rows]
+        probs, targets = torch.cat([p for _, p, _ in parts]), torch.cat([t for _, _, t in parts])
     preds = probs.argmax(dim=-1)
-    rows = [ValidPrediction(file=relative_path(row.file, setup.data.root), label=row.label, predicted=classes[p],
-                            confidence=pr[p], probabilities=dict(zip(classes, pr)))
-            for row, p, pr in zip(valid_rows, preds.tolist(), probs.tolist())]
-    run.write_valid_predictions(rows, classes)
+    if procs.is_main:
+        rows = [ValidPrediction(file=relative_path(row.file, setup.data.root), label=row.label, predicted=classes[p],
+                                confidence=pr[p], probabilities=dict(zip(classes, pr)))
+                for row, p, pr in zip(valid_rows, preds.tolist(), probs.tolist())]
+        run.write_valid_predictions(rows, classes)
     return int((preds == targets).sum()) / len(targets)
 
 
@@ -132,8 +160,10 @@ def fit_phases(setup: RunSetup, reporter: Reporter, callbacks: Sequence = (), li
     from fastai.torch_core import set_seed
 
     from .callbacks import CleanTrainAccuracy, EpochStats, ReportProgress, SaveBestModel
+    from .sharding import data_parallel
 
     config, learn, run, start = setup.config, setup.bundle.learn, setup.run, setup.checkpoint
+    main = distributed.current().is_main  # in a job of several processes, rank 0 alone writes
     history: list[EpochRecord] = start.records() if start else []
     done = start.epoch if start else 0
     total = sum(n for _, n in config.phases)
@@ -142,14 +172,20 @@ def fit_phases(setup: RunSetup, reporter: Reporter, callbacks: Sequence = (), li
 
     def record(epoch: EpochRecord) -> None:
         history.append(epoch)
-        run.write_history(history)
+        if main:
+            run.write_history(history)
 
-    saver = SaveBestModel(lambda: save_model(learn.model, setup.bundle.spec, run.model_stem(BEST)),
-                          best_accuracy=start.best_accuracy if start else None,
+    def save_best() -> None:
+        if main:
+            save_model(getattr(learn.model, "module", learn.model), setup.bundle.spec, run.model_stem(BEST))
+
+    saver = SaveBestModel(save_best, best_accuracy=start.best_accuracy if start else None,
                           best_epoch=start.best_epoch if start else None)
 
     def keep(epoch: EpochRecord) -> None:
-        save_checkpoint(run.file(CHECKPOINT), snapshot(setup, epoch.epoch, history, saver, clock.seconds()))
+        state = snapshot(setup, epoch.epoch, history, saver, clock.seconds())  # every process: its generators
+        if main:
+            save_checkpoint(run.file(CHECKPOINT), state)
         reporter.checkpoint_saved(epoch.epoch, run.file(CHECKPOINT))
 
     def report(epoch: EpochRecord) -> None:  # an epoch is shown once everything of it is saved
@@ -161,8 +197,10 @@ def fit_phases(setup: RunSetup, reporter: Reporter, callbacks: Sequence = (), li
     clean_dl = clean_train_dl(setup, config.clean_train_images, config.options.seed)
     reporter.epochs_started(total)
     if start is None:
-        set_seed(config.options.seed)
-        save_checkpoint(run.file(CHECKPOINT), snapshot(setup, 0, history, saver, 0.0))
+        set_seed(config.options.seed + distributed.current().rank)  # each process its own augmentations
+        state = snapshot(setup, 0, history, saver, 0.0)
+        if main:
+            save_checkpoint(run.file(CHECKPOINT), state)
         reporter.checkpoint_saved(0, run.file(CHECKPOINT))
     else:
         reporter.stage(f"resuming after epoch {done} of {total}")
@@ -174,40 +212,43 @@ def fit_phases(setup: RunSetup, reporter: Reporter, callbacks: Sequence = (), li
     if stopper.due(done):  # a resumed run that had stopped early: nothing left to train
         stopper.stopped_at = done
     try:
-        for phase, n_epochs in config.phases:
-            if stopper.stopped_at is not None:
-                break
-            if offset + n_epochs <= done:
+        with data_parallel(learn, setup.bundle.device, sync_bn=config.options.sync_bn):
+            for phase, n_epochs in config.phases:
+                if stopper.stopped_at is not None:
+                    break
+                if offset + n_epochs <= done:
+                    offset += n_epochs
+                    continue
+                skip = max(0, done - offset)
+                stats = EpochStats(phase=phase, epoch_offset=offset, start_epoch=skip)
+                stats.listeners += [record, saver, keep, report, *([snapshots] if snapshots else []), *listeners,
+                                    stopper]
+                cbs = [stats, ReportProgress(reporter, epoch_offset=offset), *callbacks]
+                if config.clean_train_images > 0:  # a process whose share is empty still adds its zeros
+                    cbs.append(CleanTrainAccuracy(clean_dl, setup.bundle.precision, start_epoch=skip,
+                                                  reporter=reporter))
+                if phase == "frozen":  # either call resets Adam's state, as between an uninterrupted run's phases
+                    learn.freeze()
+                else:
+                    learn.unfreeze()
+                if not restored:
+                    if start.optimizer is not None and skip > 0:  # within a phase: Adam's moments carry on
+                        learn.opt.opt.load_state_dict(start.optimizer)
+                    restore_rng(start.rng_of(distributed.current().rank), loaders)
+                    restored = True
+                if phase == "frozen":
+                    learn.fit_one_cycle(n_epochs, config.lr, pct_start=0.99, cbs=cbs, start_epoch=skip)
+                else:
+                    lr_max = slice(config.body_lr, config.lr) if config.pretrained else config.lr
+                    learn.fit_one_cycle(n_epochs, lr_max, cbs=cbs, start_epoch=skip)
                 offset += n_epochs
-                continue
-            skip = max(0, done - offset)
-            stats = EpochStats(phase=phase, epoch_offset=offset, start_epoch=skip)
-            stats.listeners += [record, saver, keep, report, *([snapshots] if snapshots else []), *listeners,
-                                stopper]
-            cbs = [stats, ReportProgress(reporter, epoch_offset=offset), *callbacks]
-            if clean_dl is not None:
-                cbs.append(CleanTrainAccuracy(clean_dl, setup.bundle.precision, start_epoch=skip, reporter=reporter))
-            if phase == "frozen":  # either call resets Adam's state, as between an uninterrupted run's phases
-                learn.freeze()
-            else:
-                learn.unfreeze()
-            if not restored:
-                if start.optimizer is not None and skip > 0:  # within a phase: Adam's moments carry on
-                    learn.opt.opt.load_state_dict(start.optimizer)
-                restore_rng(start.rng, loaders)
-                restored = True
-            if phase == "frozen":
-                learn.fit_one_cycle(n_epochs, config.lr, pct_start=0.99, cbs=cbs, start_epoch=skip)
-            else:
-                lr_max = slice(config.body_lr, config.lr) if config.pretrained else config.lr
-                learn.fit_one_cycle(n_epochs, lr_max, cbs=cbs, start_epoch=skip)
-            offset += n_epochs
-            diverged_at = getattr(learn, "diverged_at", None)
-            if diverged_at is not None:
-                kept = (f"best.safetensors holds epoch {saver.best_epoch}, the best before it"
-                        if saver.best_epoch else "no model was saved")
-                raise FlowerfastError(f"training diverged: the loss became NaN or infinite in epoch {diverged_at}; "
-                                      f"{kept}. Lower the learning rate (--lr) or train in fp32 (--precision fp32)")
+                diverged_at = getattr(learn, "diverged_at", None)
+                if diverged_at is not None:
+                    kept = (f"best.safetensors holds epoch {saver.best_epoch}, the best before it"
+                            if saver.best_epoch else "no model was saved")
+                    raise distributed.shared_error(
+                        f"training diverged: the loss became NaN or infinite in epoch {diverged_at}; {kept}. "
+                        "Lower the learning rate (--lr) or train in fp32 (--precision fp32)")
     finally:
         reporter.finished()
     return FitOutcome(history=history, best_epoch=saver.best_epoch, best_accuracy=saver.best_accuracy,
@@ -246,7 +287,7 @@ class KeepEpochModels:
         self.every, self.keep = setup.config.options.save_every, setup.config.options.keep
 
     def __call__(self, record: EpochRecord) -> None:
-        if record.epoch % self.every:
+        if record.epoch % self.every or not distributed.current().is_main:
             return
         run = self.setup.run
         stem = run.snapshot_stem(record.epoch)
@@ -281,11 +322,13 @@ def snapshot(setup: RunSetup, epoch: int, history: list[EpochRecord], saver, sec
     against the original, not against the last resume."""
     learn, start = setup.bundle.learn, setup.checkpoint
     opt = getattr(learn, "opt", None)
+    rng = capture_rng((setup.data.dls.train, setup.data.dls.valid))
+    rng_ranks = distributed.gather_objects(rng) if distributed.active() else []
     return Checkpoint(
         epoch=epoch,
-        model={k: v.detach().to("cpu") for k, v in learn.model.state_dict().items()},
+        model={k: v.detach().to("cpu") for k, v in getattr(learn.model, "module", learn.model).state_dict().items()},
         optimizer=opt.opt.state_dict() if opt is not None and epoch > 0 else None,
-        rng=capture_rng((setup.data.dls.train, setup.data.dls.valid)),
+        rng=rng, rng_ranks=rng_ranks,
         options=start.options if start else setup.config.options.to_dict(),
         config=start.config if start else setup.config.to_dict(),
         split_sha256=split_sha256(setup.data.rows, setup.data.root),
@@ -308,7 +351,7 @@ def train(config: Optional[TrainConfig] = None, reporter: Optional[Reporter] = N
     """
     from .lr_find import find_and_save_lr
 
-    reporter = reporter or NullReporter()
+    reporter = distributed.main_only(reporter or NullReporter())
     options_ = make_config(config, **options)
     with prepare_run(options_, reporter, lr_finder=find_and_save_lr) as setup:
         return finish_training(setup, reporter, callbacks)
@@ -324,7 +367,7 @@ def resume(run_dir: Path | str, reporter: Optional[Reporter] = None, callbacks: 
     ``workers``, ``threads``, ``cache``, ``cache_dir``); any other option that differs from the
     run's, a changed photo or a changed split is refused with a message naming it.
     """
-    reporter = reporter or NullReporter()
+    reporter = distributed.main_only(reporter or NullReporter())
     run = RunFolder.open(run_dir)
     checkpoint = load_resumable(run)
     options_ = resumed_options(run, checkpoint, changes)
@@ -388,27 +431,35 @@ def finish_training(setup: RunSetup, reporter: Reporter, callbacks: Sequence = (
     from .pictures import BATCH, CONFUSION, CURVES, MISTAKES, draw_batch
     from .trackers import close_trackers, open_trackers
 
-    run = setup.run
-    if setup.checkpoint is None:  # the augmentation can be checked while the run goes on
+    run, main = setup.run, distributed.current().is_main  # in a job of several processes, rank 0 alone writes
+    if setup.checkpoint is None and main:  # the augmentation can be checked while the run goes on
         draw_batch(run.file(BATCH), setup.data.dls, setup.data.classes, setup.config.options.size)
     trackers = open_trackers(setup.config.options.trackers, run.path, setup.config.to_dict(),
-                             history=setup.checkpoint.records() if setup.checkpoint else ())
+                             history=setup.checkpoint.records() if setup.checkpoint else ()) if main else []
     try:
         started = time.perf_counter()
-        outcome = fit_phases(setup, reporter, callbacks, listeners=[t.log_epoch for t in trackers])
-        seconds = (setup.checkpoint.seconds if setup.checkpoint else 0.0) + time.perf_counter() - started
-        final_paths = save_model(setup.bundle.learn.model, setup.bundle.spec, run.model_stem(FINAL))
-        reporter.stage("scoring the best model on the validation set")
-        rescored = score_best_model(setup)
+        with distributed.peer_failures():
+            outcome = fit_phases(setup, reporter, callbacks, listeners=[t.log_epoch for t in trackers])
+            seconds = (setup.checkpoint.seconds if setup.checkpoint else 0.0) + time.perf_counter() - started
+            if distributed.active():
+                from .sharding import check_same_weights
+
+                check_same_weights(setup.bundle.learn.model)
+            final_paths = (save_model(setup.bundle.learn.model, setup.bundle.spec, run.model_stem(FINAL)) if main
+                           else (run.final_model,))
+            reporter.stage("scoring the best model on the validation set")
+            rescored = score_best_model(setup)
         summary = summarise(setup, outcome, rescored, seconds, final_paths[0])
-        draw_run_pictures(setup, outcome.history)
-        setup.run.write_summary(summary)
+        if main:
+            draw_run_pictures(setup, outcome.history)
+            setup.run.write_summary(summary)
     except BaseException:
         close_trackers(trackers, None)
         raise
     close_trackers(trackers, [run.file(n) for n in (CURVES, CONFUSION, MISTAKES, BATCH)]
                    + [run.best_model, run.best_model.with_suffix(".json")])
-    setup.run.file(CHECKPOINT).unlink(missing_ok=True)
+    if main:
+        setup.run.file(CHECKPOINT).unlink(missing_ok=True)
     return TrainResult(run_dir=setup.run.path, history=outcome.history, config=setup.config, summary=summary)
 
 

@@ -13,4 +13,7 @@ __all__ = ["app", "main"]
 
 
 def main() -> None:
+    from .output import quiet_other_processes
+
+    quiet_other_processes()  # under torchrun, rank 0 alone prints
     app()

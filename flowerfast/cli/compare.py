@@ -70,7 +70,7 @@ def compare(
     threads: o.Threads = D.threads, stratify: o.Stratify = D.stratify,
     class_weights: o.ClassWeights = D.class_weights, patience: o.Patience = D.patience,
     save_every: o.SaveEvery = D.save_every, keep: o.Keep = D.keep, tracker: o.Tracker = None,
-    resume: ResumeCompare = None,
+    sync_bn: o.SyncBn = D.sync_bn, resume: ResumeCompare = None,
     json_: o.Json = False,
 ) -> None:
     """Train several architectures on the identical split and compare them: accuracy, speed, size,
@@ -99,8 +99,11 @@ def compare(
                                  workers=workers, clean_train_sample=clean_train_sample, precision=o.value(precision),
                                  compile=compile_, cache=cache, cache_dir=cache_dir, threads=threads,
                                  stratify=stratify, class_weights=o.value(class_weights), patience=patience,
-                                 save_every=save_every, keep=keep, trackers=o.value(tracker or []))
+                                 save_every=save_every, keep=keep, trackers=o.value(tracker or []),
+                                 sync_bn=sync_bn)
             rep = run_compare(archs, config, reporter=reporter, on_folder=lambda p: folder.update(path=p))
+    if rep is None:  # another process of a distributed comparison: rank 0 reports
+        return
     if json_:
         print_json({"out": str(rep.out), **rep.to_dict()})
         return

@@ -24,10 +24,11 @@ def train(
     cache_dir: o.CacheDir = D.cache_dir, threads: o.Threads = D.threads, stratify: o.Stratify = D.stratify,
     class_weights: o.ClassWeights = D.class_weights, patience: o.Patience = D.patience,
     save_every: o.SaveEvery = D.save_every, keep: o.Keep = D.keep, config_file: o.ConfigFile = None,
-    tracker: o.Tracker = None, resume: o.Resume = None, json_: o.Json = False,
+    tracker: o.Tracker = None, sync_bn: o.SyncBn = D.sync_bn, resume: o.Resume = None, json_: o.Json = False,
 ) -> None:
     """Fine-tune a pretrained classifier and save the best and final models in a run folder.
-    An interrupted run (Ctrl-C, SIGTERM, a crash) goes on with --resume RUN_DIR."""
+    An interrupted run (Ctrl-C, SIGTERM, a crash) goes on with --resume RUN_DIR. Under torchrun
+    (or accelerate launch) every process trains its share of each epoch (DDP)."""
     reporter = make_reporter(to_stderr=json_)
     with user_errors(stopped=lambda: resume_hint(reporter)):
         from ..config import TrainConfig
@@ -48,7 +49,7 @@ def train(
                                  clean_train_sample=clean_train_sample, precision=o.value(precision), compile=compile_,
                                  cache=cache, cache_dir=cache_dir, threads=threads, stratify=stratify,
                                  class_weights=o.value(class_weights), patience=patience, save_every=save_every,
-                                 keep=keep, trackers=o.value(tracker or [])).validate()
+                                 keep=keep, trackers=o.value(tracker or []), sync_bn=sync_bn).validate()
             result = run_training(config, reporter=reporter)
     if json_:
         print_json({"run_dir": str(result.run_dir), **result.summary.to_dict()})

@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..errors import FlowerfastError
+from ..errors import FlowerfastError, ProcessLost, ReportedByRankZero
 from ..progress import Reporter
 from ..runfolder import EpochRecord
 
@@ -25,6 +25,22 @@ if TYPE_CHECKING:
 
 console = Console(highlight=False, soft_wrap=True)  # log lines are never wrapped
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def process_label() -> Optional[str]:
+    """``None`` in rank 0 (or a run of one process), else ``process N of M``: in a job started
+    with torchrun, rank 0 alone prints (see :func:`quiet_other_processes`)."""
+    from ..distributed import current
+
+    procs = current()
+    return None if procs.is_main else f"process {procs.rank} of {procs.world_size}"
+
+
+def quiet_other_processes() -> None:
+    """In a job of several processes, every process but rank 0 prints nothing on stdout (results,
+    progress, JSON) and no warnings; only an error of its own, naming the process."""
+    if process_label() is not None:
+        console.quiet = True
 
 
 def interactive() -> bool:
@@ -77,6 +93,13 @@ def print_run_header(config: "ResolvedConfig", out: Console = console) -> None:
     compiled = ", compiled" if config.compile else ""
     out.print(f"model: {config.options.arch} from {config.weights_source} on {config.device} "
               f"({config.precision}{layout}{compiled}, {config.threads} threads)", markup=False)
+    processes = getattr(config, "processes", 1)
+    if processes > 1:
+        from ..distributed import backend_for
+
+        sync = ", batch norms synchronised" if config.options.sync_bn else ""
+        out.print(f"processes: {processes} (DDP over {backend_for(config.device.split(':')[0])}{sync}); batch "
+                  f"{config.bs} per process, effective batch {config.effective_bs}", markup=False)
 
 
 class LineReporter(Reporter):
@@ -164,21 +187,35 @@ def make_reporter(to_stderr: bool = False) -> Reporter:
 
 
 def print_json(data) -> None:
-    """Machine-readable output: JSON on stdout, nothing else there."""
+    """Machine-readable output: JSON on stdout, nothing else there (from rank 0 alone)."""
     import json
 
+    if process_label() is not None:
+        return
     from ..runs import json_default
 
     typer.echo(json.dumps(data, indent=2, default=json_default))
 
 
 def fail(message: str, code: int = 1) -> None:
-    """Print ``error: message`` on one line to stderr and exit non-zero."""
-    err_console.print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True)
+    """Print ``error: message`` on one line to stderr and exit non-zero. Another process than rank
+    0 of a job names itself, and prints only an error of its own: one rank 0 reports for every
+    process (:class:`ReportedByRankZero`), or one met before the processes joined (options, which
+    every process checks alike), ends it silently."""
+    label = process_label()
+    if label is None:
+        err_console.print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True)
+    else:
+        from ..distributed import active
+
+        if active():
+            err_console.print(f"[bold red]error ({label}):[/bold red] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if process_label() is not None:  # rank 0 warns for the job
+        return
     text = str(message).strip().splitlines()[0]
     err_console.print(f"[bold yellow]warning:[/bold yellow] {escape(text)}", soft_wrap=True)
 
@@ -267,7 +304,20 @@ def resume_hint(reporter: Optional[LineReporter], command: str = "train", folder
         where = f" in {run_dir}" if run_dir else ""
         return f"no training had begun; files already written{where} are complete"
     kept = f"epochs 1-{saved} are kept" if saved else "no epoch was finished"
-    return f"{kept}; resume with: flowerfast {command} --resume {folder or run_dir}"
+    return f"{kept}; resume with: {launcher()}flowerfast {command} --resume {folder or run_dir}"
+
+
+def launcher() -> str:
+    """How to start the command again: as it was, with torchrun in a job of several processes
+    (a job that ran on several machines is started there again with the same options)."""
+    from ..distributed import current
+
+    procs = current()
+    if not procs.distributed:
+        return ""
+    if int(os.environ.get("LOCAL_WORLD_SIZE", procs.world_size)) == procs.world_size:
+        return f"torchrun --nproc_per_node={procs.world_size} -m "
+    return "torchrun (with the job's options) -m "
 
 
 @contextlib.contextmanager
@@ -281,6 +331,13 @@ def user_errors(stopped: Optional[Callable[[], str]] = None) -> Iterator[None]:
     def after_stop() -> str:
         return escape(stopped() if stopped is not None else "files already written in the run folder are complete")
 
+    def stop_word(word: str) -> str:
+        from ..distributed import current
+
+        if current().distributed:  # torchrun stops every process when one fails, and on a cancelled job
+            word += " (the launcher stopped every process of the job)" if word == "terminated" else ""
+        return word
+
     with warnings.catch_warnings(), terminate_as_exception():
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -288,13 +345,19 @@ def user_errors(stopped: Optional[Callable[[], str]] = None) -> Iterator[None]:
         warnings.showwarning = _show_warning
         try:
             yield
+        except ReportedByRankZero:
+            raise typer.Exit(1)
+        except ProcessLost as exc:  # the job cannot go on; its last checkpoint can
+            fail(f"{exc}; {stopped()}" if stopped is not None else str(exc))
         except FlowerfastError as exc:
             fail(str(exc))
         except KeyboardInterrupt:
-            err_console.print(f"[bold red]interrupted[/bold red]: {after_stop()}")
+            if process_label() is None:
+                err_console.print(f"[bold red]{stop_word('interrupted')}[/bold red]: {after_stop()}")
             raise typer.Exit(130)
         except Terminated:
-            err_console.print(f"[bold red]terminated[/bold red]: {after_stop()}")
+            if process_label() is None:
+                err_console.print(f"[bold red]{stop_word('terminated')}[/bold red]: {after_stop()}")
             raise typer.Exit(143)
         finally:
             warnings.showwarning = previous
