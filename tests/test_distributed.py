@@ -210,3 +210,27 @@ def test_the_job_is_read_from_the_launchers_environment():
 
     with pytest.raises(FlowerfastError, match="RANK 4 does not fit WORLD_SIZE 4"):
         from_environment({"RANK": "4", "WORLD_SIZE": "4"})
+
+
+def test_accelerate_launch_runs_the_same_job(tmp_path, photos):
+    """``accelerate launch --multi_gpu`` starts the processes through torchrun's machinery; with
+    ``--device cpu`` they train over gloo like a torchrun job. (Accelerate's ``--cpu`` launches
+    one process unless MPI is set up.)"""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(port), "-m", "flowerfast", *TRAIN, "--data", str(photos), "--epochs", "1",
+               "--out", "run"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=open(tmp_path / "stderr.txt", "w"), text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", "CI": "1"}, cwd=tmp_path)
+    lines = run_until(proc, "never", timeout=150)
+    assert proc.returncode == 0, (tmp_path / "stderr.txt").read_text()
+    assert "processes: 2 (DDP over gloo); batch 8 per process, effective batch 16\n" in lines
+    assert sum(line.startswith("epoch 1/1") for line in lines) == 1
+    run = RunFolder(tmp_path / "run")
+    assert run.read_config()["processes"] == 2 and [r.epoch for r in run.read_history()] == [1]
+    assert_finished_cleanly(tmp_path / "run")
