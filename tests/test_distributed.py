@@ -234,3 +234,29 @@ def test_accelerate_launch_runs_the_same_job(tmp_path, photos):
     run = RunFolder(tmp_path / "run")
     assert run.read_config()["processes"] == 2 and [r.epoch for r in run.read_history()] == [1]
     assert_finished_cleanly(tmp_path / "run")
+
+
+def test_two_machines_meet_through_torchruns_rendezvous(tmp_path, photos):
+    """Two ``torchrun --nnodes=2`` launchers, as on two machines sharing a file system (here two
+    launchers on one), meet at a c10d rendezvous endpoint and train one job."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launchers = []
+    for node in (0, 1):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                   "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=flowers-test",
+                   "-m", "flowerfast", *TRAIN, "--data", str(photos), "--epochs", "1", "--out", "run"]
+        stderr = open(tmp_path / f"stderr-{node}.txt", "w")
+        launchers.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=tmp_path,
+                                          env={**os.environ, "PYTHONUNBUFFERED": "1", "CI": "1"}))
+    outputs = [launcher.communicate(timeout=150)[0] for launcher in launchers]
+    assert [launcher.returncode for launcher in launchers] == [0, 0], [
+        (tmp_path / f"stderr-{n}.txt").read_text()[-2000:] for n in (0, 1)]
+    header = "processes: 2 (DDP over gloo); batch 8 per process, effective batch 16\n"
+    assert sorted(header in out for out in outputs) == [False, True]  # one launcher holds rank 0, and prints
+    run = RunFolder(tmp_path / "run")
+    assert run.read_config()["processes"] == 2 and [r.epoch for r in run.read_history()] == [1]
+    assert_finished_cleanly(tmp_path / "run")
