@@ -27,7 +27,8 @@ WAIT = 60
 
 def browser_or_reason() -> tuple[str | None, str | None, str | None]:
     browser = next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
-    driver = shutil.which(DRIVER) or ("/usr/lib/chromium/chromedriver" if Path("/usr/lib/chromium/chromedriver").exists() else None)
+    packaged = Path("/usr/lib/chromium/chromedriver")  # where Debian's chromium-driver puts it
+    driver = shutil.which(DRIVER) or (str(packaged) if packaged.exists() else None)
     try:
         import fastapi  # noqa: F401
         import selenium  # noqa: F401
@@ -117,8 +118,8 @@ def test_a_photo_chosen_on_the_page_shows_predicts_answer(run_dir, browser, runn
         assert failed.find_element(By.CSS_SELECTOR, ".status").text == (
             "notes.jpg could not be read as an image: UnidentifiedImageError: not an image, or in a format "
             "Pillow cannot read")
-        problems = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"
-                    and "/predict?top_k=5 - Failed to load resource: the server responded with a status of 422" not in e["message"]]
+        refused = "/predict?top_k=5 - Failed to load resource: the server responded with a status of 422"
+        problems = [e for e in browser.get_log("browser") if e["level"] == "SEVERE" and refused not in e["message"]]
         assert not problems  # no script error, no resource refused by the page's security policy
         screenshot = tmp_path / "serve-page.png"
         assert browser.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 10_000
