@@ -130,11 +130,17 @@ def test_killing_one_process_ends_the_job_with_one_line_and_a_resumable_checkpoi
     ended = time.monotonic() - killed["at"]
     stderr = (tmp_path / "stderr.txt").read_text()
     assert proc.returncode != 0 and ended < 60, (ended, stderr)
-    mine = [line for line in stderr.splitlines() if line.startswith("error")]
+    # Rank 0 learns of the loss first from a collective that fails (the usual case) or from
+    # torchrun, which stops the other processes once it sees one die (when rank 0 was computing
+    # rather than exchanging at that moment): either way one line, ending with how to resume.
+    mine = [line for line in stderr.splitlines()
+            if line.startswith(("error", "terminated", "interrupted"))]
     assert len(mine) == 1, stderr
-    assert mine[0].startswith("error: another process of this 2-process job stopped or stopped answering (")
-    assert mine[0].endswith(f"resume with: torchrun --nproc_per_node=2 -m flowerfast train --resume {Path('run')}")
-    assert "[rank0]" not in stderr  # rank 0 ended on its one line, no traceback of its own
+    assert mine[0].startswith(("error: another process of this 2-process job stopped or stopped answering (",
+                               "terminated (the launcher stopped every process of the job")), stderr
+    resume = f"resume with: torchrun --nproc_per_node=2 -m flowerfast train --resume {Path('run')}"
+    assert mine[0].endswith(resume), stderr
+    assert "[rank0]" not in stderr, stderr  # rank 0 ended on its one line, no traceback of its own
     kept = load_checkpoint(out / CHECKPOINT)
     assert kept.epoch >= 1 and len(kept.rng_ranks) == 2
     assert [r.epoch for r in RunFolder(out).read_history()][:kept.epoch] == list(range(1, kept.epoch + 1))

@@ -303,7 +303,7 @@ def resume_hint(reporter: Optional[LineReporter], command: str = "train", folder
     if saved is None and folder is None:
         where = f" in {run_dir}" if run_dir else ""
         return f"no training had begun; files already written{where} are complete"
-    kept = f"epochs 1-{saved} are kept" if saved else "no epoch was finished"
+    kept = ("epoch 1 is kept" if saved == 1 else f"epochs 1-{saved} are kept") if saved else "no epoch was finished"
     return f"{kept}; resume with: {launcher()}flowerfast {command} --resume {folder or run_dir}"
 
 
@@ -335,7 +335,8 @@ def user_errors(stopped: Optional[Callable[[], str]] = None) -> Iterator[None]:
         from ..distributed import current
 
         if current().distributed:  # torchrun stops every process when one fails, and on a cancelled job
-            word += " (the launcher stopped every process of the job)" if word == "terminated" else ""
+            word += (" (the launcher stopped every process of the job: one of them failed, or the job was "
+                     "cancelled)") if word == "terminated" else ""
         return word
 
     with warnings.catch_warnings(), terminate_as_exception():
