@@ -105,14 +105,23 @@ def require_serve_extra() -> None:
 # What the model is
 
 
-def model_accuracy(source: Path) -> dict[str, Any]:
+def model_file(source: Path) -> Path:
+    """The weights file a model was read from: for a run folder, the one ``load_model`` chose
+    (:func:`~flowerfast.model.model_paths`: best, else final); a trusted fastai export is its own file."""
+    from .model import model_paths
+
+    try:
+        return model_paths(source)[0]
+    except FlowerfastError:
+        return source
+
+
+def model_accuracy(weights: Path) -> dict[str, Any]:
     """The validation accuracy of a run's model, from its run folder's ``summary.json``:
     ``best.*`` has the best epoch's, ``final.*`` the last epoch's. Empty for a model file alone."""
     from .runfolder import BEST, FINAL, SUMMARY, RunFolder
 
-    folder, stem = (source, BEST) if source.is_dir() else (source.parent, source.name.split(".")[0])
-    if source.is_dir() and not (folder / f"{BEST}.safetensors").exists():
-        stem = FINAL
+    folder, stem = weights.parent, weights.name.split(".")[0]
     if stem not in (BEST, FINAL) or not (folder / SUMMARY).is_file():
         return {}
     try:
@@ -126,26 +135,16 @@ def model_accuracy(source: Path) -> dict[str, Any]:
             "run": folder.name}
 
 
-def model_file_name(source: Path) -> str:
-    """The file the model was read from (a run folder's ``best.safetensors``, say), by name."""
-    from .model import model_paths
-
-    try:
-        return model_paths(source)[0].name if source.is_dir() else source.name
-    except FlowerfastError:
-        return source.name
-
-
 def describe_model(loaded, config: ServeConfig) -> dict[str, Any]:
     """``GET /model``: what the page shows and what a client needs to call ``/predict``."""
     from . import __version__
 
-    spec = loaded.spec
+    spec, weights = loaded.spec, model_file(loaded.source)
     return {
         "arch": spec.arch, "classes": list(spec.classes), "n_classes": spec.n_classes, "size": spec.size,
         "mean": list(loaded.preprocessing.mean), "std": list(loaded.preprocessing.std),
-        "model": model_file_name(loaded.source), "valid_accuracy": None, "epoch": None, "epochs": None, "run": None,
-        **model_accuracy(loaded.source),
+        "model": weights.name, "valid_accuracy": None, "epoch": None, "epochs": None, "run": None,
+        **model_accuracy(weights),
         "device": str(loaded.device), "precision": loaded.precision,
         "batching": {"max_batch": config.max_batch, "max_wait_ms": config.max_wait_ms},
         "limits": {"max_file_mb": config.max_file_mb, "max_files": config.max_files, "field": FILES_FIELD},
@@ -216,6 +215,7 @@ class ModelService:
         self.queue = None
         self.decoders: Optional[ThreadPoolExecutor] = None
         self.requests = 0
+        self.description = describe_model(loaded, config)  # read once: the run's summary does not change
 
     async def start(self) -> None:
         from .batching import BatchQueue
@@ -375,7 +375,7 @@ def create_app(model, config: Optional[ServeConfig] = None, device: Optional[str
 
     @app.get("/model", dependencies=keyed, summary="What the model is: architecture, classes, image size, accuracy")
     async def model_info():
-        return describe_model(loaded, config)
+        return service.description
 
     multipart_body = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
         "type": "object", "required": [FILES_FIELD],
@@ -480,7 +480,7 @@ def serve(model, config: Optional[ServeConfig] = None, device: Optional[str] = N
     app = create_app(model, config, device=device)
     sock = listening_socket(config.host, config.port)
     service: ModelService = app.state.service
-    app.router.lifespan_context = _chain(app.router.lifespan_context, on_ready, sock, service, config)
+    app.router.lifespan_context = _chain(app.router.lifespan_context, on_ready, sock, service)
     server = uvicorn.Server(uvicorn.Config(app, log_config=log_config(config.access_log), timeout_graceful_shutdown=3,
                                            timeout_keep_alive=5, lifespan="on"))
     try:
@@ -489,14 +489,14 @@ def serve(model, config: Optional[ServeConfig] = None, device: Optional[str] = N
         sock.close()
 
 
-def _chain(lifespan, on_ready, sock, service, config):
+def _chain(lifespan, on_ready, sock, service):
     """``lifespan`` followed by the ready call, once the batch queue runs."""
 
     @contextlib.asynccontextmanager
     async def chained(app):
         async with lifespan(app):
             if on_ready is not None:
-                on_ready(url_of(sock), describe_model(service.loaded, config))
+                on_ready(url_of(sock), service.description)
             yield
 
     return chained
