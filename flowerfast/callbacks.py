@@ -11,7 +11,7 @@ from typing import Callable, Optional
 from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.schedule import LRFinder, ParamScheduler
 
-from .distributed import sum_counts
+from .distributed import sum_counts, unwrapped
 from .progress import Reporter
 from .runfolder import EpochRecord
 
@@ -92,7 +92,7 @@ class CleanTrainAccuracy(Callback):
             return
         correct, n = 0, 0
         if self.dl is not None:  # in a job of several processes, this one's share of the sample
-            probs, targets = predict_batches(getattr(self.learn.model, "module", self.learn.model), self.dl,
+            probs, targets = predict_batches(unwrapped(self.learn.model), self.dl,
                                              self.precision, reporter=self.reporter, kind="clean-train")
             correct, n = int((probs.argmax(dim=-1) == targets).sum()), len(targets)
         correct, n = sum_counts([correct, n])
@@ -158,12 +158,12 @@ class KeepWeightsLRFinder(LRFinder):
 
     def before_fit(self):
         ParamScheduler.before_fit(self)
-        model = getattr(self.learn.model, "module", self.learn.model)
+        model = unwrapped(self.learn.model)
         self.saved_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self.saved_opt = copy.deepcopy(self.learn.opt.state_dict())
         self.best_loss = float("inf")
 
     def after_fit(self):
         self.learn.opt.zero_grad()
-        getattr(self.learn.model, "module", self.learn.model).load_state_dict(self.saved_model)
+        unwrapped(self.learn.model).load_state_dict(self.saved_model)
         self.learn.opt.load_state_dict(self.saved_opt)

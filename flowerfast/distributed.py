@@ -181,6 +181,12 @@ def main_only(reporter):
     return reporter if current().is_main else NullReporter()
 
 
+def unwrapped(model):
+    """The network itself: DDP's wrapper (present while a fit runs in a job of several processes)
+    holds it as ``.module``; a network outside a job is returned as it is."""
+    return getattr(model, "module", model)
+
+
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

@@ -99,7 +99,7 @@ class DataParallel(DistributedTrainer):
 
     def before_validate(self):
         self.ddp = self.learn.model
-        bare = getattr(self.ddp, "module", self.ddp)
+        bare = distributed.unwrapped(self.ddp)
         distributed.broadcast_module(bare)  # every process validates rank 0's model
         self.learn.model = bare
         super().before_validate()

@@ -104,7 +104,7 @@ def score_best_model(setup: RunSetup) -> float:
     from .sharding import shard_bounds
 
     learn, run, procs = setup.bundle.learn, setup.run, distributed.current()
-    model = getattr(learn.model, "module", learn.model)
+    model = distributed.unwrapped(learn.model)
     if procs.is_main:
         model.load_state_dict(load_file(str(run.best_model), device=str(setup.bundle.device)))
     distributed.broadcast_module(model)
@@ -177,7 +177,7 @@ def fit_phases(setup: RunSetup, reporter: Reporter, callbacks: Sequence = (), li
 
     def save_best() -> None:
         if main:
-            save_model(getattr(learn.model, "module", learn.model), setup.bundle.spec, run.model_stem(BEST))
+            save_model(distributed.unwrapped(learn.model), setup.bundle.spec, run.model_stem(BEST))
 
     saver = SaveBestModel(save_best, best_accuracy=start.best_accuracy if start else None,
                           best_epoch=start.best_epoch if start else None)
@@ -326,7 +326,7 @@ def snapshot(setup: RunSetup, epoch: int, history: list[EpochRecord], saver, sec
     rng_ranks = distributed.gather_objects(rng) if distributed.active() else []
     return Checkpoint(
         epoch=epoch,
-        model={k: v.detach().to("cpu") for k, v in getattr(learn.model, "module", learn.model).state_dict().items()},
+        model={k: v.detach().to("cpu") for k, v in distributed.unwrapped(learn.model).state_dict().items()},
         optimizer=opt.opt.state_dict() if opt is not None and epoch > 0 else None,
         rng=rng, rng_ranks=rng_ranks,
         options=start.options if start else setup.config.options.to_dict(),
