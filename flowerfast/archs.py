@@ -1,26 +1,36 @@
-"""Architectures by name: the registry, backbone construction and where its weights come from.
+"""Architectures by name: the registry, backbone construction and the body cut.
 
-Any torchvision classification model can be named; a few are featured (the flower report's
-``resnet152`` and ``vgg11_bn`` first). Pretrained weights come from torchvision's own weights API,
-so they are cached where torch caches them (``$TORCH_HOME/hub/checkpoints``) and a machine that has
-them there needs no network. ``--weights FILE`` loads a local state dict instead, read without
-unpickling arbitrary objects.
+Two libraries supply networks: torchvision (every classification model it lists) and timm (every
+model ``timm.list_models()`` knows). A bare name means torchvision's model when torchvision has
+one of that name, so ``resnet152`` is the flower report's network as it always was; a name only
+timm knows (``tf_efficientnet_lite0``) is timm's; and ``timm/NAME`` always asks for timm's, which
+is how a name both libraries know (``timm/resnet50``) reaches timm. That spelling is the canonical
+one :func:`check_arch` returns and model files record, together with the source, so a saved model
+rebuilds as the network it was trained as.
+
+Where the starting weights come from (ImageNet checkpoints, files, random) is
+:mod:`flowerfast.pretrained`'s concern; here networks are built with random weights.
 """
 
 from __future__ import annotations
 
 import difflib
-import warnings
+import functools
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 from .errors import FlowerfastError
-from .weights import load_state_into, read_state_dict
+
+TORCHVISION = "torchvision"
+TIMM = "timm"
+TIMM_PREFIX = "timm/"
 
 FEATURED = {
+    "tf_efficientnet_lite0": "EfficientNet-Lite0, the default: weights installed",
     "resnet152": "ResNet-152, the flower report's main model",
     "vgg11_bn": "VGG-11 with batch norm, the flower report's comparison model",
+    "tf_efficientnet_lite1": "EfficientNet-Lite1: weights with flowerfast[lite]",
+    "tf_efficientnet_lite2": "EfficientNet-Lite2: weights with flowerfast[lite]",
     "resnet18": "ResNet-18, fast; good for CPUs and quick experiments",
     "resnet34": "ResNet-34",
     "resnet50": "ResNet-50, a strong default on a GPU",
@@ -32,42 +42,65 @@ FEATURED = {
     "densenet121": "DenseNet-121",
 }
 
-# Models whose layout cannot be cut into "feature body + new head": auxiliary classifiers sit
-# between the feature layers (googlenet, inception) or the body yields tokens, not a feature map (ViT).
+# torchvision models whose layout cannot be cut into "feature body + new head": auxiliary
+# classifiers sit between the feature layers (googlenet, inception) or the body yields tokens (ViT).
 UNSUPPORTED = {
     "googlenet": "its auxiliary classifiers sit inside the feature layers",
     "inception_v3": "its auxiliary classifiers sit inside the feature layers",
 }
 UNSUPPORTED_PREFIXES = {"vit_": "its body yields tokens, not a feature map"}
-
-
-class PretrainedUnavailableWarning(UserWarning):
-    """Pretrained weights could not be had; training starts from random weights."""
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
-class WeightsInfo:
-    """Where a backbone's starting weights came from."""
+class ArchRef:
+    """An architecture as flowerfast knows it: the canonical ``name`` (what ``--arch`` shows and
+    model files record), the library that builds it, and that library's own name for it."""
 
-    pretrained: bool
-    source: str  # "imagenet:<torchvision weights name>", "file:<path>" or "random"
-    note: Optional[str] = None
+    name: str
+    source: str  # TORCHVISION or TIMM
+    model_name: str
+
+    @property
+    def is_timm(self) -> bool:
+        return self.source == TIMM
+
+
+@functools.lru_cache(maxsize=1)
+def torchvision_names() -> list[str]:
+    import torchvision
+
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+@functools.lru_cache(maxsize=1)
+def timm_names() -> list[str]:
+    """Every model timm can build (``[]`` when timm is not installed)."""
+    try:
+        import timm
+    except ImportError:
+        return []
+    return timm.list_models()
 
 
 def torchvision_archs() -> list[str]:
     """Every torchvision classification model name flowerfast can fine-tune."""
-    import torchvision
+    return sorted(n for n in torchvision_names() if _unsupported_reason(n) is None)
 
-    names = torchvision.models.list_models(module=torchvision.models)
-    return sorted(n for n in names if _unsupported_reason(n) is None)
+
+def timm_archs() -> list[str]:
+    """Every timm model, spelled as ``--arch`` takes it (``timm/`` where torchvision has the name)."""
+    tv = set(torchvision_names())
+    return [f"{TIMM_PREFIX}{n}" if n in tv else n for n in timm_names()]
 
 
 def list_archs(featured_only: bool = False) -> list[str]:
-    """Architecture names: the featured ones first, then the rest of torchvision's, A to Z."""
+    """Architecture names: the featured ones first, then torchvision's and timm's, each A to Z."""
     featured = list(FEATURED)
     if featured_only:
         return featured
-    return featured + [n for n in torchvision_archs() if n not in FEATURED]
+    return featured + [n for n in torchvision_archs() + timm_archs() if n not in FEATURED]
 
 
 def _unsupported_reason(name: str) -> Optional[str]:
@@ -79,40 +112,107 @@ def _unsupported_reason(name: str) -> Optional[str]:
     return None
 
 
+def resolve_arch(name: str, source: Optional[str] = None) -> ArchRef:
+    """The architecture ``name`` stands for; ``source`` (as a model file records it) pins the library.
+
+    Raises with close matches from both libraries for a name neither knows.
+    """
+    name = str(name).strip()
+    if source == TIMM or name.startswith(TIMM_PREFIX):
+        model_name = name[len(TIMM_PREFIX):] if name.startswith(TIMM_PREFIX) else name
+        if model_name not in set(timm_names()):
+            _unknown(name)
+        tv = model_name in set(torchvision_names())
+        return ArchRef(name=f"{TIMM_PREFIX}{model_name}" if tv else model_name, source=TIMM, model_name=model_name)
+    if name in set(torchvision_names()):
+        why = _unsupported_reason(name)
+        if why:
+            raise FlowerfastError(f"architecture {name!r} is not supported: {why}")
+        return ArchRef(name=name, source=TORCHVISION, model_name=name)
+    if source is None and name in set(timm_names()):
+        return ArchRef(name=name, source=TIMM, model_name=name)
+    _unknown(name)
+
+
+def _unknown(name: str):
+    close = difflib.get_close_matches(name, list_archs(), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; see `flowerfast archs --all`"
+    raise FlowerfastError(f"unknown architecture {name!r}{hint}")
+
+
 def check_arch(name: str) -> str:
-    """Return ``name`` if it is a known, supported architecture; else raise with close matches."""
+    """The canonical spelling of ``name`` if it is a known, supported architecture; else raise."""
+    return resolve_arch(name).name
+
+
+def folder_name(name: str) -> str:
+    """``name`` as one folder name (``timm/resnet50`` -> ``timm-resnet50``), for run folders."""
+    return name.replace("/", "-")
+
+
+def normalisation(ref: ArchRef) -> tuple[list[float], list[float]]:
+    """The per-channel mean and std the network's pretrained weights were trained with.
+
+    Why it matters: the input a pretrained network saw must be reproduced exactly, or its
+    features start off wrong. torchvision's ImageNet weights use ImageNet's statistics; timm
+    records each model's in its pretrained configuration (the EfficientNet-Lite checkpoints,
+    ported from TensorFlow, scale pixels to [-1, 1]: mean = std = 0.5).
+    """
+    if ref.is_timm:
+        import timm.models
+
+        cfg = timm.models.get_pretrained_cfg(ref.model_name)
+        if cfg is not None and cfg.mean and cfg.std:
+            return [float(v) for v in cfg.mean], [float(v) for v in cfg.std]
+    return list(IMAGENET_MEAN), list(IMAGENET_STD)
+
+
+def timm_body(model):
+    """``model`` (a timm network) without its classifier, as a module giving its feature map."""
+    from .nets import TimmBody
+
+    model.reset_classifier(0, "")
+    return TimmBody(model)
+
+
+def build_backbone(ref: ArchRef | str):
+    """The network with random weights, with its ImageNet classifier (cut off later)."""
+    ref = ref if isinstance(ref, ArchRef) else resolve_arch(ref)
+    if ref.is_timm:
+        import timm
+
+        return timm.create_model(ref.model_name, pretrained=False)
     import torchvision
 
-    known = torchvision.models.list_models(module=torchvision.models)
-    if name not in known:
-        close = difflib.get_close_matches(name, list_archs(), n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; see `flowerfast archs`"
-        raise FlowerfastError(f"unknown architecture {name!r}{hint}")
-    why = _unsupported_reason(name)
-    if why:
-        raise FlowerfastError(f"architecture {name!r} is not supported: {why}")
-    return name
+    return torchvision.models.get_model(ref.model_name, weights=None)
 
 
-def build_backbone(name: str):
-    """A torchvision model with random weights (the classifier layer is replaced later)."""
-    import torchvision
+def build_body(ref: ArchRef, cut: int):
+    """The feature body of ``ref`` with random weights, as a training run cuts it (``cut`` children)."""
+    import torch.nn as nn
 
-    return torchvision.models.get_model(check_arch(name), weights=None)
+    if ref.is_timm:
+        import timm
 
-
-def imagenet_weights(name: str):
-    """torchvision's default ImageNet weights enum for ``name``."""
-    import torchvision
-
-    return torchvision.models.get_model_weights(name).DEFAULT
+        return nn.Sequential(timm_body(timm.create_model(ref.model_name, pretrained=False, num_classes=0,
+                                                         global_pool="")))
+    return cut_body(build_backbone(ref), cut)
 
 
-def download_pretrained_state(name: str) -> tuple[dict, str]:
-    """The ImageNet state dict from torchvision: from torch's cache, else downloaded into it."""
-    weights = imagenet_weights(name)
-    state = weights.get_state_dict(progress=False, check_hash=True, weights_only=True)
-    return state, f"imagenet:{weights}"
+def cuttable(backbone, ref: ArchRef):
+    """The backbone laid out as torchvision's models are, so that the body cut takes it.
+
+    torchvision models are returned as they are. A timm model becomes
+    ``Sequential(TimmBody, AdaptiveAvgPool2d)``: its feature layers (classifier removed), then
+    a pooling layer. Why the pooling layer: fastai's ``vision_learner`` cuts a backbone before
+    its last child that pools (it does not pass an explicit ``cut`` on), and so does
+    :func:`body_cut`; with it, both keep exactly the feature layers.
+    """
+    if not ref.is_timm:
+        return backbone
+    import torch.nn as nn
+
+    return nn.Sequential(timm_body(backbone), nn.AdaptiveAvgPool2d(1))
 
 
 # --- the body cut: feature layers kept, ImageNet classifier dropped ----------------------------
@@ -152,38 +252,21 @@ def cut_body(backbone, cut: int):
     return nn.Sequential(*list(backbone.children())[:cut])
 
 
-def classifier_prefixes(model) -> tuple[str, ...]:
+def classifier_prefixes(model, ref: Optional[ArchRef] = None) -> tuple[str, ...]:
     """State-dict prefixes of the layers that the body cut drops (the ImageNet classifier)."""
+    if ref is not None and ref.is_timm:
+        return tuple(f"{name}." for name in str(model.pretrained_cfg.get("classifier", "classifier")).split(","))
     names = [name for name, _ in model.named_children()]
     return tuple(f"{name}." for name in names[body_cut(model):])
 
 
-def load_backbone(name: str, pretrained: Optional[bool] = None, weights: Optional[Path] = None):
-    """Build the ``name`` backbone and give it its starting weights.
-
-    ``weights``: a local state dict file (its classifier layer may have any number of classes: it
-    is cut off anyway). ``pretrained=True``: ImageNet weights or an error;
-    ``False``: random; ``None``: ImageNet weights if they can be had, else random with a
-    :class:`PretrainedUnavailableWarning` (the result's ``WeightsInfo`` says which happened).
-    """
-    model = build_backbone(name)
-    if weights is not None:
-        load_state_into(model, read_state_dict(Path(weights)), f"weights file {weights}", name,
-                        ignore_prefixes=classifier_prefixes(model))
-        return model, WeightsInfo(pretrained=True, source=f"file:{weights}")
-    if pretrained is False:
-        return model, WeightsInfo(pretrained=False, source="random")
-    try:
-        state, source = download_pretrained_state(name)
-    except Exception as exc:  # no network, no cache, a proxy error...: all mean "not available"
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        msg = (f"pretrained ImageNet weights for {name} are not available ({reason}); "
-               f"training from random initialisation, expect much lower accuracy. "
-               f"Use --weights FILE with a local state dict, or --pretrained to make this an error.")
-        if pretrained:
-            raise FlowerfastError(f"pretrained ImageNet weights for {name} are not available ({reason}); "
-                                  f"use --weights FILE or --no-pretrained") from None
-        warnings.warn(msg, PretrainedUnavailableWarning, stacklevel=2)
-        return model, WeightsInfo(pretrained=False, source="random", note=msg)
-    load_state_into(model, state, "torchvision's ImageNet weights", name)
-    return model, WeightsInfo(pretrained=True, source=source)
+def check_feature_map(model, ref: ArchRef, out) -> None:
+    """Refuse a body whose output is not a channels-first feature map (tokens, or channels last
+    as timm's Swin gives): the head pools over the last two dimensions."""
+    if out.dim() != 4:
+        raise FlowerfastError(f"architecture {ref.name!r} is not supported: its body does not yield a feature map")
+    if ref.is_timm:
+        channels = getattr(model, "num_features", None)  # timm: the channels forward_features yields
+        if channels is not None and int(out.shape[1]) != int(channels):
+            raise FlowerfastError(f"architecture {ref.name!r} is not supported: its features are not a "
+                                  "channels-first feature map")

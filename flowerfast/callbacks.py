@@ -1,5 +1,6 @@
 """fastai callbacks, one concern each: epoch statistics, clean train accuracy, progress reporting,
-best-model saving. (The precision and memory-layout callbacks are in :mod:`flowerfast.precision`.)"""
+best-model saving. (The precision and memory-layout callbacks are in :mod:`flowerfast.precision`,
+the fine-tuning one in :mod:`flowerfast.finetune`.)"""
 
 from __future__ import annotations
 

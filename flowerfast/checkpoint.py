@@ -26,7 +26,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 import torch
 
-from .errors import FlowerfastError
+from .errors import FlowerfastError, first_line
 from .runfolder import EpochRecord, SplitRow, relative_path
 from .runs import atomic_write
 
@@ -115,7 +115,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
         if "weights only" in str(exc).lower() or "weights_only" in str(exc):
             reason = "it holds more than tensors and plain values, and is not unpickled"
         else:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = first_line(exc)
         raise FlowerfastError(f"cannot read checkpoint {path}: {reason}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise FlowerfastError(f"{path} is not a flowerfast checkpoint")
@@ -208,10 +208,10 @@ RESUME_MAY_CHANGE = ("data", "device", "workers", "threads", "cache", "cache_dir
 data folder may move, as long as its photos are the same)."""
 
 RESOLVED_MUST_MATCH = ("classes", "n_train", "n_valid", "bs", "lr", "freeze_epochs", "body_lr", "pretrained",
-                       "clean_train_images", "class_weights", "processes")
+                       "clean_train_images", "class_weights", "processes", "fixed_bn")
 """Resolved values that decide the run's arithmetic: a resume that resolves any of them
 differently is refused (``processes``: the number of processes shares out every epoch and sets
 the effective batch size, so a run resumes with as many as it started with)."""
 
-RESOLVED_DEFAULTS = {"processes": 1}
+RESOLVED_DEFAULTS = {"processes": 1, "fixed_bn": False}
 """What a checkpoint written before a value was recorded had: runs of one process."""

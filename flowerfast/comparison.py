@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from . import distributed
-from .archs import check_arch
+from .archs import check_arch, folder_name
 from .checkpoint import CHECKPOINT, RESUME_MAY_CHANGE
 from .config import TrainConfig, make_config
 from .errors import FlowerfastError
@@ -31,15 +31,13 @@ from .runs import TEMP_SUFFIX, check_output_dir, create_run_dir, default_run_dir
 def parse_archs(archs: Union[str, Sequence[str]]) -> list[str]:
     """``"resnet152,vgg11_bn"`` or a list, to a checked list of at least two distinct names."""
     names = [a.strip() for a in (archs.split(",") if isinstance(archs, str) else archs)]
-    names = [a for a in names if a]
+    names = [check_arch(a) for a in names if a]  # one spelling per network: resnet50 and timm/resnet50 differ
     if len(names) < 2:
         raise FlowerfastError(f"--archs needs at least 2 architectures to compare, separated by commas "
                               f"(got {', '.join(names) or 'none'})")
     dupes = sorted({a for a in names if names.count(a) > 1})
     if dupes:
         raise FlowerfastError(f"--archs names {', '.join(dupes)} more than once: each architecture is trained once")
-    for name in names:
-        check_arch(name)
     return names
 
 
@@ -119,7 +117,8 @@ def clear_unstarted_run(run: RunFolder) -> None:
 
 def run_comparison(out: Path, names: list[str], base: TrainConfig, reporter: Reporter,
                    resuming: Optional[dict] = None) -> Optional[ComparisonReport]:
-    """Train (or, when ``resuming``, finish) each architecture into ``out/<arch>`` and report.
+    """Train (or, when ``resuming``, finish) each architecture into ``out/<arch>`` (``timm/x`` into
+    ``out/timm-x``) and report.
 
     In a job of several processes every process trains each model, and rank 0 alone clears a
     folder and writes the report (the others return ``None``); the comparison folder must be the
@@ -129,7 +128,7 @@ def run_comparison(out: Path, names: list[str], base: TrainConfig, reporter: Rep
     split_file = base.split_file
     run_dirs = []
     for i, arch in enumerate(names, 1):
-        run = RunFolder(out / arch)
+        run = RunFolder(out / folder_name(arch))
         if resuming is not None and run.file(SUMMARY).is_file():
             reporter.stage(f"model {i}/{len(names)}: {arch} is finished, kept as it is")
         elif resuming is not None and run.file(CHECKPOINT).is_file():

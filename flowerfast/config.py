@@ -63,10 +63,13 @@ class TrainConfig:
     sync_bn: in a job of several processes (``torchrun``), compute batch-norm statistics over the
         whole batch of every process (``SyncBatchNorm``) instead of each process's own; it costs a
         collective per batch-norm layer, and matters when a process's batch is small.
+    fixed_bn: keep the pretrained body's batch-norm statistics fixed (eval mode) in training, and
+        freeze the body whole in the frozen phase; ``None`` means so for pretrained weights (from
+        random weights the statistics must be learnt).
     """
 
     data: Optional[Path] = None
-    arch: str = "resnet152"
+    arch: str = "tf_efficientnet_lite0"
     epochs: int = 10
     lr: Union[float, str, None] = None
     bs: int = 32
@@ -93,6 +96,7 @@ class TrainConfig:
     keep: Optional[int] = None
     trackers: list[str] = field(default_factory=list)
     sync_bn: bool = False
+    fixed_bn: Optional[bool] = None
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> "TrainConfig":
@@ -250,6 +254,7 @@ class ResolvedConfig:
     body_lr: Optional[float] = None
     processes: int = 1
     effective_bs: int = 0
+    fixed_bn: bool = False
 
     @property
     def mixed_precision(self) -> bool:
@@ -278,7 +283,8 @@ class ResolvedConfig:
 def resolve(options: TrainConfig, *, data, run_dir: Path, device, workers: int, threads: int, precision: str,
             channels_last: bool, cache_dir: Optional[Path], weights, versions: dict[str, str], training: bool = True,
             lr_finder=None, class_counts: Optional[dict] = None,
-            class_weights: Optional[list[float]] = None, processes: int = 1) -> ResolvedConfig:
+            class_weights: Optional[list[float]] = None, processes: int = 1,
+            fixed_bn: bool = False) -> ResolvedConfig:
     """Decide everything the options left open, in one place, before the first epoch.
 
     ``data`` is the :class:`flowerfast.data.FlowerData`, ``weights`` the backbone's
@@ -311,7 +317,7 @@ def resolve(options: TrainConfig, *, data, run_dir: Path, device, workers: int, 
         class_counts=dict(class_counts or {}),
         class_weights=dict(zip(data.classes, class_weights)) if class_weights else None,
         lr=lr, lr_find=found, freeze_epochs=freeze, body_lr=lower,
-        processes=processes, effective_bs=data.bs * processes,
+        processes=processes, effective_bs=data.bs * processes, fixed_bn=fixed_bn,
     )
 
 

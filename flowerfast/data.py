@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
+from .archs import IMAGENET_MEAN, IMAGENET_STD
 from .config import DEFAULTS
 from .errors import FlowerfastError
 from .imagecache import ImageCache, decode, load_size
@@ -27,8 +28,6 @@ from .progress import Reporter
 from .runfolder import SplitRow, read_split_csv
 
 VALID_FOLDER_NAMES = ("valid", "val")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def default_data_dir() -> Path:
@@ -74,6 +73,8 @@ class FlowerData:
     cache: Optional[ImageCache] = None
     files: list[Path] = field(default_factory=list)
     loader: Optional["ImageLoader"] = None
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
 
     @property
     def n_train(self) -> int:
@@ -297,9 +298,10 @@ class UnreadablePhotoWarning(UserWarning):
     """A photo that was readable when the folder was scanned could not be read during the run."""
 
 
-def train_transforms(size: int):
-    """Item and batch transforms: random resized crop, flips and fastai's augmentations, ImageNet
-    normalisation, then random erasing (which expects normalised input). On the validation set
+def train_transforms(size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+    """Item and batch transforms: random resized crop, flips and fastai's augmentations, the
+    normalisation of the pretrained weights (``mean``, ``std``: ImageNet's for torchvision's),
+    then random erasing (which expects normalised input). On the validation set
     fastai applies only the resize and centre crop of ``RandomResizedCrop``; the rest is train-only.
     They run on the photo as :class:`ImageLoader` gives it (shorter side at most ``2 * size``).
     """
@@ -309,7 +311,7 @@ def train_transforms(size: int):
     item_tfms = [RandomResizedCrop(size, min_scale=0.35)]
     batch_tfms = [
         *aug_transforms(),
-        Normalize.from_stats(list(IMAGENET_MEAN), list(IMAGENET_STD)),
+        Normalize.from_stats(list(mean), list(std)),
         RandomErasing(p=0.25, max_count=1),
     ]
     return item_tfms, batch_tfms
@@ -318,13 +320,15 @@ def train_transforms(size: int):
 def augmentation_description(size: int) -> str:
     """:func:`train_transforms` in words, for reports."""
     return (f"RandomResizedCrop({size}, min_scale=0.35); fastai aug_transforms (flips, rotation up to 10 degrees, "
-            "zoom up to 1.1, warp 0.2, lighting 0.2); ImageNet normalisation; RandomErasing(p=0.25)")
+            "zoom up to 1.1, warp 0.2, lighting 0.2); the weights' normalisation; RandomErasing(p=0.25)")
 
 
 def build_dataloaders(rows: Sequence[SplitRow], classes: Sequence[str], size: int, bs: int,
                       workers: int = 0, device=None, seed: int = DEFAULTS.seed,
-                      cache_dir: Optional[Path | str] = None, loader: Optional[ImageLoader] = None):
-    """fastai DataBlock over the split rows: one DataLoaders with train and valid.
+                      cache_dir: Optional[Path | str] = None, loader: Optional[ImageLoader] = None,
+                      mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+    """fastai DataBlock over the split rows: one DataLoaders with train and valid, normalised
+    with ``mean`` and ``std`` (those of the network's pretrained weights).
 
     Photos are decoded and reduced through the image cache in ``cache_dir`` (``None``: no cache,
     decoded every time; the pixels are the same either way). ``loader`` gives the
@@ -336,7 +340,7 @@ def build_dataloaders(rows: Sequence[SplitRow], classes: Sequence[str], size: in
     from fastai.vision.data import ImageBlock
     from fastai.torch_core import set_seed
 
-    item_tfms, batch_tfms = train_transforms(size)
+    item_tfms, batch_tfms = train_transforms(size, mean, std)
     items = [(str(r.file), r.label) for r in rows]
     valid_idx = [i for i, r in enumerate(rows) if r.is_valid]
     block = DataBlock(
@@ -369,7 +373,8 @@ def load_data(data: Optional[Path | str] = None, size: int = DEFAULTS.size, bs: 
               valid_pct: float = DEFAULTS.valid_pct, seed: int = DEFAULTS.seed, workers: int = 0, device=None,
               split_file: Optional[Path] = None, cache_dir: Optional[Path | str] = None,
               check_folder=None, stratify: bool = DEFAULTS.stratify, reporter: Optional[Reporter] = None,
-              shards: int = 1) -> FlowerData:
+              shards: int = 1, mean: Sequence[float] = IMAGENET_MEAN,
+              std: Sequence[float] = IMAGENET_STD) -> FlowerData:
     """Scan a data folder, split it and build DataLoaders. ``data=None`` uses the embedded sample.
 
     ``split_file`` reuses an earlier run's ``split.csv`` instead of splitting anew; otherwise the
@@ -379,6 +384,8 @@ def load_data(data: Optional[Path | str] = None, size: int = DEFAULTS.size, bs: 
     :class:`ImageFolder` before anything else (a resumed run checks its photos are unchanged).
     ``shards``: the processes of a distributed job, each training on its own share of the
     training images with ``bs`` images per batch (so the batch is capped at that share).
+    ``mean`` and ``std`` normalise the images as the network's pretrained weights expect
+    (:func:`flowerfast.archs.normalisation`).
     """
     root = Path(os.path.abspath(Path(data).expanduser())) if data is not None else default_data_dir()
     folder = scan_image_folder(root, reporter=reporter)
@@ -399,10 +406,10 @@ def load_data(data: Optional[Path | str] = None, size: int = DEFAULTS.size, bs: 
         raise FlowerfastError(f"the training set needs at least 2 images{each}: add images or lower --valid-pct")
     loader = ImageLoader(size, cache_dir)
     dls = build_dataloaders(rows, folder.classes, size=size, bs=eff_bs, workers=workers, device=device, seed=seed,
-                            loader=loader)
+                            loader=loader, mean=mean, std=std)
     return FlowerData(dls=dls, classes=list(folder.classes), rows=rows, skipped=folder.skipped,
                       root=folder.root, preset_split=folder.preset_split is not None, bs=eff_bs, cache=loader.cache,
-                      files=list(folder.files), loader=loader)
+                      files=list(folder.files), loader=loader, mean=list(mean), std=list(std))
 
 
 FEW_TRAINING_IMAGES = 5

@@ -30,3 +30,10 @@ class ReportedByRankZero(FlowerfastError):
 class ProcessLost(FlowerfastError):
     """Another process of a job of several processes died or stopped answering: this one cannot
     go on alone (the last checkpoint is whole; the run resumes)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when it has none: how a
+    reason from deep inside a library is quoted in a one-line error or warning."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

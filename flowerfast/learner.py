@@ -18,11 +18,12 @@ from typing import Iterator, Optional
 
 import torch
 
-from .archs import WeightsInfo, load_backbone
+from .archs import normalisation, resolve_arch
 from .config import DEFAULTS
 from .data import FlowerData
 from .devices import autocast_dtype, preferred_layout, resolve_device
 from .model import ModelSpec, assemble_classifier
+from .pretrained import WeightsInfo, load_backbone
 
 
 @contextlib.contextmanager
@@ -50,6 +51,7 @@ class LearnerBundle:
     precision: str = "fp32"
     channels_last: bool = False
     compiled: bool = False
+    fixed_bn: bool = False
 
     @property
     def mixed_precision(self) -> bool:
@@ -59,7 +61,8 @@ class LearnerBundle:
 def create_learner(data: FlowerData, arch: str = DEFAULTS.arch, size: int = DEFAULTS.size,
                    pretrained: Optional[bool] = DEFAULTS.pretrained, weights: Optional[Path] = None,
                    device: Optional[torch.device] = None, precision: str = "fp32", compile: bool = False,
-                   path: Optional[Path] = None, class_weights: Optional[list[float]] = None) -> LearnerBundle:
+                   path: Optional[Path] = None, class_weights: Optional[list[float]] = None,
+                   fixed_bn: Optional[bool] = DEFAULTS.fixed_bn) -> LearnerBundle:
     """Build the classifier for ``data.classes`` and wrap it in a fastai Learner (Adam, accuracy).
 
     ``precision`` is a resolved one (``fp32``, ``bf16``, ``fp16``: see
@@ -69,6 +72,9 @@ def create_learner(data: FlowerData, arch: str = DEFAULTS.arch, size: int = DEFA
     ``class_weights`` (one per class, in ``data.classes`` order) weight the cross-entropy loss.
     ``path`` is the Learner's scratch folder (see :func:`learner_workspace`); by default a new
     temporary folder, removed when the Learner is garbage-collected or the program exits.
+    ``fixed_bn`` keeps the body's batch-norm statistics as the pretrained weights have them
+    (:class:`flowerfast.finetune.FixedBodyNormStats`), and then a frozen body is frozen whole,
+    its batch norms' scale and shift too; ``None``: so when the weights are pretrained.
     """
     from fastai.losses import CrossEntropyLossFlat
     from fastai.metrics import accuracy
@@ -80,8 +86,9 @@ def create_learner(data: FlowerData, arch: str = DEFAULTS.arch, size: int = DEFA
     from .precision import Autocast, BatchLayout
 
     device = device if device is not None else resolve_device("auto")
-    backbone, info = load_backbone(arch, pretrained=pretrained, weights=weights)
-    model, cut, nf = assemble_classifier(backbone, arch, len(data.classes), size=size)
+    ref = resolve_arch(arch)
+    backbone, info = load_backbone(ref, pretrained=pretrained, weights=weights)
+    model, backbone, cut, nf = assemble_classifier(backbone, ref, len(data.classes), size=size)
     head = model[1]
     weight = torch.tensor(class_weights, dtype=torch.float32, device=device) if class_weights else None
     learn = vision_learner(
@@ -91,6 +98,12 @@ def create_learner(data: FlowerData, arch: str = DEFAULTS.arch, size: int = DEFA
     )
     if path is None:
         weakref.finalize(learn, shutil.rmtree, str(learn.path), True)
+    fixed_bn = info.pretrained if fixed_bn is None else bool(fixed_bn)
+    if fixed_bn:
+        from .finetune import FixedBodyNormStats
+
+        learn.add_cb(FixedBodyNormStats())
+        learn.train_bn = False  # fastai's freeze() would leave the body's batch norms trainable
     learn.remove_cb(ProgressCallback)
     learn.logger = lambda *args, **kwargs: None
     learn.model.to(device)
@@ -107,9 +120,11 @@ def create_learner(data: FlowerData, arch: str = DEFAULTS.arch, size: int = DEFA
         learn.add_cb(Autocast(torch.bfloat16))
     if compile:
         learn.model.compile()
-    spec = ModelSpec(arch=arch, classes=list(data.classes), size=size, cut=cut, num_features=nf)
+    mean, std = normalisation(ref)
+    spec = ModelSpec(arch=ref.name, classes=list(data.classes), size=size, cut=cut, num_features=nf, mean=mean,
+                     std=std, source=ref.source)
     return LearnerBundle(learn=learn, spec=spec, weights=info, device=device, precision=precision,
-                         channels_last=channels_last, compiled=compile)
+                         channels_last=channels_last, compiled=compile, fixed_bn=fixed_bn)
 
 
 def adam(device: torch.device):

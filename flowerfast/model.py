@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from .archs import body_cut, cut_body
+from .archs import ArchRef, body_cut, check_feature_map, cut_body, cuttable, resolve_arch
 from .errors import FlowerfastError
 
 FORMAT_VERSION = 1
@@ -53,19 +53,19 @@ def build_head(num_features: int, n_classes: int):
     )
 
 
-def body_features(body, arch: str, size: int = 64) -> int:
-    """Channels of the body's feature map, found by one small forward pass."""
+def body_features(body, ref: ArchRef, size: int = 64, backbone=None) -> int:
+    """Channels of the body's feature map, found by one small forward pass (``backbone``: the
+    network the body was cut from, whose own description of its features is checked too)."""
     was_training = body.training
     body.eval()
     try:
         with torch.no_grad():
             out = body(torch.zeros(1, 3, size, size))
     except Exception as exc:
-        raise FlowerfastError(f"architecture {arch!r} cannot run at {size}px: {exc}") from None
+        raise FlowerfastError(f"architecture {ref.name!r} cannot run at {size}px: {exc}") from None
     finally:
         body.train(was_training)
-    if out.dim() != 4:
-        raise FlowerfastError(f"architecture {arch!r} is not supported: its body does not yield a feature map")
+    check_feature_map(backbone if backbone is not None else body, ref, out)
     return int(out.shape[1])
 
 
@@ -80,6 +80,7 @@ class ModelSpec:
     num_features: int
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    source: str = "torchvision"  # the library that builds ``arch``: "torchvision" or "timm"
     format: str = "flowerfast-model"
     format_version: int = FORMAT_VERSION
     versions: dict = field(default_factory=dict)
@@ -89,40 +90,54 @@ class ModelSpec:
     def n_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def arch_ref(self) -> ArchRef:
+        return resolve_arch(self.arch, source=self.source)
+
 
 def library_versions() -> dict[str, str]:
     import torchvision
 
     from . import __version__
 
-    return {"flowerfast": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "python": platform.python_version()}
+    versions = {"flowerfast": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+                "python": platform.python_version()}
+    try:
+        from importlib.metadata import version
+
+        versions["timm"] = version("timm")
+    except Exception:  # timm is a dependency, but a model without it still describes itself
+        pass
+    return versions
 
 
-def assemble_classifier(backbone, arch: str, n_classes: int, size: int = 64):
+def assemble_classifier(backbone, ref: ArchRef | str, n_classes: int, size: int = 64):
     """Cut ``backbone`` into its body and attach a new head for ``n_classes``.
 
-    Returns ``(model, cut, num_features)``; ``model`` is ``Sequential(body, head)``.
+    Returns ``(model, cuttable, cut, num_features)``: ``model`` is ``Sequential(body, head)``, its
+    body the first ``cut`` children of ``cuttable`` (the backbone as :func:`flowerfast.archs.cuttable`
+    shapes it, which fastai's ``vision_learner`` cuts again the same way).
     """
-    cut = body_cut(backbone)
-    body = cut_body(backbone, cut)
-    nf = body_features(body, arch, size=min(size, 224))
-    return nn.Sequential(body, build_head(nf, n_classes)), cut, nf
+    ref = ref if isinstance(ref, ArchRef) else resolve_arch(ref)
+    whole = cuttable(backbone, ref)
+    cut = body_cut(whole)
+    body = cut_body(whole, cut)
+    nf = body_features(body, ref, size=min(size, 224), backbone=backbone)
+    return nn.Sequential(body, build_head(nf, n_classes)), whole, cut, nf
 
 
 def build_classifier(spec: ModelSpec):
     """The network described by ``spec``, with random weights (load a state dict next).
 
     ResNet and VGG bodies come from :mod:`flowerfast.nets`, which avoids importing torchvision
-    (seconds); other architectures are built by torchvision and cut.
+    (seconds); other architectures are built by torchvision or timm and cut.
     """
-    from .nets import build_body
+    from .archs import build_body
+    from .nets import build_body as build_plain_body
 
-    body = build_body(spec.arch, spec.cut)
+    body = build_plain_body(spec.arch, spec.cut) if spec.source == "torchvision" else None
     if body is None:
-        from .archs import build_backbone
-
-        body = cut_body(build_backbone(spec.arch), spec.cut)
+        body = build_body(spec.arch_ref, spec.cut)
     return nn.Sequential(body, build_head(spec.num_features, spec.n_classes))
 
 

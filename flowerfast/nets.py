@@ -145,3 +145,19 @@ def build_body(arch: str, cut: int) -> Optional[nn.Sequential]:
     if cut != len(children):
         return None
     return nn.Sequential(*children)
+
+
+class TimmBody(nn.Module):
+    """A timm network's feature layers: its ``forward_features``, the map before pooling.
+
+    Why a wrapper rather than a cut of its children, as for torchvision's models: timm computes
+    a model's features in ``forward_features``, which need not be its children in order (stems,
+    norms and reshapes differ by family); that method is the one layout every timm model promises.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model.forward_features(x)

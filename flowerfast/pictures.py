@@ -84,11 +84,10 @@ def batch_picture(dls, classes: Sequence[str], mean: Sequence[float], std: Seque
     return batch_png(images, labels, title=title)
 
 
-def draw_batch(path: Path, dls, classes: Sequence[str], size: int, n: int = 16) -> Path:
-    from .data import IMAGENET_MEAN, IMAGENET_STD
-
+def draw_batch(path: Path, data, size: int, n: int = 16) -> Path:
+    """``batch.png``: ``n`` augmented training images of ``data`` (a ``FlowerData``), un-normalised."""
     title = f"augmented training images at {size}px, as the model sees them"
-    return atomic_write_bytes(Path(path), batch_picture(dls, classes, IMAGENET_MEAN, IMAGENET_STD, n, title))
+    return atomic_write_bytes(Path(path), batch_picture(data.dls, data.classes, data.mean, data.std, n, title))
 
 
 def show_batch(config=None, out: Path | str = BATCH, n: int = 16, **options) -> Path:
@@ -97,6 +96,7 @@ def show_batch(config=None, out: Path | str = BATCH, n: int = 16, **options) -> 
     from fastai.torch_core import set_seed
 
     from .config import make_config
+    from .archs import normalisation, resolve_arch
     from .data import load_data
     from .devices import resolve_device
     from .imagecache import default_cache_dir
@@ -107,9 +107,10 @@ def show_batch(config=None, out: Path | str = BATCH, n: int = 16, **options) -> 
 
         raise FlowerfastError(f"-n must be at least 1 (got {n})")
     cache_dir = (config.cache_dir or default_cache_dir()) if config.cache else None
+    mean, std = normalisation(resolve_arch(config.arch))
     data = load_data(config.data, size=config.size, bs=max(n, 2), valid_pct=config.valid_pct, seed=config.seed,
                      workers=0, device=resolve_device("cpu"), split_file=config.split_file, cache_dir=cache_dir,
-                     stratify=config.stratify)
+                     stratify=config.stratify, mean=mean, std=std)
     set_seed(config.seed)
     out = Path(out).expanduser()
     if out.suffix.lower() != ".png":
@@ -117,4 +118,4 @@ def show_batch(config=None, out: Path | str = BATCH, n: int = 16, **options) -> 
 
         raise FlowerfastError(f"--out must name a .png file (got {out})")
     out.parent.mkdir(parents=True, exist_ok=True)
-    return draw_batch(out, data.dls, data.classes, config.size, min(n, data.bs))
+    return draw_batch(out, data, config.size, min(n, data.bs))

@@ -217,14 +217,11 @@ def training_settings(config: dict[str, Any], summary) -> dict[str, Any]:
 
 
 def published_parameters(arch: str) -> Optional[int]:
-    """The parameter count ``flowerfast archs`` shows: torchvision's network with its ImageNet
-    classifier (a fine-tuned model replaces that classifier with a smaller head)."""
-    from .archs import imagenet_weights
+    """The parameter count ``flowerfast archs`` shows: the network with its ImageNet classifier
+    (a fine-tuned model replaces that classifier with a smaller head)."""
+    from .pretrained import published_facts
 
-    try:
-        return int(imagenet_weights(arch).meta["num_params"])
-    except (ValueError, KeyError, AttributeError, TypeError):
-        return None
+    return published_facts(arch)[0]
 
 
 def split_facts(run: RunRecord) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from .archs import WeightsInfo, check_arch
+from .archs import folder_name, normalisation, resolve_arch
 from .checkpoint import (RESOLVED_DEFAULTS, RESOLVED_MUST_MATCH, Checkpoint, data_files, describe_data_change,
                          split_sha256)
 from .config import ResolvedConfig, TrainConfig, resolve
@@ -23,6 +23,7 @@ from .devices import resolve_device, resolve_precision, resolve_workers, use_thr
 from .imagecache import default_cache_dir
 from .learner import LearnerBundle, create_learner, learner_workspace
 from .model import library_versions
+from .pretrained import WeightsInfo
 from .progress import Reporter
 from .errors import FlowerfastError
 from .runfolder import SPLIT, RunFolder
@@ -65,7 +66,9 @@ def prepare_run(options: TrainConfig, reporter: Reporter, prefix: str = "", trai
     """
     from . import distributed
 
-    check_arch(options.arch)
+    ref = resolve_arch(options.arch)
+    if ref.name != options.arch:  # one spelling per network, in config.json, run names and model files
+        options = options.with_options(arch=ref.name)
     if training:
         from .trackers import check_trackers
 
@@ -80,19 +83,21 @@ def prepare_run(options: TrainConfig, reporter: Reporter, prefix: str = "", trai
         distributed.start(device)
     if resume is None:  # rank 0 names the folder (a timestamp): every process takes its name
         run_dir = distributed.agree(
-            lambda: RunFolder.check_new(options.out or default_run_dir(f"{prefix}{options.arch}")))
+            lambda: RunFolder.check_new(options.out or default_run_dir(f"{prefix}{folder_name(ref.name)}")))
     workers = resolve_workers(options.workers, device)
     precision = resolve_precision(options.precision, device)
     threads = use_threads(options.threads)
     cache_dir = (options.cache_dir or default_cache_dir()) if options.cache else None
 
+    mean, std = normalisation(ref)
     reporter.stage(f"scanning {options.data or 'the embedded sample photos'}")
     with distributed.each_ready():  # a folder missing on one machine stops every process, named by rank 0
         data = load_data(options.data, size=options.size, bs=options.bs, valid_pct=options.valid_pct,
                          seed=options.seed, workers=workers, device=device,
                          split_file=resume[0].file(SPLIT) if resume else options.split_file, cache_dir=cache_dir,
                          stratify=options.stratify, reporter=reporter, shards=procs.world_size,
-                         check_folder=(lambda folder: check_same_photos(resume, folder)) if resume else None)
+                         check_folder=(lambda folder: check_same_photos(resume, folder)) if resume else None,
+                         mean=mean, std=std)
         if resume is not None:
             check_same_split(resume, data)
     notes = thin_class_warnings(data.rows, data.classes)
@@ -105,7 +110,9 @@ def prepare_run(options: TrainConfig, reporter: Reporter, prefix: str = "", trai
         bundle = create_learner(data, arch=options.arch, size=options.size,
                                 pretrained=False if resume else options.pretrained,
                                 weights=None if resume else options.weights, device=device, precision=precision,
-                                compile=options.compile, path=scratch, class_weights=weights_per_class)
+                                compile=options.compile, path=scratch, class_weights=weights_per_class,
+                                fixed_bn=resume[1].config.get("fixed_bn", RESOLVED_DEFAULTS["fixed_bn"]) if resume
+                                else options.fixed_bn)
         if resume is None:
             def create_run_folder() -> Path:  # rank 0 alone writes files
                 check_room_for_run(run_dir, bundle.learn.model, training)
@@ -130,7 +137,7 @@ def prepare_run(options: TrainConfig, reporter: Reporter, prefix: str = "", trai
                          cache_dir=cache_dir, weights=weights, versions=library_versions(),
                          training=training, lr_finder=find if lr_finder is not None else None,
                          class_counts=class_counts(data.rows), class_weights=weights_per_class,
-                         processes=procs.world_size)
+                         processes=procs.world_size, fixed_bn=bundle.fixed_bn)
         config.warnings += notes
         if resume is None:
             if procs.is_main:

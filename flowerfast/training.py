@@ -433,7 +433,7 @@ def finish_training(setup: RunSetup, reporter: Reporter, callbacks: Sequence = (
 
     run, main = setup.run, distributed.current().is_main  # in a job of several processes, rank 0 alone writes
     if setup.checkpoint is None and main:  # the augmentation can be checked while the run goes on
-        draw_batch(run.file(BATCH), setup.data.dls, setup.data.classes, setup.config.options.size)
+        draw_batch(run.file(BATCH), setup.data, setup.config.options.size)
     trackers = open_trackers(setup.config.options.trackers, run.path, setup.config.to_dict(),
                              history=setup.checkpoint.records() if setup.checkpoint else ()) if main else []
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import FlowerfastError
+from .errors import FlowerfastError, first_line
 
 
 def read_state_dict(path: Path) -> dict:
@@ -32,7 +32,7 @@ def read_state_dict(path: Path) -> dict:
 
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise FlowerfastError(f"cannot read weights file {path}: {first}") from None
     if isinstance(state, dict):
         for key in ("model", "state_dict", "model_state_dict"):

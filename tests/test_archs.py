@@ -10,14 +10,14 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-from flowerfast.archs import (PretrainedUnavailableWarning, check_arch, imagenet_weights, list_archs,
-                              load_backbone)
+from flowerfast.archs import check_arch, list_archs
+from flowerfast.pretrained import PretrainedUnavailableWarning, imagenet_weights, load_backbone
 from flowerfast.errors import FlowerfastError
 
 
 def test_featured_architectures_come_first_and_all_torchvision_models_follow():
     names = list_archs()
-    assert names[:2] == ["resnet152", "vgg11_bn"]
+    assert names[:3] == ["tf_efficientnet_lite0", "resnet152", "vgg11_bn"]
     for name in ("resnet18", "resnet34", "resnet50", "resnet101", "efficientnet_b0", "regnet_y_400mf"):
         assert name in names
     assert "vit_b_16" not in names and "googlenet" not in names
@@ -104,8 +104,8 @@ def test_imagenet_weights_are_loaded_from_torchs_cache(tmp_path, monkeypatch):
 
 def test_without_network_or_cache_training_falls_back_loudly_or_fails_when_required(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.setattr("flowerfast.archs.download_pretrained_state",
-                        lambda name: (_ for _ in ()).throw(OSError("no network")))
+    monkeypatch.setattr("flowerfast.pretrained.torchvision_state",
+                        lambda ref: (_ for _ in ()).throw(OSError("no network")))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         _, info = load_backbone("resnet18")

@@ -28,7 +28,7 @@ def test_body_cut_matches_fastais_own_cut(arch):
 @pytest.mark.parametrize("arch, features", [("mobilenet_v3_small", 576), ("shufflenet_v2_x0_5", 1024),
                                              ("squeezenet1_0", 512), ("efficientnet_b0", 1280)])
 def test_other_torchvision_families_yield_a_feature_map(arch, features):
-    model, cut, nf = assemble_classifier(torchvision.models.get_model(arch), arch, 3, size=64)
+    model, _, cut, nf = assemble_classifier(torchvision.models.get_model(arch), arch, 3, size=64)
     assert nf == features
     model.eval()
     assert tuple(model(torch.zeros(2, 3, 64, 64)).shape) == (2, 3)
@@ -36,7 +36,7 @@ def test_other_torchvision_families_yield_a_feature_map(arch, features):
 
 def test_save_and_rebuild_gives_identical_outputs(tmp_path):
     torch.manual_seed(0)
-    model, cut, nf = assemble_classifier(torchvision.models.resnet18(), "resnet18", 5, size=64)
+    model, _, cut, nf = assemble_classifier(torchvision.models.resnet18(), "resnet18", 5, size=64)
     spec = ModelSpec(arch="resnet18", classes=list("abcde"), size=64, cut=cut, num_features=nf)
     weights, meta = save_model(model, spec, tmp_path / "m")
     assert weights.name == "m.safetensors" and meta.name == "m.json"
@@ -54,7 +54,7 @@ def test_model_built_by_fastai_has_the_same_layout_as_the_plain_rebuild():
     from fastai.vision.learner import create_vision_model
 
     backbone = torchvision.models.resnet18()
-    ours, cut, nf = assemble_classifier(backbone, "resnet18", 4)
+    ours, _, cut, nf = assemble_classifier(backbone, "resnet18", 4)
     fastai_model = create_vision_model(lambda **kw: backbone, 4, pretrained=False, cut=cut, custom_head=ours[1])
     rebuilt = build_classifier(ModelSpec(arch="resnet18", classes=list("abcd"), size=64, cut=cut, num_features=nf))
     assert {k: v.shape for k, v in fastai_model.state_dict().items()} == {k: v.shape for k, v in rebuilt.state_dict().items()}
@@ -72,7 +72,7 @@ def test_pickle_model_files_are_refused(tmp_path):
 def saved(tmp_path):
     """A small saved model: its weights file, JSON file and an input to check outputs on."""
     torch.manual_seed(0)
-    model, cut, nf = assemble_classifier(torchvision.models.resnet18(), "resnet18", 3, size=32)
+    model, _, cut, nf = assemble_classifier(torchvision.models.resnet18(), "resnet18", 3, size=32)
     spec = ModelSpec(arch="resnet18", classes=["a", "b", "c"], size=32, cut=cut, num_features=nf)
     weights, meta = save_model(model, spec, tmp_path / "best")
     return weights, meta, model.eval()

@@ -24,7 +24,8 @@ def train(
     cache_dir: o.CacheDir = D.cache_dir, threads: o.Threads = D.threads, stratify: o.Stratify = D.stratify,
     class_weights: o.ClassWeights = D.class_weights, patience: o.Patience = D.patience,
     save_every: o.SaveEvery = D.save_every, keep: o.Keep = D.keep, config_file: o.ConfigFile = None,
-    tracker: o.Tracker = None, sync_bn: o.SyncBn = D.sync_bn, resume: o.Resume = None, json_: o.Json = False,
+    tracker: o.Tracker = None, sync_bn: o.SyncBn = D.sync_bn, fixed_bn: o.FixedBn = D.fixed_bn,
+    resume: o.Resume = None, json_: o.Json = False,
 ) -> None:
     """Fine-tune a pretrained classifier and save the best and final models in a run folder.
     An interrupted run (Ctrl-C, SIGTERM, a crash) goes on with --resume RUN_DIR. Under torchrun
@@ -49,7 +50,8 @@ def train(
                                  clean_train_sample=clean_train_sample, precision=o.value(precision), compile=compile_,
                                  cache=cache, cache_dir=cache_dir, threads=threads, stratify=stratify,
                                  class_weights=o.value(class_weights), patience=patience, save_every=save_every,
-                                 keep=keep, trackers=o.value(tracker or []), sync_bn=sync_bn).validate()
+                                 keep=keep, trackers=o.value(tracker or []), sync_bn=sync_bn,
+                                 fixed_bn=fixed_bn).validate()
             result = run_training(config, reporter=reporter)
     if json_:
         print_json({"run_dir": str(result.run_dir), **result.summary.to_dict()})
@@ -141,25 +143,29 @@ def lr_find_hint(data, arch: str, size: int, bs: int, pretrained, weights, lr: f
 
 @app.command(epilog="Example: flowerfast archs --all")
 def archs(
-    all_: bool = typer.Option(False, "--all", help="List every torchvision architecture, not only the featured ones."),
+    all_: bool = typer.Option(False, "--all", help="List every torchvision and timm architecture, not only the "
+                              "featured ones."),
 ) -> None:
-    """List the architectures flowerfast can fine-tune."""
+    """List the architectures flowerfast can fine-tune.
+
+    A bare name is torchvision's model when torchvision has one of that name (resnet152), else
+    timm's (tf_efficientnet_lite0); timm/NAME always means timm's (timm/resnet50).
+    """
     with user_errors():
-        from ..archs import FEATURED, imagenet_weights, list_archs
+        from ..archs import FEATURED, list_archs, torchvision_names
+        from ..pretrained import published_facts
 
         names = list_archs(featured_only=not all_)
         table = Table(title="architectures" + ("" if all_ else " (featured; --all lists every one)"))
-        table.add_column("name")
+        table.add_column("name", no_wrap=True)
+        table.add_column("source")
         table.add_column("parameters", justify="right")
         table.add_column("ImageNet top-1", justify="right")
         table.add_column("note")
+        torchvision = set(torchvision_names())
         for name in names:
-            try:
-                meta = imagenet_weights(name).meta
-                params = f"{meta['num_params'] / 1e6:.1f}M"
-                acc = meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1")
-                top1 = f"{acc:.1f}%" if acc is not None else "-"
-            except (ValueError, KeyError, AttributeError):
-                params, top1 = "-", "-"
-            table.add_row(name, params, top1, FEATURED.get(name, ""))
+            params, top1 = published_facts(name)
+            table.add_row(name, "torchvision" if name in torchvision else "timm",
+                          f"{params / 1e6:.1f}M" if params else "-", f"{top1:.1f}%" if top1 is not None else "-",
+                          FEATURED.get(name, ""))
     console.print(table)

@@ -79,6 +79,7 @@ Json = Annotated[bool, typer.Option("--json", help="Print a machine-readable sum
 Tracker = Annotated[Optional[list[TrackerChoice]], typer.Option("--tracker", help="Also log to an experiment tracker (repeat for several); each is an extra: pip install \"flowerfast[mlflow]\".", show_default=False)]
 Threads = Annotated[Optional[int], typer.Option("--threads", metavar="N", help="Compute threads. Default: torch's choice (one per core).", show_default=False)]
 SyncBn = Annotated[bool, typer.Option("--sync-bn/--no-sync-bn", help="With several processes (torchrun): batch-norm statistics over every process's batch (SyncBatchNorm).")]
+FixedBn = Annotated[Optional[bool], typer.Option("--fixed-bn/--no-fixed-bn", help="Keep the pretrained body's batch-norm statistics fixed while fine-tuning (and freeze the body whole in frozen epochs). Default: on with pretrained weights, off from random weights.", show_default=False)]
 Resume = Annotated[Optional[Path], typer.Option("--resume", help="Continue an interrupted run from its checkpoint, to its planned last epoch, with its own options (only --data, --device, --workers, --threads, --cache and --cache-dir may be given).", show_default=False, metavar="RUN_DIR")]
 
 

@@ -88,7 +88,8 @@ def print_run_header(config: "ResolvedConfig", out: Console = console) -> None:
             how = f"default for {'pretrained' if config.pretrained else 'random'} weights"
         body = f", body from {config.body_lr:.1e}" if config.pretrained and config.body_lr else ""
         frozen = f"; {config.freeze_epochs} frozen epoch(s) first" if config.freeze_epochs else ""
-        out.print(f"learning rate: {config.lr:.2e} ({how}){body}{frozen}", markup=False)
+        fixed = "; body batch-norm statistics fixed" if getattr(config, "fixed_bn", False) else ""
+        out.print(f"learning rate: {config.lr:.2e} ({how}){body}{frozen}{fixed}", markup=False)
     layout = ", channels-last" if config.channels_last else ""
     compiled = ", compiled" if config.compile else ""
     out.print(f"model: {config.options.arch} from {config.weights_source} on {config.device} "
