@@ -207,11 +207,12 @@ RESUME_MAY_CHANGE = ("data", "device", "workers", "threads", "cache", "cache_dir
 """Options that say where and how a run computes, not what: a resumed run may change them (the
 data folder may move, as long as its photos are the same)."""
 
-RESOLVED_MUST_MATCH = ("classes", "n_train", "n_valid", "bs", "lr", "freeze_epochs", "body_lr", "pretrained",
-                       "clean_train_images", "class_weights", "processes", "fixed_bn")
+RESOLVED_MUST_MATCH = ("size", "classes", "n_train", "n_valid", "bs", "lr", "freeze_epochs", "body_lr", "pretrained",
+                       "clean_train_images", "class_weights", "processes", "fixed_bn",
+                       "min_scale")
 """Resolved values that decide the run's arithmetic: a resume that resolves any of them
 differently is refused (``processes``: the number of processes shares out every epoch and sets
 the effective batch size, so a run resumes with as many as it started with)."""
 
-RESOLVED_DEFAULTS = {"processes": 1, "fixed_bn": False}
+RESOLVED_DEFAULTS = {"processes": 1, "fixed_bn": False, "min_scale": 0.35}
 """What a checkpoint written before a value was recorded had: runs of one process."""

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from .archs import IMAGENET_MEAN, IMAGENET_STD
-from .config import DEFAULTS
+from .config import DEFAULTS, MIN_SCALE_SCRATCH
 from .errors import FlowerfastError
 from .imagecache import ImageCache, decode, load_size
 from .imagefiles import check_image, describe_error, find_images, is_hidden, is_inside
@@ -75,6 +75,8 @@ class FlowerData:
     loader: Optional["ImageLoader"] = None
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    size: int = 224
+    min_scale: float = MIN_SCALE_SCRATCH
 
     @property
     def n_train(self) -> int:
@@ -298,7 +300,8 @@ class UnreadablePhotoWarning(UserWarning):
     """A photo that was readable when the folder was scanned could not be read during the run."""
 
 
-def train_transforms(size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+def train_transforms(size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                     min_scale: float = MIN_SCALE_SCRATCH):
     """Item and batch transforms: random resized crop, flips and fastai's augmentations, the
     normalisation of the pretrained weights (``mean``, ``std``: ImageNet's for torchvision's),
     then random erasing (which expects normalised input). On the validation set
@@ -308,7 +311,7 @@ def train_transforms(size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequ
     from fastai.vision.augment import RandomErasing, RandomResizedCrop, aug_transforms
     from fastai.data.transforms import Normalize
 
-    item_tfms = [RandomResizedCrop(size, min_scale=0.35)]
+    item_tfms = [RandomResizedCrop(size, min_scale=min_scale)]
     batch_tfms = [
         *aug_transforms(),
         Normalize.from_stats(list(mean), list(std)),
@@ -317,16 +320,17 @@ def train_transforms(size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequ
     return item_tfms, batch_tfms
 
 
-def augmentation_description(size: int) -> str:
+def augmentation_description(size: int, min_scale: float = MIN_SCALE_SCRATCH) -> str:
     """:func:`train_transforms` in words, for reports."""
-    return (f"RandomResizedCrop({size}, min_scale=0.35); fastai aug_transforms (flips, rotation up to 10 degrees, "
+    return (f"RandomResizedCrop({size}, min_scale={min_scale:g}); fastai aug_transforms (flips, rotation up to 10 degrees, "
             "zoom up to 1.1, warp 0.2, lighting 0.2); the weights' normalisation; RandomErasing(p=0.25)")
 
 
 def build_dataloaders(rows: Sequence[SplitRow], classes: Sequence[str], size: int, bs: int,
                       workers: int = 0, device=None, seed: int = DEFAULTS.seed,
                       cache_dir: Optional[Path | str] = None, loader: Optional[ImageLoader] = None,
-                      mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+                      mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                      min_scale: float = MIN_SCALE_SCRATCH):
     """fastai DataBlock over the split rows: one DataLoaders with train and valid, normalised
     with ``mean`` and ``std`` (those of the network's pretrained weights).
 
@@ -340,7 +344,7 @@ def build_dataloaders(rows: Sequence[SplitRow], classes: Sequence[str], size: in
     from fastai.vision.data import ImageBlock
     from fastai.torch_core import set_seed
 
-    item_tfms, batch_tfms = train_transforms(size, mean, std)
+    item_tfms, batch_tfms = train_transforms(size, mean, std, min_scale)
     items = [(str(r.file), r.label) for r in rows]
     valid_idx = [i for i, r in enumerate(rows) if r.is_valid]
     block = DataBlock(
@@ -369,12 +373,12 @@ def rows_from_split_file(folder: ImageFolder, split_file: Path) -> list[SplitRow
     return rows
 
 
-def load_data(data: Optional[Path | str] = None, size: int = DEFAULTS.size, bs: int = DEFAULTS.bs,
+def load_data(data: Optional[Path | str] = None, size: Optional[int] = DEFAULTS.size, bs: int = DEFAULTS.bs,
               valid_pct: float = DEFAULTS.valid_pct, seed: int = DEFAULTS.seed, workers: int = 0, device=None,
               split_file: Optional[Path] = None, cache_dir: Optional[Path | str] = None,
               check_folder=None, stratify: bool = DEFAULTS.stratify, reporter: Optional[Reporter] = None,
               shards: int = 1, mean: Sequence[float] = IMAGENET_MEAN,
-              std: Sequence[float] = IMAGENET_STD) -> FlowerData:
+              std: Sequence[float] = IMAGENET_STD, min_scale: float = MIN_SCALE_SCRATCH) -> FlowerData:
     """Scan a data folder, split it and build DataLoaders. ``data=None`` uses the embedded sample.
 
     ``split_file`` reuses an earlier run's ``split.csv`` instead of splitting anew; otherwise the
@@ -385,7 +389,8 @@ def load_data(data: Optional[Path | str] = None, size: int = DEFAULTS.size, bs: 
     ``shards``: the processes of a distributed job, each training on its own share of the
     training images with ``bs`` images per batch (so the batch is capped at that share).
     ``mean`` and ``std`` normalise the images as the network's pretrained weights expect
-    (:func:`flowerfast.archs.normalisation`).
+    (:func:`flowerfast.archs.normalisation`). ``size=None`` takes the photos' own
+    (:func:`natural_size`); the result's ``size`` says which.
     """
     root = Path(os.path.abspath(Path(data).expanduser())) if data is not None else default_data_dir()
     folder = scan_image_folder(root, reporter=reporter)
@@ -404,12 +409,44 @@ def load_data(data: Optional[Path | str] = None, size: int = DEFAULTS.size, bs: 
     if share < 2:
         each = f" for each of {shards} processes" if shards > 1 else ""
         raise FlowerfastError(f"the training set needs at least 2 images{each}: add images or lower --valid-pct")
+    if size is None:
+        size = natural_size(folder.files)
     loader = ImageLoader(size, cache_dir)
     dls = build_dataloaders(rows, folder.classes, size=size, bs=eff_bs, workers=workers, device=device, seed=seed,
-                            loader=loader, mean=mean, std=std)
+                            loader=loader, mean=mean, std=std, min_scale=min_scale)
     return FlowerData(dls=dls, classes=list(folder.classes), rows=rows, skipped=folder.skipped,
                       root=folder.root, preset_split=folder.preset_split is not None, bs=eff_bs, cache=loader.cache,
-                      files=list(folder.files), loader=loader, mean=list(mean), std=list(std))
+                      files=list(folder.files), loader=loader, mean=list(mean), std=list(std), size=size,
+                      min_scale=min_scale)
+
+
+NATURAL_SIZE_RANGE = (64, 224)
+NATURAL_SIZE_SAMPLE = 64
+
+
+def natural_size(files: Sequence[Path]) -> int:
+    """The image size a folder of photos suggests: the median shorter side of up to 64 of them
+    (spread over the list), rounded down to a multiple of 32, between 64 and 224 pixels.
+
+    Why not always 224, ImageNet's size: most photos are larger, and then it is 224; but a folder
+    of thumbnails (the embedded sample and the shared flowers are 128 px) would be upscaled, which
+    adds no detail and costs compute with the square of the side (about 3x from 128 to 224 px).
+    ``--size`` overrides it.
+    """
+    from .imagefiles import open_image
+
+    step = max(1, len(files) // NATURAL_SIZE_SAMPLE)
+    sides = []
+    for path in list(files)[::step][:NATURAL_SIZE_SAMPLE]:
+        try:
+            with open_image(path) as img:
+                sides.append(min(img.size))
+        except Exception:  # unreadable now: the scan reports such files; the size needs only a few
+            continue
+    if not sides:
+        return NATURAL_SIZE_RANGE[1]
+    median = sorted(sides)[len(sides) // 2]
+    return max(NATURAL_SIZE_RANGE[0], min(NATURAL_SIZE_RANGE[1], median // 32 * 32))
 
 
 FEW_TRAINING_IMAGES = 5

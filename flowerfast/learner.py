@@ -21,7 +21,7 @@ import torch
 from .archs import normalisation, resolve_arch
 from .config import DEFAULTS
 from .data import FlowerData
-from .devices import autocast_dtype, preferred_layout, resolve_device
+from .devices import autocast_dtype, preferred_layout, resolve_device, resolve_precision
 from .model import ModelSpec, assemble_classifier
 from .pretrained import WeightsInfo, load_backbone
 
@@ -58,15 +58,15 @@ class LearnerBundle:
         return self.precision != "fp32"
 
 
-def create_learner(data: FlowerData, arch: str = DEFAULTS.arch, size: int = DEFAULTS.size,
+def create_learner(data: FlowerData, arch: str = DEFAULTS.arch, size: Optional[int] = None,
                    pretrained: Optional[bool] = DEFAULTS.pretrained, weights: Optional[Path] = None,
                    device: Optional[torch.device] = None, precision: str = "fp32", compile: bool = False,
                    path: Optional[Path] = None, class_weights: Optional[list[float]] = None,
                    fixed_bn: Optional[bool] = DEFAULTS.fixed_bn) -> LearnerBundle:
     """Build the classifier for ``data.classes`` and wrap it in a fastai Learner (Adam, accuracy).
 
-    ``precision`` is a resolved one (``fp32``, ``bf16``, ``fp16``: see
-    :func:`flowerfast.devices.resolve_precision`); the network and its batches are channels-last
+    ``precision`` is ``fp32``, ``bf16``, ``fp16`` or ``auto``, resolved for this device and
+    network by :func:`flowerfast.devices.resolve_precision`; the network and its batches are channels-last
     where that layout is faster (:func:`flowerfast.devices.preferred_layout`); ``compile`` runs
     it through ``torch.compile`` (in place, so the weights keep their names).
     ``class_weights`` (one per class, in ``data.classes`` order) weight the cross-entropy loss.
@@ -86,10 +86,12 @@ def create_learner(data: FlowerData, arch: str = DEFAULTS.arch, size: int = DEFA
     from .precision import Autocast, BatchLayout
 
     device = device if device is not None else resolve_device("auto")
+    size = data.size if size is None else size
     ref = resolve_arch(arch)
     backbone, info = load_backbone(ref, pretrained=pretrained, weights=weights)
     model, backbone, cut, nf = assemble_classifier(backbone, ref, len(data.classes), size=size)
     head = model[1]
+    precision = resolve_precision(precision, device, training_network=model)
     weight = torch.tensor(class_weights, dtype=torch.float32, device=device) if class_weights else None
     learn = vision_learner(
         data.dls, lambda *args, **kwargs: backbone, normalize=False, pretrained=False, cut=cut,

@@ -128,4 +128,4 @@ def find_lr(config: Optional[TrainConfig] = None, reporter: Optional[Reporter] =
         if not distributed.current().is_main:  # rank 0 alone writes; the others return its figures
             result.run_dir = setup.run.path
             return result
-        return save_lr_find(result, setup.run, title=f"lr-find: {setup.options.arch}, {setup.options.size}px")
+        return save_lr_find(result, setup.run, title=f"lr-find: {setup.options.arch}, {setup.config.size}px")

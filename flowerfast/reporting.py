@@ -213,7 +213,7 @@ def training_settings(config: dict[str, Any], summary) -> dict[str, Any]:
             "frozen epochs": config.get("freeze_epochs"), "peak lr": config.get("lr"),
             "body lr": config.get("body_lr") if config.get("pretrained") else None,
             "precision": config.get("precision"), "split": "stratified" if config.get("stratify", False) else "random",
-            "augmentation": augmentation_description(size) if size else None}
+            "augmentation": augmentation_description(size, config.get("min_scale", 0.35)) if size else None}
 
 
 def published_parameters(arch: str) -> Optional[int]:

@@ -16,7 +16,7 @@ from typing import Callable, Iterator, Optional
 from .archs import folder_name, normalisation, resolve_arch
 from .checkpoint import (RESOLVED_DEFAULTS, RESOLVED_MUST_MATCH, Checkpoint, data_files, describe_data_change,
                          split_sha256)
-from .config import ResolvedConfig, TrainConfig, resolve
+from .config import ResolvedConfig, TrainConfig, default_min_scale, resolve
 from .data import (FlowerData, ThinClassWarning, balanced_class_weights, class_counts, load_data,
                    thin_class_warnings)
 from .devices import resolve_device, resolve_precision, resolve_workers, use_threads
@@ -85,7 +85,7 @@ def prepare_run(options: TrainConfig, reporter: Reporter, prefix: str = "", trai
         run_dir = distributed.agree(
             lambda: RunFolder.check_new(options.out or default_run_dir(f"{prefix}{folder_name(ref.name)}")))
     workers = resolve_workers(options.workers, device)
-    precision = resolve_precision(options.precision, device)
+    resolve_precision(options.precision, device)  # a precision this device cannot run is refused before any work
     threads = use_threads(options.threads)
     cache_dir = (options.cache_dir or default_cache_dir()) if options.cache else None
 
@@ -97,7 +97,7 @@ def prepare_run(options: TrainConfig, reporter: Reporter, prefix: str = "", trai
                          split_file=resume[0].file(SPLIT) if resume else options.split_file, cache_dir=cache_dir,
                          stratify=options.stratify, reporter=reporter, shards=procs.world_size,
                          check_folder=(lambda folder: check_same_photos(resume, folder)) if resume else None,
-                         mean=mean, std=std)
+                         mean=mean, std=std, min_scale=crop_min_scale(options, resume))
         if resume is not None:
             check_same_split(resume, data)
     notes = thin_class_warnings(data.rows, data.classes)
@@ -107,9 +107,9 @@ def prepare_run(options: TrainConfig, reporter: Reporter, prefix: str = "", trai
                          if options.class_weights == "balanced" else None)
     with learner_workspace() as scratch:
         reporter.stage(f"building {options.arch}")
-        bundle = create_learner(data, arch=options.arch, size=options.size,
+        bundle = create_learner(data, arch=options.arch, size=data.size,
                                 pretrained=False if resume else options.pretrained,
-                                weights=None if resume else options.weights, device=device, precision=precision,
+                                weights=None if resume else options.weights, device=device, precision=options.precision,
                                 compile=options.compile, path=scratch, class_weights=weights_per_class,
                                 fixed_bn=resume[1].config.get("fixed_bn", RESOLVED_DEFAULTS["fixed_bn"]) if resume
                                 else options.fixed_bn)
@@ -146,6 +146,16 @@ def prepare_run(options: TrainConfig, reporter: Reporter, prefix: str = "", trai
             check_same_resolution(resume, config)
         reporter.run_ready(config)
         yield RunSetup(config=config, data=data, bundle=bundle, run=run, checkpoint=resume[1] if resume else None)
+
+
+def crop_min_scale(options: TrainConfig, resume: Optional[tuple[RunFolder, Checkpoint]]) -> float:
+    """The training crop's smallest share: as given, a resumed run's own, or the default for the
+    weights asked for (:func:`flowerfast.config.default_min_scale`)."""
+    if options.min_scale is not None:
+        return options.min_scale
+    if resume is not None:
+        return resume[1].config.get("min_scale", RESOLVED_DEFAULTS["min_scale"])
+    return default_min_scale(options.pretrained)
 
 
 def check_room_for_run(run_dir, model, training: bool) -> None:

@@ -1,9 +1,10 @@
 """Fine-tuning, end to end: the flower report's recipe (random 80/20 split, random crop + random
 erasing, Adam, one-cycle learning rate), made to work and written to a run folder.
 
-Why it works where the report's run stalled at 80%: ImageNet normalisation matching the pretrained
-weights, a new head trained first with the pretrained body frozen, then the whole network with
-discriminative learning rates (the body from 1/100 of the head's), all under one-cycle schedules.
+Why it works where the report's run stalled at 80%: the normalisation the pretrained weights were
+trained with, their batch-norm statistics kept, a new head trained first with the pretrained body
+frozen, then the whole network with discriminative learning rates (the body at 1/40 of the
+head's), all under one-cycle schedules.
 """
 
 from __future__ import annotations
@@ -433,7 +434,7 @@ def finish_training(setup: RunSetup, reporter: Reporter, callbacks: Sequence = (
 
     run, main = setup.run, distributed.current().is_main  # in a job of several processes, rank 0 alone writes
     if setup.checkpoint is None and main:  # the augmentation can be checked while the run goes on
-        draw_batch(run.file(BATCH), setup.data, setup.config.options.size)
+        draw_batch(run.file(BATCH), setup.data, setup.config.size)
     trackers = open_trackers(setup.config.options.trackers, run.path, setup.config.to_dict(),
                              history=setup.checkpoint.records() if setup.checkpoint else ()) if main else []
     try:

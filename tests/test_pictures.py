@@ -58,7 +58,7 @@ def test_show_batch_draws_without_training_and_leaves_the_random_streams_alone(t
 
     data = load_data(None, size=32, bs=8, device=torch.device("cpu"))
     before = (random.getstate(), torch.get_rng_state(), data.dls.train.rng.getstate())
-    draw_batch(tmp_path / "c.png", data.dls, data.classes, 32, 8)
+    draw_batch(tmp_path / "c.png", data, 32, 8)
     after = (random.getstate(), torch.get_rng_state(), data.dls.train.rng.getstate())
     assert before[0] == after[0] and torch.equal(before[1], after[1]) and before[2] == after[2]
     bad = invoke(runner, ["show-batch", "--out", tmp_path / "b.jpg"])

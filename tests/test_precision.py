@@ -47,6 +47,25 @@ def test_auto_on_this_cpu_follows_its_bf16_support():
     assert resolve_precision("auto", torch.device("cpu")) == expected
 
 
+@pytest.mark.parametrize("requested, device, expected", [
+    ("auto", "cpu", "fp32"), ("bf16", "cpu", "bf16"), ("auto", "cuda", "bf16")])
+def test_a_network_of_depthwise_convolutions_trains_in_fp32_on_a_bf16_cpu(requested, device, expected):
+    """oneDNN's bf16 depthwise convolutions train slower than fp32 on a CPU; on a GPU bf16 stays."""
+    assert choose_precision(requested, device, cpu_bf16=True, cuda_bf16=True, depthwise=True) == expected
+
+
+def test_depthwise_convolutions_are_found_in_the_networks_that_have_them():
+    import timm
+    import torchvision
+
+    from flowerfast.devices import has_depthwise_convolutions
+
+    assert has_depthwise_convolutions(timm.create_model("tf_efficientnet_lite0"))
+    assert has_depthwise_convolutions(torchvision.models.mobilenet_v3_small())
+    assert not has_depthwise_convolutions(torchvision.models.resnet18())
+    assert not has_depthwise_convolutions(torchvision.models.resnext50_32x4d())  # grouped, not depthwise
+
+
 def test_fp16_on_a_cpu_is_one_line(runner, tmp_path):
     result = invoke(runner, ["train", "--device", "cpu", "--precision", "fp16", "--out", tmp_path / "run"])
     assert result.exit_code == 1 and "Traceback" not in result.output

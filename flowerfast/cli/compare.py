@@ -71,7 +71,7 @@ def compare(
     class_weights: o.ClassWeights = D.class_weights, patience: o.Patience = D.patience,
     save_every: o.SaveEvery = D.save_every, keep: o.Keep = D.keep, tracker: o.Tracker = None,
     sync_bn: o.SyncBn = D.sync_bn, fixed_bn: o.FixedBn = D.fixed_bn,
-    resume: ResumeCompare = None,
+    body_lr: o.BodyLr = D.body_lr, min_scale: o.MinScale = D.min_scale, resume: ResumeCompare = None,
     json_: o.Json = False,
 ) -> None:
     """Train several architectures on the identical split and compare them: accuracy, speed, size,
@@ -101,7 +101,7 @@ def compare(
                                  compile=compile_, cache=cache, cache_dir=cache_dir, threads=threads,
                                  stratify=stratify, class_weights=o.value(class_weights), patience=patience,
                                  save_every=save_every, keep=keep, trackers=o.value(tracker or []),
-                                 sync_bn=sync_bn, fixed_bn=fixed_bn)
+                                 sync_bn=sync_bn, fixed_bn=fixed_bn, body_lr=body_lr, min_scale=min_scale)
             rep = run_compare(archs, config, reporter=reporter, on_folder=lambda p: folder.update(path=p))
     if rep is None:  # another process of a distributed comparison: rank 0 reports
         return

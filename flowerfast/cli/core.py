@@ -25,7 +25,7 @@ def train(
     class_weights: o.ClassWeights = D.class_weights, patience: o.Patience = D.patience,
     save_every: o.SaveEvery = D.save_every, keep: o.Keep = D.keep, config_file: o.ConfigFile = None,
     tracker: o.Tracker = None, sync_bn: o.SyncBn = D.sync_bn, fixed_bn: o.FixedBn = D.fixed_bn,
-    resume: o.Resume = None, json_: o.Json = False,
+    body_lr: o.BodyLr = D.body_lr, min_scale: o.MinScale = D.min_scale, resume: o.Resume = None, json_: o.Json = False,
 ) -> None:
     """Fine-tune a pretrained classifier and save the best and final models in a run folder.
     An interrupted run (Ctrl-C, SIGTERM, a crash) goes on with --resume RUN_DIR. Under torchrun
@@ -51,7 +51,7 @@ def train(
                                  cache=cache, cache_dir=cache_dir, threads=threads, stratify=stratify,
                                  class_weights=o.value(class_weights), patience=patience, save_every=save_every,
                                  keep=keep, trackers=o.value(tracker or []), sync_bn=sync_bn,
-                                 fixed_bn=fixed_bn).validate()
+                                 fixed_bn=fixed_bn, body_lr=body_lr, min_scale=min_scale).validate()
             result = run_training(config, reporter=reporter)
     if json_:
         print_json({"run_dir": str(result.run_dir), **result.summary.to_dict()})
@@ -100,8 +100,8 @@ def lr_find(
     for name, value in result.suggestions.items():
         table.add_row(name + (" (fastai: the minimum's lr / 10)" if name == "minimum" else ""), f"{value:.2e}")
     console.print(table)
-    console.print(f"use: {lr_find_hint(data, arch, size, bs, pretrained, weights, result.valley)}  (valley)",
-                  markup=False)
+    hint = lr_find_hint(data, arch, result.config.get("size", size), bs, pretrained, weights, result.valley)
+    console.print(f"use: {hint}  (valley)", markup=False)
     console.print(f"plot: {result.plot}", markup=False)
     console.print(f"curve: {result.csv}", markup=False)
 

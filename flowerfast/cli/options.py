@@ -54,7 +54,7 @@ Arch = Annotated[str, typer.Option("--arch", metavar="NAME", help="Architecture 
 Epochs = Annotated[int, typer.Option("--epochs", metavar="N", help="Epochs of full training (after any frozen epochs).")]
 Lr = Annotated[Optional[str], typer.Option("--lr", metavar="FLOAT|auto", help=f"Peak learning rate, or 'auto' to run lr-find first. Default: {DEFAULT_LR_PRETRAINED:g} pretrained, {DEFAULT_LR_SCRATCH:g} from scratch.", show_default=False)]
 Bs = Annotated[int, typer.Option("--bs", metavar="N", help="Batch size.")]
-Size = Annotated[int, typer.Option("--size", metavar="PIXELS", help="Image size in pixels (square crops).")]
+Size = Annotated[Optional[int], typer.Option("--size", metavar="PIXELS", help="Image size in pixels (square crops). Default: the photos' own, from 64 to 224 (224 for most photos; 128 for the embedded sample).", show_default=False)]
 ValidPct = Annotated[float, typer.Option("--valid-pct", metavar="FLOAT", help="Share of images held out for validation when the folder has no valid/.")]
 Seed = Annotated[int, typer.Option("--seed", metavar="N", help="Random seed of the split, augmentation and initialisation.")]
 FreezeEpochs = Annotated[Optional[int], typer.Option("--freeze-epochs", metavar="N", help="Epochs that train only the new head first. Default: 1 with pretrained weights, else 0.", show_default=False)]
@@ -79,6 +79,8 @@ Json = Annotated[bool, typer.Option("--json", help="Print a machine-readable sum
 Tracker = Annotated[Optional[list[TrackerChoice]], typer.Option("--tracker", help="Also log to an experiment tracker (repeat for several); each is an extra: pip install \"flowerfast[mlflow]\".", show_default=False)]
 Threads = Annotated[Optional[int], typer.Option("--threads", metavar="N", help="Compute threads. Default: torch's choice (one per core).", show_default=False)]
 SyncBn = Annotated[bool, typer.Option("--sync-bn/--no-sync-bn", help="With several processes (torchrun): batch-norm statistics over every process's batch (SyncBatchNorm).")]
+BodyLr = Annotated[Optional[float], typer.Option("--body-lr", metavar="FLOAT", help="Peak learning rate of the pretrained body in the full phase. Default: --lr / 40.", show_default=False)]
+MinScale = Annotated[Optional[float], typer.Option("--min-scale", metavar="FLOAT", help="Smallest share of a photo's area that training's random crop keeps (1: whole photos). Default: 0.7, or 0.35 with --no-pretrained.", show_default=False)]
 FixedBn = Annotated[Optional[bool], typer.Option("--fixed-bn/--no-fixed-bn", help="Keep the pretrained body's batch-norm statistics fixed while fine-tuning (and freeze the body whole in frozen epochs). Default: on with pretrained weights, off from random weights.", show_default=False)]
 Resume = Annotated[Optional[Path], typer.Option("--resume", help="Continue an interrupted run from its checkpoint, to its planned last epoch, with its own options (only --data, --device, --workers, --threads, --cache and --cache-dir may be given).", show_default=False, metavar="RUN_DIR")]
 

@@ -68,7 +68,10 @@ def print_run_header(config: "ResolvedConfig", out: Console = console) -> None:
     else:
         kind = "stratified random split" if config.options.stratify else "random split"
         split = f"{kind}, seed {config.options.seed}"
-    out.print(f"data: {config.data}  ({config.n_train} train / {config.n_valid} valid, {split})", markup=False)
+    size = getattr(config, "size", None) or config.options.size
+    how = "" if config.options.size else ", the photos' own size"
+    out.print(f"data: {config.data}  ({config.n_train} train / {config.n_valid} valid, {split}; {size} px{how})",
+              markup=False)
     counts = config.class_counts
     listed = ", ".join(f"{c} {counts[c]['train']}/{counts[c]['valid']}" if c in counts else c for c in config.classes)
     weighted = "; loss weighted by class (balanced)" if config.class_weights else ""
