@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import cpu_name
+
 
 def parse_args(argv=None):
     here = Path(__file__).resolve().parent.parent
@@ -48,16 +50,6 @@ def parse_args(argv=None):
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--extra", default="", help="more flowerfast train options for both, written with '='")
     return ap.parse_args(argv)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def run(label: str, command: list[str], cwd: Path, env: dict) -> dict:

