@@ -57,9 +57,49 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
+X86 = ("x86_64", "amd64", "i686", "i386")
+ARM = ("aarch64", "arm64")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux lists them (``flags`` on x86, ``Features`` on Arm); empty
+    where ``/proc/cpuinfo`` does not exist."""
+    try:
+        text = open("/proc/cpuinfo", encoding="utf-8", errors="replace").read()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            return set(value.split())
+    return set()
+
+
+def native_bf16_from_flags(flags: set[str], machine: str) -> Optional[bool]:
+    """Whether CPU ``flags`` include bf16 arithmetic in hardware: AVX512-BF16 or AMX-BF16 on x86,
+    BF16 on Arm; ``None`` when the flags do not tell (none listed, another architecture)."""
+    if not flags:
+        return None
+    if machine in X86:
+        return bool({"avx512_bf16", "amx_bf16"} & flags)
+    if machine in ARM:
+        return "bf16" in flags
+    return None
+
+
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX on x86, BF16 on Arm), as
-    oneDNN sees it. Without it bf16 is emulated and slower than fp32."""
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX on x86, BF16 on Arm).
+    Without it bf16 is emulated and slower than fp32.
+
+    Why the CPU's own flags first: oneDNN's ``_is_mkldnn_bf16_supported`` answers yes on any
+    AVX-512 CPU, Skylake and Cascade Lake included, which have no bf16 instructions and would
+    train in slow, emulated bf16. Where no flags can be read (macOS), oneDNN's answer stands.
+    """
+    import platform
+
+    native = native_bf16_from_flags(cpu_flags(), platform.machine().lower())
+    if native is not None:
+        return native
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):

@@ -42,7 +42,32 @@ def test_impossible_precisions_are_refused(requested, device, cuda_bf16, message
         choose_precision(requested, device, cpu_bf16=True, cuda_bf16=cuda_bf16)
 
 
+SKYLAKE = {"avx2", "avx512f", "avx512dq", "avx512bw", "avx512vl", "avx512cd", "avx512_vnni"}
+
+
+@pytest.mark.parametrize("flags, machine, expected", [
+    (SKYLAKE, "x86_64", False),  # AVX-512 without bf16 instructions: oneDNN would say yes
+    (SKYLAKE | {"avx512_bf16"}, "x86_64", True),  # Cooper Lake, Zen 4
+    (SKYLAKE | {"amx_bf16", "amx_tile"}, "x86_64", True),  # Sapphire Rapids
+    ({"fp", "asimd", "bf16"}, "aarch64", True),
+    ({"fp", "asimd"}, "aarch64", False),
+    (set(), "x86_64", None),  # no flags to read: oneDNN decides
+])
+def test_native_bf16_is_read_from_the_cpus_own_flags(flags, machine, expected):
+    from flowerfast.devices import native_bf16_from_flags
+
+    assert native_bf16_from_flags(flags, machine) == expected
+
+
 def test_auto_on_this_cpu_follows_its_bf16_support():
+    """On this machine, the answer is the one its flags give (when it has flags to read)."""
+    import platform
+
+    from flowerfast.devices import cpu_flags
+
+    flags = cpu_flags()
+    if flags and platform.machine().lower() in ("x86_64", "amd64"):
+        assert cpu_has_native_bf16() == bool({"avx512_bf16", "amx_bf16"} & flags)
     expected = "bf16" if cpu_has_native_bf16() else "fp32"
     assert resolve_precision("auto", torch.device("cpu")) == expected
 
