@@ -46,6 +46,18 @@ def photo_cache(tmp_path_factory):
         os.environ["FLOWERFAST_CACHE"] = previous
 
 
+@pytest.fixture(autouse=True)
+def torch_threads_restored():
+    """Every test ends with torch's thread count as it began: an in-process run with
+    ``--threads 1`` sets it for the whole process, and every later test would compute on one core."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture()
 def runner() -> CliRunner:
     return CliRunner()
