@@ -246,6 +246,25 @@ def read_weights(weights_path: Path) -> tuple[dict, dict]:
     return tensors, metadata
 
 
+DESCRIBING_FIELDS = ("arch", "source", "classes", "size", "cut", "num_features", "mean", "std")
+"""What a model description says about the network and its answers (not versions or extras)."""
+
+
+def check_description_agrees(spec: ModelSpec, json_path: Path) -> None:
+    """Refuse a model whose JSON description says something else than the description inside its
+    weights file (the one flowerfast uses): classes renamed by hand, another size. Why: a person
+    reads the JSON and would expect those classes; silently answering with others misleads."""
+    if not Path(json_path).is_file():
+        return
+    beside = read_spec(json_path)
+    differ = [f for f in DESCRIBING_FIELDS if getattr(beside, f) != getattr(spec, f)]
+    if differ:
+        name, weights = differ[0], Path(json_path).with_suffix(".safetensors")
+        raise FlowerfastError(f"{json_path} contradicts the description inside {weights}: {name} is "
+                              f"{getattr(beside, name)!r} there and {getattr(spec, name)!r} inside ({len(differ)} "
+                              "field(s) differ); restore the JSON or delete it (the weights file is complete on its own)")
+
+
 def load_classifier(path: Path, device: Optional[str] = None):
     """Rebuild a saved classifier from its safetensors (+ JSON), in eval mode. Returns ``(model, spec)``.
 
@@ -263,6 +282,8 @@ def load_classifier(path: Path, device: Optional[str] = None):
             raise FlowerfastError(f"cannot read the model description inside {weights_path}: {exc}") from None
     else:
         spec = read_spec(json_path)
+    if SPEC_KEY in metadata:
+        check_description_agrees(spec, json_path)
     expected = metadata.get(CHECKSUM_KEY)
     if expected is not None and weights_sha256(state) != expected:
         raise FlowerfastError(f"{weights_path} is damaged: its weights do not match the checksum saved with them; "

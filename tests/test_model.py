@@ -146,3 +146,22 @@ def test_a_write_still_going_on_in_another_process_keeps_its_temporary_file(save
         path.write_bytes(b"x")
     save_model(model, load_classifier(weights)[1], weights)
     assert not gone.exists() and running.exists()
+
+
+def test_a_description_beside_the_weights_that_contradicts_the_one_inside_is_one_line(tmp_path):
+    """Classes renamed by hand in best.json: the weights file's own description is what the
+    network answers with, so the JSON would mislead; it is refused, naming the field."""
+    torch.manual_seed(0)
+    model, _, cut, nf = assemble_classifier(torchvision.models.resnet18(), "resnet18", 3, size=32)
+    spec = ModelSpec(arch="resnet18", classes=["a", "b", "c"], size=32, cut=cut, num_features=nf)
+    weights, meta = save_model(model, spec, tmp_path / "m")
+    load_classifier(weights)  # as written: the two agree
+    edited = json.loads(meta.read_text())
+    edited["classes"] = ["c", "b", "a"]
+    meta.write_text(json.dumps(edited))
+    with pytest.raises(FlowerfastError, match=r"m.json contradicts the description inside .*m.safetensors: classes is "
+                                              r"\['c', 'b', 'a'\] there and \['a', 'b', 'c'\] inside \(1 field"):
+        load_classifier(weights)
+    meta.unlink()  # the weights file alone is complete
+    _, alone = load_classifier(weights)
+    assert alone.classes == ["a", "b", "c"]
