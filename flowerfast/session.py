@@ -69,6 +69,9 @@ def prepare_run(options: TrainConfig, reporter: Reporter, prefix: str = "", trai
     ref = resolve_arch(options.arch)
     if ref.name != options.arch:  # one spelling per network, in config.json, run names and model files
         options = options.with_options(arch=ref.name)
+    stored_body_lr = resume[1].config.get("body_lr") if resume else None
+    if stored_body_lr is not None and options.body_lr is None:  # a run goes on at the rate it started with,
+        options = options.with_options(body_lr=stored_body_lr)  # whatever today's default
     if training:
         from .trackers import check_trackers
 

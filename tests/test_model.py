@@ -80,14 +80,15 @@ def saved(tmp_path):
 
 def test_the_weights_file_alone_is_a_complete_model(saved):
     """A kill between writing best.safetensors and best.json never leaves a model that cannot load:
-    the spec travels inside the safetensors metadata, and it wins over a stale JSON."""
+    the spec travels inside the safetensors metadata, and a stale JSON (an earlier epoch's model of
+    the same run: another checksum, the same network and classes) does not stop it loading."""
     weights, meta, model = saved
     stale = json.loads(meta.read_text())
     meta.unlink()
     loaded, spec = load_classifier(weights)
     x = torch.randn(2, 3, 32, 32)
     assert torch.allclose(loaded(x), model(x)) and spec.classes == ["a", "b", "c"]
-    meta.write_text(json.dumps({**stale, "classes": ["x", "y", "z"]}))  # an older model's JSON
+    meta.write_text(json.dumps({**stale, "sha256": "0" * 64}))  # an earlier epoch's JSON
     assert load_classifier(weights)[1].classes == ["a", "b", "c"]
 
 
