@@ -248,6 +248,11 @@ def default_min_scale(pretrained: Optional[bool]) -> float:
     return MIN_SCALE_SCRATCH if pretrained is False else MIN_SCALE_PRETRAINED
 
 
+def crop_min_scale(options: TrainConfig) -> float:
+    """The training crop's smallest share for ``options``: as given, else :func:`default_min_scale`."""
+    return options.min_scale if options.min_scale is not None else default_min_scale(options.pretrained)
+
+
 @dataclass
 class ResolvedConfig:
     """What a run's options became on this machine and this data: ``config.json``.

@@ -97,7 +97,7 @@ def show_batch(config=None, out: Path | str = BATCH, n: int = 16, **options) -> 
 
     from .config import make_config
     from .archs import normalisation, resolve_arch
-    from .config import default_min_scale
+    from .config import crop_min_scale
     from .data import load_data
     from .devices import resolve_device
     from .imagecache import default_cache_dir
@@ -111,7 +111,7 @@ def show_batch(config=None, out: Path | str = BATCH, n: int = 16, **options) -> 
     mean, std = normalisation(resolve_arch(config.arch))
     data = load_data(config.data, size=config.size, bs=max(n, 2), valid_pct=config.valid_pct, seed=config.seed,
                      workers=0, device=resolve_device("cpu"), split_file=config.split_file, cache_dir=cache_dir,
-                     stratify=config.stratify, mean=mean, std=std, min_scale=default_min_scale(config.pretrained) if config.min_scale is None else config.min_scale)
+                     stratify=config.stratify, mean=mean, std=std, min_scale=crop_min_scale(config))
     set_seed(config.seed)
     out = Path(out).expanduser()
     if out.suffix.lower() != ".png":

@@ -16,7 +16,7 @@ from typing import Callable, Iterator, Optional
 from .archs import folder_name, normalisation, resolve_arch
 from .checkpoint import (RESOLVED_DEFAULTS, RESOLVED_MUST_MATCH, Checkpoint, data_files, describe_data_change,
                          split_sha256)
-from .config import ResolvedConfig, TrainConfig, default_min_scale, resolve
+from .config import ResolvedConfig, TrainConfig, crop_min_scale, resolve
 from .data import (FlowerData, ThinClassWarning, balanced_class_weights, class_counts, load_data,
                    thin_class_warnings)
 from .devices import resolve_device, resolve_precision, resolve_workers, use_threads
@@ -69,9 +69,8 @@ def prepare_run(options: TrainConfig, reporter: Reporter, prefix: str = "", trai
     ref = resolve_arch(options.arch)
     if ref.name != options.arch:  # one spelling per network, in config.json, run names and model files
         options = options.with_options(arch=ref.name)
-    stored_body_lr = resume[1].config.get("body_lr") if resume else None
-    if stored_body_lr is not None and options.body_lr is None:  # a run goes on at the rate it started with,
-        options = options.with_options(body_lr=stored_body_lr)  # whatever today's default
+    if resume is not None:
+        options = with_resumed_values(options, resume[1])
     if training:
         from .trackers import check_trackers
 
@@ -100,7 +99,7 @@ def prepare_run(options: TrainConfig, reporter: Reporter, prefix: str = "", trai
                          split_file=resume[0].file(SPLIT) if resume else options.split_file, cache_dir=cache_dir,
                          stratify=options.stratify, reporter=reporter, shards=procs.world_size,
                          check_folder=(lambda folder: check_same_photos(resume, folder)) if resume else None,
-                         mean=mean, std=std, min_scale=crop_min_scale(options, resume))
+                         mean=mean, std=std, min_scale=crop_min_scale(options))
         if resume is not None:
             check_same_split(resume, data)
     notes = thin_class_warnings(data.rows, data.classes)
@@ -114,8 +113,7 @@ def prepare_run(options: TrainConfig, reporter: Reporter, prefix: str = "", trai
                                 pretrained=False if resume else options.pretrained,
                                 weights=None if resume else options.weights, device=device, precision=options.precision,
                                 compile=options.compile, path=scratch, class_weights=weights_per_class,
-                                fixed_bn=resume[1].config.get("fixed_bn", RESOLVED_DEFAULTS["fixed_bn"]) if resume
-                                else options.fixed_bn)
+                                fixed_bn=options.fixed_bn)
         if resume is None:
             def create_run_folder() -> Path:  # rank 0 alone writes files
                 check_room_for_run(run_dir, bundle.learn.model, training)
@@ -151,14 +149,23 @@ def prepare_run(options: TrainConfig, reporter: Reporter, prefix: str = "", trai
         yield RunSetup(config=config, data=data, bundle=bundle, run=run, checkpoint=resume[1] if resume else None)
 
 
-def crop_min_scale(options: TrainConfig, resume: Optional[tuple[RunFolder, Checkpoint]]) -> float:
-    """The training crop's smallest share: as given, a resumed run's own, or the default for the
-    weights asked for (:func:`flowerfast.config.default_min_scale`)."""
-    if options.min_scale is not None:
-        return options.min_scale
-    if resume is not None:
-        return resume[1].config.get("min_scale", RESOLVED_DEFAULTS["min_scale"])
-    return default_min_scale(options.pretrained)
+RESUMED_AS_RESOLVED = ("body_lr", "fixed_bn", "min_scale")
+"""Options whose default can change between versions: a resumed run that left them open takes the
+values it resolved when it started (``RESOLVED_DEFAULTS`` for a checkpoint older than the option)."""
+
+
+def resolved_at_start(checkpoint: Checkpoint, name: str):
+    """What ``name`` resolved to when the checkpoint's run started (``RESOLVED_DEFAULTS`` where the
+    checkpoint is older than that value)."""
+    return checkpoint.config.get(name, RESOLVED_DEFAULTS.get(name))
+
+
+def with_resumed_values(options: TrainConfig, checkpoint: Checkpoint) -> TrainConfig:
+    """``options`` with each of :data:`RESUMED_AS_RESOLVED` left open set to the checkpoint's
+    resolved value, so a run goes on as it started, whatever today's defaults."""
+    stored = {name: resolved_at_start(checkpoint, name) for name in RESUMED_AS_RESOLVED}
+    return options.with_options(**{name: value for name, value in stored.items()
+                                   if getattr(options, name) is None and value is not None})
 
 
 def check_room_for_run(run_dir, model, training: bool) -> None:
@@ -189,7 +196,7 @@ def check_same_split(resume: tuple[RunFolder, Checkpoint], data: FlowerData) -> 
 def check_same_resolution(resume: tuple[RunFolder, Checkpoint], config: ResolvedConfig) -> None:
     run, checkpoint = resume
     now = config.to_dict()
-    was = {name: checkpoint.config.get(name, RESOLVED_DEFAULTS.get(name)) for name in RESOLVED_MUST_MATCH}
+    was = {name: resolved_at_start(checkpoint, name) for name in RESOLVED_MUST_MATCH}
     changed = [f"{name} is now {now.get(name)!r}, was {was[name]!r}"
                for name in RESOLVED_MUST_MATCH if now.get(name) != was[name]]
     if changed:
