@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from .archs import ArchRef, body_cut, check_feature_map, cut_body, cuttable, resolve_arch
+from .archs import IMAGENET_MEAN, IMAGENET_STD, ArchRef, body_cut, check_feature_map, cut_body, cuttable, resolve_arch
 from .errors import FlowerfastError
 
 FORMAT_VERSION = 1
@@ -78,8 +78,8 @@ class ModelSpec:
     size: int
     cut: int
     num_features: int
-    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     source: str = "torchvision"  # the library that builds ``arch``: "torchvision" or "timm"
     format: str = "flowerfast-model"
     format_version: int = FORMAT_VERSION
@@ -262,7 +262,8 @@ def check_description_agrees(spec: ModelSpec, json_path: Path) -> None:
         name, weights = differ[0], Path(json_path).with_suffix(".safetensors")
         raise FlowerfastError(f"{json_path} contradicts the description inside {weights}: {name} is "
                               f"{getattr(beside, name)!r} there and {getattr(spec, name)!r} inside ({len(differ)} "
-                              "field(s) differ); restore the JSON or delete it (the weights file is complete on its own)")
+                              "field(s) differ); restore the JSON or delete it (the weights file is complete on its "
+                              "own)")
 
 
 def load_classifier(path: Path, device: Optional[str] = None):

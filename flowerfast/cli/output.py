@@ -68,10 +68,9 @@ def print_run_header(config: "ResolvedConfig", out: Console = console) -> None:
     else:
         kind = "stratified random split" if config.options.stratify else "random split"
         split = f"{kind}, seed {config.options.seed}"
-    size = getattr(config, "size", None) or config.options.size
     how = "" if config.options.size else ", the photos' own size"
-    out.print(f"data: {config.data}  ({config.n_train} train / {config.n_valid} valid, {split}; {size} px{how})",
-              markup=False)
+    out.print(f"data: {config.data}  ({config.n_train} train / {config.n_valid} valid, {split}; {config.size} px"
+              f"{how})", markup=False)
     counts = config.class_counts
     listed = ", ".join(f"{c} {counts[c]['train']}/{counts[c]['valid']}" if c in counts else c for c in config.classes)
     weighted = "; loss weighted by class (balanced)" if config.class_weights else ""
@@ -91,7 +90,7 @@ def print_run_header(config: "ResolvedConfig", out: Console = console) -> None:
             how = f"default for {'pretrained' if config.pretrained else 'random'} weights"
         body = f", body from {config.body_lr:.1e}" if config.pretrained and config.body_lr else ""
         frozen = f"; {config.freeze_epochs} frozen epoch(s) first" if config.freeze_epochs else ""
-        fixed = "; body batch-norm statistics fixed" if getattr(config, "fixed_bn", False) else ""
+        fixed = "; body batch-norm statistics fixed" if config.fixed_bn else ""
         out.print(f"learning rate: {config.lr:.2e} ({how}){body}{frozen}{fixed}", markup=False)
     layout = ", channels-last" if config.channels_last else ""
     compiled = ", compiled" if config.compile else ""
