@@ -188,15 +188,9 @@ def build_backbone(ref: ArchRef | str):
 
 
 def build_body(ref: ArchRef, cut: int):
-    """The feature body of ``ref`` with random weights, as a training run cuts it (``cut`` children)."""
-    import torch.nn as nn
-
-    if ref.is_timm:
-        import timm
-
-        return nn.Sequential(timm_body(timm.create_model(ref.model_name, pretrained=False, num_classes=0,
-                                                         global_pool="")))
-    return cut_body(build_backbone(ref), cut)
+    """The feature body of ``ref`` with random weights, as a training run cuts it (``cut`` children
+    of the backbone in the form :func:`cuttable` gives it, for either library)."""
+    return cut_body(cuttable(build_backbone(ref), ref), cut)
 
 
 def cuttable(backbone, ref: ArchRef):
