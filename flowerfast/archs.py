@@ -248,8 +248,9 @@ def cut_body(backbone, cut: int):
 
 def classifier_prefixes(model, ref: Optional[ArchRef] = None) -> tuple[str, ...]:
     """State-dict prefixes of the layers that the body cut drops (the ImageNet classifier)."""
-    if ref is not None and ref.is_timm:
-        return tuple(f"{name}." for name in str(model.pretrained_cfg.get("classifier", "classifier")).split(","))
+    if ref is not None and ref.is_timm:  # timm names its classifier: one name, or several (distilled heads)
+        names = model.pretrained_cfg.get("classifier") or "classifier"
+        return tuple(f"{name}." for name in ([names] if isinstance(names, str) else names))
     names = [name for name, _ in model.named_children()]
     return tuple(f"{name}." for name in names[body_cut(model):])
 

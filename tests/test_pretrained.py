@@ -223,3 +223,19 @@ def test_a_fine_tuned_lite_model_predicts_and_exports_with_its_own_normalisation
     session = ort.InferenceSession(str(tmp_path / "lite.onnx"), providers=["CPUExecutionProvider"])
     (probs,) = session.run(None, {"input": np.stack([preprocess_without_flowerfast(f, info) for f in files])})
     assert np.allclose(probs, expected_matrix(preds, info["classes"]), atol=1e-4)
+
+
+def test_a_timm_weights_file_of_a_model_with_two_classifier_heads_loads_its_body(tmp_path):
+    """timm names some classifiers as several layers (a distilled model's two heads): both are
+    cut off, whatever their number of classes in the file."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(5)
+    source = timm.create_model("repvit_m0_9", num_classes=7)
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / "repvit.safetensors"))
+    model, info = load_backbone("repvit_m0_9", weights=tmp_path / "repvit.safetensors")
+    assert info.pretrained and info.source == f"file:{tmp_path / 'repvit.safetensors'}"
+    body, theirs = model.state_dict(), source.state_dict()
+    shared = [k for k in body if not k.startswith(("head.head.l.", "head.head_dist.l."))]
+    assert shared and all(torch.equal(body[k], theirs[k]) for k in shared)
