@@ -404,3 +404,16 @@ def read_trace(folder: Path | str, rank: int) -> list[dict]:
     """The events process ``rank`` recorded (see :data:`TRACE_ENV`)."""
     path = Path(folder) / f"rank-{rank}.json"
     return json.loads(path.read_text()) if path.is_file() else []
+
+
+def shard_bounds(n: int, world_size: int, rank: int, even: bool) -> tuple[int, int]:
+    """The slice ``[start, stop)`` of an epoch's ``n`` indices that process ``rank`` takes.
+
+    ``even`` (training): every process the same number, ``n // world_size`` (the rest dropped for
+    this epoch), because every step of DDP needs every process. Otherwise (validation) the
+    processes split all ``n`` as evenly as they go, so each photo is scored exactly once.
+    """
+    if even:
+        per = n // world_size
+        return rank * per, (rank + 1) * per
+    return n * rank // world_size, n * (rank + 1) // world_size

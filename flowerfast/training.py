@@ -79,7 +79,7 @@ def clean_train_dl(setup: RunSetup, n: int, seed: int):
     takes its share of the sample (``None`` when that is empty); their counts are summed."""
     import random
 
-    from .sharding import shard_bounds
+    from .distributed import shard_bounds
 
     if n <= 0:
         return None
@@ -102,7 +102,7 @@ def score_best_model(setup: RunSetup) -> float:
     from safetensors.torch import load_file
 
     from .learner import predict_batches
-    from .sharding import shard_bounds
+    from .distributed import shard_bounds
 
     learn, run, procs = setup.bundle.learn, setup.run, distributed.current()
     model = distributed.unwrapped(learn.model)

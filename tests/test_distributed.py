@@ -19,7 +19,7 @@ import pytest
 from flowerfast.checkpoint import CHECKPOINT, load_checkpoint
 from flowerfast.distributed import TRACE_ENV, from_environment, read_trace
 from flowerfast.runfolder import RunFolder
-from flowerfast.sharding import shard_bounds
+from flowerfast.distributed import shard_bounds
 
 from .conftest import invoke, make_folder
 from .test_resume import assert_finished_cleanly, run_until

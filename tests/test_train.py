@@ -426,3 +426,18 @@ def test_config_replays_a_runs_options_with_overrides(tiny_run, tmp_path, runner
     assert [r.epoch for r in RunFolder(out).read_history()] == [1]
     missing = invoke(runner, ["train", "--config", tmp_path / "nope.json"])
     assert missing.exit_code == 1 and missing.stderr.strip() == f"error: config file not found: {tmp_path / 'nope.json'}"
+
+
+def test_training_in_one_process_needs_no_distributed_extra(tmp_path):
+    """`pip install flowerfast` without the distributed extra (no Accelerate, which fastai's
+    distributed module needs) trains: only a job of several processes loads that module."""
+    out = tmp_path / "run"
+    hide = ("import sys; sys.modules['accelerate'] = None; "
+            "import importlib.util; real = importlib.util.find_spec; "
+            "importlib.util.find_spec = lambda name, *a: None if name.split('.')[0] == 'accelerate' else real(name, *a); "
+            "from flowerfast.cli import main; sys.argv = ['flowerfast', *sys.argv[1:]]; main()")
+    done = subprocess.run([sys.executable, "-c", hide, "train", "--arch", "resnet18", "--no-pretrained", "--size", "32",
+                           "--epochs", "1", "--bs", "16", "--device", "cpu", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert RunFolder(out).read_summary().epochs == 1 and "fastai.distributed" not in done.stderr
