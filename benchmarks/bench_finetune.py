@@ -75,7 +75,7 @@ def parse_args(argv=None):
 
 def split_lists(args):
     """Files, labels and is-valid flags of ``args.split`` (a flowerfast split.csv), as absolute paths."""
-    from flowerfast.runfolder import read_split_csv
+    from flowerfast.runs.folder import read_split_csv
 
     rows = read_split_csv(args.split, args.data.resolve())
     return [str(r.file) for r in rows], [r.label for r in rows], [r.is_valid for r in rows]
@@ -86,7 +86,7 @@ def pretrained_timm_file(arch: str, into: Path) -> Path:
     pretrained weights (the same tensors flowerfast starts from)."""
     from safetensors.torch import save_file
 
-    from flowerfast.pretrained import load_backbone
+    from flowerfast.models.pretrained import load_backbone
 
     model, info = load_backbone(arch, pretrained=True)
     path = into / f"{arch}-imagenet.safetensors"
@@ -97,13 +97,13 @@ def pretrained_timm_file(arch: str, into: Path) -> Path:
 def child_fastai(args) -> dict:
     """(a) Plain fastai: vision_learner on the timm name, fine_tune with its defaults."""
     import fastai.callback.schedule  # noqa: F401  (fine_tune, as `from fastai.vision.all import *` brings it)
+    import pandas as pd
     from fastai.data.block import CategoryBlock, DataBlock
-    from fastai.data.transforms import ColSplitter, ColReader
+    from fastai.data.transforms import ColReader, ColSplitter
+    from fastai.metrics import accuracy
     from fastai.vision.augment import Resize, aug_transforms
     from fastai.vision.data import ImageBlock
     from fastai.vision.learner import vision_learner
-    from fastai.metrics import accuracy
-    import pandas as pd
 
     files, labels, valid = split_lists(args)
     df = pd.DataFrame({"file": files, "label": labels, "is_valid": valid})
@@ -136,9 +136,9 @@ def child_probe(args) -> dict:
     """(b) A linear probe on frozen features, as TensorFlow Lite Model Maker trains this model."""
     import torch
 
-    from flowerfast.archs import normalisation, resolve_arch
-    from flowerfast.pretrained import load_backbone
-    from flowerfast.preprocessing import normalise, preprocess
+    from flowerfast.infer.preprocessing import normalise, preprocess
+    from flowerfast.models.archs import normalisation, resolve_arch
+    from flowerfast.models.pretrained import load_backbone
 
     files, labels, valid = split_lists(args)
     classes = sorted(set(labels))
@@ -268,8 +268,9 @@ def main(argv=None) -> int:
     results, split = [], None
     for who in contenders:
         if who in "ab" and split is None:  # they take flowerfast's split: make it without training
-            from flowerfast.data import scan_image_folder, split_rows
-            from flowerfast.runfolder import RunFolder
+            from flowerfast.data.folders import scan_image_folder
+            from flowerfast.data.split import split_rows
+            from flowerfast.runs.folder import RunFolder
 
             folder = scan_image_folder(args.data.resolve())
             split = tmp / "split.csv"

@@ -24,12 +24,12 @@ from pathlib import Path
 import torch
 
 import flowerfast
-from flowerfast.devices import resolve_device, synchronize
-from flowerfast.imagefiles import image_files_under
-from flowerfast.inference import ImageFileDataset, collate_images, default_workers
-from flowerfast.model import load_classifier
-from flowerfast.preprocessing import normalise, preprocess
-from flowerfast.runfolder import SplitRow
+from flowerfast.data.imagefiles import image_files_under
+from flowerfast.hardware.devices import resolve_device, synchronize
+from flowerfast.infer.predict import ImageFileDataset, collate_images, default_workers
+from flowerfast.infer.preprocessing import normalise, preprocess
+from flowerfast.models.classifier import load_classifier
+from flowerfast.runs.folder import SplitRow
 
 
 def parse_args():
@@ -92,9 +92,9 @@ def fastai_learner(model_path, spec, paths, device):
     """A fastai Learner around the same weights, with flowerfast's training transforms."""
     from safetensors.torch import load_file
 
-    from flowerfast.data import FlowerData, build_dataloaders
-    from flowerfast.learner import create_learner
-    from flowerfast.model import model_paths
+    from flowerfast.data.loaders import FlowerData, build_dataloaders
+    from flowerfast.models.classifier import model_paths
+    from flowerfast.training.learner import create_learner
 
     rows = [SplitRow(p, spec.classes[i % len(spec.classes)], i % 5 == 0) for i, p in enumerate(paths)]
     dls = build_dataloaders(rows, spec.classes, size=spec.size, bs=16)

@@ -39,8 +39,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import flowerfast  # noqa: E402
-from flowerfast.imagefiles import image_files_under  # noqa: E402
-from flowerfast.inference import load_model  # noqa: E402
+from flowerfast.data.imagefiles import image_files_under  # noqa: E402
+from flowerfast.infer.predict import load_model  # noqa: E402
 from tests.serving import ServerProcess  # noqa: E402
 
 

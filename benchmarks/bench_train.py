@@ -115,7 +115,8 @@ def child_plain(args) -> dict:
     import torchvision
     from torch import nn
     from torch.utils.data import DataLoader, Subset, random_split
-    from torchvision import datasets, transforms as T
+    from torchvision import datasets
+    from torchvision import transforms as T
 
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -168,8 +169,14 @@ def child_fastai(args) -> dict:
     """(b) fastai as its tutorials use it, with its defaults."""
     import torch
     import torchvision
-    from fastai.vision.all import (ImageDataLoaders, RandomResizedCrop, accuracy, aug_transforms, set_seed,
-                                   vision_learner)
+    from fastai.vision.all import (
+        ImageDataLoaders,
+        RandomResizedCrop,
+        accuracy,
+        aug_transforms,
+        set_seed,
+        vision_learner,
+    )
 
     set_seed(args.seed)
     dls = ImageDataLoaders.from_folder(args.root, valid_pct=0.2, seed=args.seed, item_tfms=RandomResizedCrop(args.size),

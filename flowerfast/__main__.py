@@ -1,5 +1,5 @@
 """``python -m flowerfast`` runs the command-line interface."""
 
-from .cli import main
+from flowerfast.cli import main
 
 main()

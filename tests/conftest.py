@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from flowerfast.data import default_data_dir
+from flowerfast.data.folders import default_data_dir
 
 SAMPLE = default_data_dir()
 SHARED = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "flowers").resolve()

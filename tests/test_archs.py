@@ -10,9 +10,9 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-from flowerfast.archs import check_arch, list_archs
-from flowerfast.pretrained import PretrainedUnavailableWarning, imagenet_weights, load_backbone
-from flowerfast.errors import FlowerfastError
+from flowerfast.core.errors import FlowerfastError
+from flowerfast.models.archs import check_arch, list_archs
+from flowerfast.models.pretrained import PretrainedUnavailableWarning, imagenet_weights, load_backbone
 
 
 def test_featured_architectures_come_first_and_all_torchvision_models_follow():
@@ -104,7 +104,7 @@ def test_imagenet_weights_are_loaded_from_torchs_cache(tmp_path, monkeypatch):
 
 def test_without_network_or_cache_training_falls_back_loudly_or_fails_when_required(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.setattr("flowerfast.pretrained.torchvision_state",
+    monkeypatch.setattr("flowerfast.models.pretrained.torchvision_state",
                         lambda ref: (_ for _ in ()).throw(OSError("no network")))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -14,10 +14,9 @@ import torch
 from PIL import Image
 
 import flowerfast
-from flowerfast.data import load_data
-from flowerfast.imagecache import CacheUnavailableWarning, ImageCache, decode, default_cache_dir, load_size
-
-from .conftest import make_folder, sample_files
+from flowerfast.data.imagecache import CacheUnavailableWarning, ImageCache, decode, default_cache_dir, load_size
+from flowerfast.data.loaders import load_data
+from tests.conftest import make_folder, sample_files
 
 CPU = torch.device("cpu")
 
@@ -152,8 +151,11 @@ def test_decode_reduces_big_photos_and_never_upscales(tmp_path):
 def test_prediction_sees_validation_pixels_of_big_photos(tmp_path):
     """Photos larger than ``2 * size`` are reduced the same way by training's validation and by
     ``preprocess``, so predict's input equals fastai's validation batch."""
-    from flowerfast.data import IMAGENET_MEAN, IMAGENET_STD, build_dataloaders, scan_image_folder, split_rows
-    from flowerfast.preprocessing import normalise, preprocess
+    from flowerfast.data.folders import scan_image_folder
+    from flowerfast.models.archs import IMAGENET_MEAN, IMAGENET_STD
+    from flowerfast.data.loaders import build_dataloaders
+    from flowerfast.data.split import split_rows
+    from flowerfast.infer.preprocessing import normalise, preprocess
 
     root = tmp_path / "d"
     for cls in ("rose", "tulip"):
@@ -243,7 +245,7 @@ def test_a_failing_write_warns_once_and_decodes_on(tmp_path, monkeypatch):
     are decoded without trying to write."""
     import errno
 
-    import flowerfast.imagecache as imagecache
+    import flowerfast.data.imagecache as imagecache
 
     def full_disk(path, data):
         raise OSError(errno.ENOSPC, "No space left on device")

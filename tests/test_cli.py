@@ -9,8 +9,7 @@ import pytest
 
 from flowerfast import __version__
 from flowerfast.cli import app
-
-from .conftest import invoke, make_folder
+from tests.conftest import invoke, make_folder
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -141,8 +140,9 @@ def _options(command_name: str) -> dict:
 @pytest.mark.parametrize("command_name", ["train", "lr-find", "compare"])
 def test_cli_defaults_are_the_library_defaults(command_name):
     """One source of defaults: every training option's CLI default is TrainConfig's."""
-    from flowerfast.config import DEFAULTS, TrainConfig
     import dataclasses
+
+    from flowerfast.runs.config import DEFAULTS, TrainConfig
 
     params = {name.rstrip("_"): p for name, p in _options(command_name).items()}
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -173,7 +173,7 @@ def test_a_malformed_split_file_gets_one_line(runner, tmp_path):
 def test_default_run_folders_never_collide(tmp_path):
     """Two runs whose default folder names are the same (started in the same second): the second
     takes the next free name instead of failing on the first one's files."""
-    from flowerfast.runs import create_run_dir
+    from flowerfast.core.files import create_run_dir
 
     taken = tmp_path / "runs" / "resnet18-20260101-120000"
     taken.mkdir(parents=True)

@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 import flowerfast
 from flowerfast.cli import app
-from flowerfast.plots import confusion_png
-from flowerfast.runfolder import RunFolder, ValidPrediction
+from flowerfast.core.plots import confusion_png
+from flowerfast.runs.folder import RunFolder, ValidPrediction
 
 ARCHS = ("resnet18", "vgg11_bn")
 REPORT_FILES = ("report.md", "report.json", "report.html", "curves.png", "per-class-accuracy.png",
@@ -144,7 +144,7 @@ def test_report_json_is_report_json_on_stdout(comparison, tmp_path):
 
 def test_python_api_report(comparison, tmp_path):
     out, _ = comparison
-    import flowerfast.reporting  # noqa: F401  (importing the module must not hide the function)
+    import flowerfast.reporting.report  # noqa: F401  (importing the module must not hide the function)
 
     rep = flowerfast.report([out / a for a in ARCHS], out=tmp_path / "api")
     assert isinstance(rep, flowerfast.ComparisonReport)

@@ -7,11 +7,12 @@ import shutil
 import numpy as np
 import pytest
 
-from flowerfast.data import load_data, rows_from_split_file, scan_image_folder, split_rows
-from flowerfast.runfolder import read_split_csv, write_split_csv
-from flowerfast.errors import FlowerfastError
-
-from .conftest import SAMPLE, make_folder, sample_files
+from flowerfast.core.errors import FlowerfastError
+from flowerfast.data.folders import scan_image_folder
+from flowerfast.data.loaders import load_data
+from flowerfast.data.split import rows_from_split_file, split_rows
+from flowerfast.runs.folder import read_split_csv, write_split_csv
+from tests.conftest import SAMPLE, make_folder, sample_files
 
 
 def test_embedded_sample_has_five_classes_of_forty():
@@ -106,7 +107,7 @@ def test_classes_with_no_or_few_training_images_are_warned_about(tmp_path, runne
     images. Both are named in a warning line and in config.json, and training still runs."""
     import json
 
-    from .conftest import invoke
+    from tests.conftest import invoke
 
     data = make_folder(tmp_path / "d", {"daisy": 20, "rose": 4, "tulip": 1})
     rows = split_rows(scan_image_folder(data), seed=42)
@@ -154,7 +155,7 @@ def test_imbalanced_classes_are_warned_about_and_balanced_weights_follow_sklearn
 
     from sklearn.utils.class_weight import compute_class_weight
 
-    from .conftest import invoke
+    from tests.conftest import invoke
 
     data = make_folder(tmp_path / "d", {"daisy": 40, "rose": 5, "tulip": 3})
     result = invoke(runner, ["train", "--data", data, "--arch", "resnet18", "--no-pretrained", "--size", "32",
@@ -177,8 +178,8 @@ def test_imbalanced_classes_are_warned_about_and_balanced_weights_follow_sklearn
 def test_balanced_weights_reach_the_loss():
     import torch
 
-    from flowerfast.data import balanced_class_weights
-    from flowerfast.learner import create_learner
+    from flowerfast.data.split import balanced_class_weights
+    from flowerfast.training.learner import create_learner
 
     data = load_data(None, size=32, bs=8, device=torch.device("cpu"))
     weights = balanced_class_weights(data.rows, data.classes)
@@ -192,7 +193,7 @@ def test_the_scan_and_the_clean_train_pass_report_progress(tmp_path):
     """Every image checked by the scan, and every batch of the clean-train pass, is a progress
     step the CLI shows as a bar (and, for big folders, as log lines)."""
     import flowerfast
-    from flowerfast.progress import Reporter
+    from flowerfast.core.progress import Reporter
 
     class Recording(Reporter):
         def __init__(self):

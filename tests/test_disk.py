@@ -12,11 +12,10 @@ import pytest
 import torch
 
 import flowerfast
-from flowerfast.checkpoint import CHECKPOINT, load_checkpoint
-from flowerfast.model import load_classifier
-from flowerfast.runfolder import RunFolder
-
-from .conftest import invoke, make_folder
+from flowerfast.models.classifier import load_classifier
+from flowerfast.runs.folder import RunFolder
+from flowerfast.training.checkpoint import CHECKPOINT, load_checkpoint
+from tests.conftest import invoke, make_folder
 
 
 @pytest.fixture()
@@ -95,9 +94,8 @@ def test_a_disk_that_fills_during_training_is_one_error_and_the_last_good_files_
 
 def test_a_photo_cache_on_a_full_disk_warns_and_decoding_goes_on(small_disk):
     """The cache is optional: a full disk under it is a warning, never a failed run."""
-    from flowerfast.imagecache import CacheUnavailableWarning, ImageCache, decode
-
-    from .conftest import sample_files
+    from flowerfast.data.imagecache import CacheUnavailableWarning, ImageCache, decode
+    from tests.conftest import sample_files
 
     disk = small_disk(1)
     with open(disk / "filler", "wb") as fh:

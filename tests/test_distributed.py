@@ -16,13 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from flowerfast.checkpoint import CHECKPOINT, load_checkpoint
-from flowerfast.distributed import TRACE_ENV, from_environment, read_trace
-from flowerfast.runfolder import RunFolder
-from flowerfast.distributed import shard_bounds
-
-from .conftest import invoke, make_folder
-from .test_resume import assert_finished_cleanly, run_until
+from flowerfast.hardware.distributed import TRACE_ENV, from_environment, read_trace, shard_bounds
+from flowerfast.runs.folder import RunFolder
+from flowerfast.training.checkpoint import CHECKPOINT, load_checkpoint
+from tests.conftest import invoke, make_folder
+from tests.test_resume import assert_finished_cleanly, run_until
 
 PHOTOS = {"daisy": 16, "rose": 16, "tulip": 15}
 """47 photos: 9 for validation (3 per class), 38 for training; with the odd class sizes the
@@ -212,7 +210,7 @@ def test_the_job_is_read_from_the_launchers_environment():
     assert from_environment({}).distributed is False
     procs = from_environment({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"})
     assert (procs.rank, procs.world_size, procs.local_rank, procs.is_main) == (3, 4, 1, False)
-    from flowerfast.errors import FlowerfastError
+    from flowerfast.core.errors import FlowerfastError
 
     with pytest.raises(FlowerfastError, match="RANK 4 does not fit WORLD_SIZE 4"):
         from_environment({"RANK": "4", "WORLD_SIZE": "4"})

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 import flowerfast
 from flowerfast.cli import app
-from flowerfast.data import default_data_dir
-from flowerfast.evaluation import TrainingOverlapWarning, confusion_title, save_report
-from flowerfast.plots import confusion_png, mistakes_png
+from flowerfast.core.plots import confusion_png, mistakes_png
+from flowerfast.data.folders import default_data_dir
+from flowerfast.infer.evaluate import TrainingOverlapWarning, confusion_title, save_report
 
 SAMPLE = default_data_dir()
 runner = CliRunner()
@@ -77,7 +77,7 @@ def test_table_output_and_default_folder(run_dir, tmp_path, monkeypatch):
 
 
 def test_python_api_equals_cli_json(run_dir, tmp_path):
-    import flowerfast.evaluation  # noqa: F401  (importing the module must not hide the function)
+    import flowerfast.infer.evaluate  # noqa: F401  (importing the module must not hide the function)
 
     cli = runner.invoke(app, ["evaluate", str(run_dir), str(SAMPLE), "--json", "--mistakes", "0",
                               "--out", str(tmp_path / "cli")])
@@ -132,8 +132,8 @@ def test_bad_input(run_dir, tmp_path, args, message):
 
 
 def test_evaluate_a_run_without_a_folder_scores_its_validation_split(run_dir, tmp_path):
-    from flowerfast.evaluation import evaluate
-    from flowerfast.runfolder import RunFolder
+    from flowerfast.infer.evaluate import evaluate
+    from flowerfast.runs.folder import RunFolder
 
     run = RunFolder(run_dir)
     result = evaluate(run_dir, device="cpu")
@@ -150,7 +150,7 @@ def test_evaluate_a_run_without_a_folder_scores_its_validation_split(run_dir, tm
 def test_evaluate_warns_when_the_folder_holds_training_images_by_path_or_content(run_dir, tmp_path):
     import shutil
 
-    from flowerfast.runfolder import RunFolder
+    from flowerfast.runs.folder import RunFolder
 
     run = RunFolder(run_dir)
     data = Path(run.read_config()["data"])

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 import flowerfast
 from flowerfast.cli import app
-from flowerfast.data import default_data_dir
+from flowerfast.data.folders import default_data_dir
 
 SAMPLE = default_data_dir()
 runner = CliRunner()

@@ -9,9 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flowerfast.runfolder import RunFolder
-
-from .conftest import make_folder
+from flowerfast.runs.folder import RunFolder
+from tests.conftest import make_folder
 
 PINNED = {"device": "cpu", "precision": "fp32", "clean_train_sample": 0}
 
@@ -71,7 +70,7 @@ def test_the_fine_tune_freezes_the_body_then_trains_it_slower_with_its_statistic
     weights) the running means never move, without they do. The data is normalised as the
     weights expect (mean = std = 0.5), and the model file says so."""
     import flowerfast
-    from flowerfast.pretrained import load_backbone
+    from flowerfast.models.pretrained import load_backbone
 
     data = make_folder(tmp_path / "d", {"daisy": 12, "rose": 12, "tulip": 12})
     probe = _BodyProbe()
@@ -81,7 +80,7 @@ def test_the_fine_tune_freezes_the_body_then_trains_it_slower_with_its_statistic
     config = RunFolder(result.run_dir).read_config()
     assert config["fixed_bn"] is fixed_bn and config["body_lr"] == 1e-4 and config["lr"] == 2e-3
     assert probe.norm_stats == ([0.5] * 3, [0.5] * 3)
-    from flowerfast.model import load_classifier
+    from flowerfast.models.classifier import load_classifier
 
     _, spec = load_classifier(result.run_dir / "final.safetensors")
     assert spec.mean == [0.5] * 3 and spec.std == [0.5] * 3 and spec.source == "timm"

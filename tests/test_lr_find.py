@@ -8,7 +8,7 @@ import json
 import pytest
 from PIL import Image
 
-from .conftest import invoke, make_folder
+from tests.conftest import invoke, make_folder
 
 
 def test_lr_find_prints_suggestions_and_writes_plot_and_curve(tmp_path, runner):
@@ -45,8 +45,7 @@ def test_train_lr_auto_trains_with_the_valley_suggestion(tmp_path):
     """``lr="auto"``: lr-find runs first, its files land in the run folder, and the one-cycle
     schedule the model is then trained with peaks at exactly the valley suggestion."""
     import flowerfast
-
-    from .test_train import _ScheduleProbe
+    from tests.test_train import _ScheduleProbe
 
     data = make_folder(tmp_path / "d", {"daisy": 12, "sunflower": 12})
     probe = _ScheduleProbe()
@@ -70,7 +69,7 @@ def test_lr_find_uses_a_scratch_folder_and_removes_it(tmp_path, monkeypatch):
     import tempfile
 
     import flowerfast
-    from flowerfast.progress import Reporter
+    from flowerfast.core.progress import Reporter
 
     scratch = tmp_path / "tmp"
     scratch.mkdir()

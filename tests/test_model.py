@@ -10,10 +10,9 @@ import pytest
 import torch
 import torchvision
 
-from flowerfast.errors import FlowerfastError
-from flowerfast.archs import body_cut
-from flowerfast.model import (ModelSpec, assemble_classifier, build_classifier, load_classifier,
-                              save_model)
+from flowerfast.core.errors import FlowerfastError
+from flowerfast.models.archs import body_cut
+from flowerfast.models.classifier import ModelSpec, assemble_classifier, build_classifier, load_classifier, save_model
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "vgg11_bn"])
@@ -95,7 +94,7 @@ def test_the_weights_file_alone_is_a_complete_model(saved):
 def test_the_weights_checksum_is_recorded_and_a_damaged_file_refused(saved):
     from safetensors import safe_open
 
-    from flowerfast.model import weights_sha256
+    from flowerfast.models.classifier import weights_sha256
 
     weights, meta, model = saved
     with safe_open(str(weights), framework="pt") as fh:

@@ -1,4 +1,4 @@
-"""The plain-torch ResNet and VGG bodies in ``flowerfast.nets`` are torchvision's, weight for weight."""
+"""The plain-torch ResNet and VGG bodies in ``flowerfast.models.nets`` are torchvision's, weight for weight."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 import torchvision
 
-from flowerfast.archs import body_cut, cut_body
-from flowerfast.nets import BODIES, build_body
+from flowerfast.models.archs import body_cut, cut_body
+from flowerfast.models.nets import BODIES, build_body
 
 
 def torchvision_body(arch: str, device: str = "cpu"):

@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from flowerfast.data import scan_image_folder
-from flowerfast.imagecache import ImageCache, decode
-from flowerfast.imagefiles import MAX_PIXELS, MAX_PIXELS_ENV, check_image, image_files_under, max_pixels
-
-from .conftest import make_folder, sample_files
+from flowerfast.data.folders import scan_image_folder
+from flowerfast.data.imagecache import ImageCache, decode
+from flowerfast.data.imagefiles import MAX_PIXELS, MAX_PIXELS_ENV, check_image, image_files_under, max_pixels
+from tests.conftest import make_folder, sample_files
 
 
 def pixels(img) -> np.ndarray:
@@ -249,7 +248,7 @@ def test_a_bomb_past_pillows_own_limit_gives_our_reason_and_no_warning(tmp_path)
 
 
 def test_a_bad_limit_is_refused_by_message(monkeypatch, tmp_path):
-    from flowerfast.errors import FlowerfastError
+    from flowerfast.core.errors import FlowerfastError
 
     monkeypatch.setenv(MAX_PIXELS_ENV, "lots")
     with pytest.raises(FlowerfastError, match=MAX_PIXELS_ENV):
@@ -275,11 +274,11 @@ class _no_warnings:
 def test_a_photo_that_vanishes_during_training_is_skipped_and_reported(tmp_path):
     """One training and one validation photo deleted after the first epoch: the run goes on
     without them, warns once for each, and scores the validation photos that are left."""
-    import flowerfast
     from fastai.callback.core import Callback
 
-    from flowerfast.data import UnreadablePhotoWarning
-    from flowerfast.runfolder import RunFolder
+    import flowerfast
+    from flowerfast.data.loaders import UnreadablePhotoWarning
+    from flowerfast.runs.folder import RunFolder
 
     data = make_folder(tmp_path / "photos", {"daisy": 10, "rose": 10, "tulip": 10})
     run = RunFolder(tmp_path / "run")
@@ -313,9 +312,8 @@ def test_a_photo_that_vanishes_during_training_is_skipped_and_reported(tmp_path)
 def test_file_names_in_any_encoding_train_and_predict(tmp_path, runner):
     """Names that are not valid UTF-8 (bytes a Linux file system allows), accents, CJK and spaces:
     scanned, written to split.csv and read back as the same files, and predicted."""
-    from flowerfast.runfolder import RunFolder
-
-    from .conftest import invoke
+    from flowerfast.runs.folder import RunFolder
+    from tests.conftest import invoke
 
     data = make_folder(tmp_path / "photos", {"daisy": 8, "rose": 8})
     daisy, rose = sample_files("daisy", 1)[0], sample_files("rose", 1)[0]

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flowerfast.runfolder import RunFolder
-
-from .conftest import invoke
+from flowerfast.runs.folder import RunFolder
+from tests.conftest import invoke
 
 
 def picture(path) -> np.ndarray:
@@ -34,7 +33,7 @@ def test_a_run_draws_its_pictures(tiny_run, name, size):
 def test_mistakes_show_the_best_models_most_confident_wrong_answers(tiny_run):
     wrong = [p for p in RunFolder(tiny_run).read_valid_predictions() if not p.correct]
     assert wrong  # a 2-epoch model from random weights is often wrong
-    from flowerfast.plots import grid_columns
+    from flowerfast.core.plots import grid_columns
 
     pixels = picture(tiny_run / "mistakes.png")
     assert pixels.shape[1] == 300 * grid_columns(min(12, len(wrong)), 4)  # 3 inches a column, 100 dpi
@@ -53,8 +52,8 @@ def test_show_batch_draws_without_training_and_leaves_the_random_streams_alone(t
     assert pixels.shape[1::-1] == (960, 400)  # 6 columns by 2 rows: no empty cell
     assert_not_blank(pixels)
 
-    from flowerfast.data import load_data
-    from flowerfast.pictures import draw_batch
+    from flowerfast.data.loaders import load_data
+    from flowerfast.training.pictures import draw_batch
 
     data = load_data(None, size=32, bs=8, device=torch.device("cpu"))
     before = (random.getstate(), torch.get_rng_state(), data.dls.train.rng.getstate())

@@ -11,11 +11,10 @@ import pytest
 import torch
 
 import flowerfast
-from flowerfast.devices import choose_precision, cpu_has_native_bf16, resolve_precision
-from flowerfast.errors import FlowerfastError
-from flowerfast.runfolder import RunFolder
-
-from .conftest import SAMPLE, invoke, make_folder
+from flowerfast.core.errors import FlowerfastError
+from flowerfast.hardware.devices import choose_precision, cpu_has_native_bf16, resolve_precision
+from flowerfast.runs.folder import RunFolder
+from tests.conftest import SAMPLE, invoke
 
 
 @pytest.mark.parametrize("requested, device, cpu_bf16, cuda_bf16, expected", [
@@ -54,7 +53,7 @@ SKYLAKE = {"avx2", "avx512f", "avx512dq", "avx512bw", "avx512vl", "avx512cd", "a
     (set(), "x86_64", None),  # no flags to read: oneDNN decides
 ])
 def test_native_bf16_is_read_from_the_cpus_own_flags(flags, machine, expected):
-    from flowerfast.devices import native_bf16_from_flags
+    from flowerfast.hardware.devices import native_bf16_from_flags
 
     assert native_bf16_from_flags(flags, machine) == expected
 
@@ -63,7 +62,7 @@ def test_auto_on_this_cpu_follows_its_bf16_support():
     """On this machine, the answer is the one its flags give (when it has flags to read)."""
     import platform
 
-    from flowerfast.devices import cpu_flags
+    from flowerfast.hardware.devices import cpu_flags
 
     flags = cpu_flags()
     if flags and platform.machine().lower() in ("x86_64", "amd64"):
@@ -83,7 +82,7 @@ def test_depthwise_convolutions_are_found_in_the_networks_that_have_them():
     import timm
     import torchvision
 
-    from flowerfast.devices import has_depthwise_convolutions
+    from flowerfast.hardware.devices import has_depthwise_convolutions
 
     assert has_depthwise_convolutions(timm.create_model("tf_efficientnet_lite0"))
     assert has_depthwise_convolutions(torchvision.models.mobilenet_v3_small())
@@ -143,7 +142,7 @@ def test_inference_in_bf16_is_close_to_fp32(tiny_run):
 def test_latency_is_cached_per_precision(tiny_run, tmp_path):
     import shutil
 
-    from flowerfast.latency import measure_inference
+    from flowerfast.infer.latency import measure_inference
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)

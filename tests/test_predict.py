@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 import flowerfast
 from flowerfast.cli import app
-from flowerfast.data import default_data_dir
+from flowerfast.data.folders import default_data_dir
 
 SAMPLE = default_data_dir()
 runner = CliRunner()
@@ -74,10 +74,10 @@ def test_predictions_equal_fastai_validation(run_dir):
     """Our preprocessing reproduces fastai's validation pipeline: the preprocessed tensors equal
     fastai's batch, and load_model's probabilities equal the training run's network on fastai's
     validation DataLoader (computed here, unrounded), which valid_predictions.csv records."""
-    from flowerfast.data import build_dataloaders
-    from flowerfast.model import load_classifier
-    from flowerfast.preprocessing import normalise, preprocess
-    from flowerfast.runfolder import RunFolder
+    from flowerfast.data.loaders import build_dataloaders
+    from flowerfast.infer.preprocessing import normalise, preprocess
+    from flowerfast.models.classifier import load_classifier
+    from flowerfast.runs.folder import RunFolder
 
     cpu = torch.device("cpu")
     folder = RunFolder(run_dir)
@@ -204,10 +204,10 @@ def test_predict_imports_neither_fastai_nor_torchvision(run_dir):
 
 
 def test_latency_is_measured_on_the_training_device_and_reused(run_dir, tmp_path):
-    from flowerfast.devices import best_device_name
-    from flowerfast.latency import default_device, measure_inference
-    from flowerfast.runfolder import RunFolder
-    from flowerfast.runs import write_json
+    from flowerfast.core.files import write_json
+    from flowerfast.hardware.devices import best_device_name
+    from flowerfast.infer.latency import default_device, measure_inference
+    from flowerfast.runs.folder import RunFolder
 
     run = tmp_path / "run"
     run.mkdir()
@@ -241,16 +241,16 @@ INFERENCE_MODULES = ("inference", "preprocessing", "optimize", "latency", "expor
 
 def test_preprocessing_has_two_implementations_and_only_the_adapter_imports_fastai(run_dir):
     """One interface, two implementations; fastai (seconds to import, unpickles code) reached only
-    through flowerfast.fastai_export, and only when a fastai export is opened."""
+    through flowerfast.infer.fastai_export, and only when a fastai export is opened."""
     import ast
 
-    import flowerfast.fastai_export
-    from flowerfast.preprocessing import FlowerfastPreprocessing, Preprocessing
+    import flowerfast.infer.fastai_export
+    from flowerfast.infer.preprocessing import FlowerfastPreprocessing, Preprocessing
 
     def implementations(cls):
         return {c for sub in cls.__subclasses__() for c in (sub, *implementations(sub))}
 
-    assert implementations(Preprocessing) == {FlowerfastPreprocessing, flowerfast.fastai_export.FastaiExportPreprocessing}
+    assert implementations(Preprocessing) == {FlowerfastPreprocessing, flowerfast.infer.fastai_export.FastaiExportPreprocessing}
     assert isinstance(flowerfast.load_model(run_dir, device="cpu").preprocessing, FlowerfastPreprocessing)
 
     package = Path(flowerfast.__file__).parent
@@ -275,7 +275,15 @@ def test_preprocessing_has_two_implementations_and_only_the_adapter_imports_fast
 def fastai_export(tmp_path_factory) -> Path:
     """A learner made with fastai's own API and its presizing recipe (Resize crop to 60px per item,
     then a batch-level resize to 32px and Normalize): not flowerfast's transforms. Exported."""
-    from fastai.vision.all import ImageDataLoaders, Normalize, Resize, aug_transforms, imagenet_stats, resnet18, vision_learner
+    from fastai.vision.all import (
+        ImageDataLoaders,
+        Normalize,
+        Resize,
+        aug_transforms,
+        imagenet_stats,
+        resnet18,
+        vision_learner,
+    )
 
     root = tmp_path_factory.mktemp("fastai")
     dls = ImageDataLoaders.from_folder(SAMPLE, valid_pct=0.2, seed=0, item_tfms=Resize(60), bs=8, num_workers=0,
@@ -332,8 +340,18 @@ def test_trusted_fastai_export_exports_with_its_own_resize(fastai_export, tmp_pa
 def test_trusted_grayscale_fastai_export(tmp_path):
     """A fastai export of a one-channel (PILImageBW) model: opened in its own colour mode."""
     from fastai.learner import load_learner
-    from fastai.vision.all import (CategoryBlock, DataBlock, ImageBlock, PILImageBW, RandomSplitter, Resize,
-                                   get_image_files, parent_label, resnet18, vision_learner)
+    from fastai.vision.all import (
+        CategoryBlock,
+        DataBlock,
+        ImageBlock,
+        PILImageBW,
+        RandomSplitter,
+        Resize,
+        get_image_files,
+        parent_label,
+        resnet18,
+        vision_learner,
+    )
 
     block = DataBlock(blocks=(ImageBlock(PILImageBW), CategoryBlock), get_items=get_image_files, get_y=parent_label,
                       item_tfms=Resize(40), splitter=RandomSplitter(seed=0))
@@ -355,10 +373,10 @@ def test_trusted_grayscale_fastai_export(tmp_path):
 def test_folding_batch_norms_keeps_the_outputs(run_dir):
     import copy
 
-    from flowerfast.model import load_classifier
-    from flowerfast.nets import build_body
-    from flowerfast.optimize import fold_batch_norms
-    from flowerfast.preprocessing import normalise, preprocess
+    from flowerfast.infer.optimize import fold_batch_norms
+    from flowerfast.infer.preprocessing import normalise, preprocess
+    from flowerfast.models.classifier import load_classifier
+    from flowerfast.models.nets import build_body
 
     network, spec = load_classifier(run_dir)
     vgg = build_body("vgg11_bn", 1).eval()

@@ -17,12 +17,16 @@ import warnings
 import pytest
 import torch
 
-from flowerfast.archs import check_arch, list_archs, normalisation, resolve_arch
-from flowerfast.errors import FlowerfastError
-from flowerfast.pretrained import (PACKAGED, PretrainedUnavailableWarning, load_backbone, map_reference_state,
-                                   packaged_weights_file)
-
-from .conftest import sample_files
+from flowerfast.core.errors import FlowerfastError
+from flowerfast.models.archs import check_arch, list_archs, normalisation, resolve_arch
+from flowerfast.models.pretrained import (
+    PACKAGED,
+    PretrainedUnavailableWarning,
+    load_backbone,
+    map_reference_state,
+    packaged_weights_file,
+)
+from tests.conftest import sample_files
 
 IMAGENET_DAISY = 985  # ImageNet-1k's class "daisy"
 
@@ -58,8 +62,8 @@ def test_names_are_torchvisions_when_it_has_them_and_timm_spells_the_rest():
 
 
 def test_a_timm_body_that_is_not_a_channels_first_map_is_refused_by_name():
-    from flowerfast.model import assemble_classifier
-    from flowerfast.pretrained import load_backbone as load
+    from flowerfast.models.classifier import assemble_classifier
+    from flowerfast.models.pretrained import load_backbone as load
 
     backbone, _ = load("swin_tiny_patch4_window7_224", pretrained=False)
     with pytest.raises(FlowerfastError, match="'swin_tiny_patch4_window7_224' is not supported: its features are not "
@@ -166,7 +170,7 @@ def test_timm_weights_offline_fall_back_at_once_and_a_timm_weights_file_loads(tm
 def test_a_timm_model_saves_and_rebuilds_without_fastai(tmp_path):
     """The model file of a timm network records its source; in a fresh process it loads and
     predicts with the same outputs, and fastai is never imported."""
-    from flowerfast.model import ModelSpec, assemble_classifier, save_model
+    from flowerfast.models.classifier import ModelSpec, assemble_classifier, save_model
 
     torch.manual_seed(0)
     backbone, _ = load_backbone("tf_efficientnet_lite0", pretrained=False)
@@ -181,7 +185,7 @@ def test_a_timm_model_saves_and_rebuilds_without_fastai(tmp_path):
         expected = model(x)
     script = (
         "import sys, json, torch\n"
-        "from flowerfast.model import load_classifier\n"
+        "from flowerfast.models.classifier import load_classifier\n"
         f"model, spec = load_classifier({str(tmp_path / 'lite.safetensors')!r})\n"
         f"x = torch.load({str(tmp_path / 'x.pt')!r}, weights_only=True)\n"
         "out = model(x).tolist()\n"
@@ -202,8 +206,8 @@ def test_a_fine_tuned_lite_model_predicts_and_exports_with_its_own_normalisation
     import onnxruntime as ort
     from typer.testing import CliRunner
 
-    from .conftest import invoke, make_folder
-    from .test_export import expected_matrix, preprocess_without_flowerfast
+    from tests.conftest import invoke, make_folder
+    from tests.test_export import expected_matrix, preprocess_without_flowerfast
 
     runner = CliRunner()
     data = make_folder(tmp_path / "d", {"daisy": 8, "rose": 8, "tulip": 8})

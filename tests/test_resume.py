@@ -16,11 +16,10 @@ import pytest
 import torch
 
 import flowerfast
-from flowerfast.checkpoint import CHECKPOINT, load_checkpoint, split_sha256
-from flowerfast.model import load_classifier
-from flowerfast.runfolder import RunFolder
-
-from .conftest import SAMPLE, invoke, make_folder
+from flowerfast.models.classifier import load_classifier
+from flowerfast.runs.folder import RunFolder
+from flowerfast.training.checkpoint import CHECKPOINT, load_checkpoint, split_sha256
+from tests.conftest import SAMPLE, invoke, make_folder
 
 TRAIN = ["train", "--arch", "resnet18", "--no-pretrained", "--size", "32", "--epochs", "3", "--freeze-epochs", "1",
          "--bs", "16", "--device", "cpu", "--precision", "fp32", "--workers", "0"]

@@ -8,7 +8,6 @@ since a batch of other sizes may take other kernels.
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import struct
 import threading
@@ -21,12 +20,11 @@ pytest.importorskip("fastapi", reason="the serve extra (pip install 'flowerfast[
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from flowerfast.batching import BatchQueue  # noqa: E402
-from flowerfast.errors import FlowerfastError  # noqa: E402
-from flowerfast.inference import load_model  # noqa: E402
-from flowerfast.server import ServeConfig, create_app  # noqa: E402
-
-from .conftest import invoke, sample_files  # noqa: E402
+from flowerfast.core.errors import FlowerfastError  # noqa: E402
+from flowerfast.infer.predict import load_model  # noqa: E402
+from flowerfast.serving.app import ServeConfig, create_app  # noqa: E402
+from flowerfast.serving.batching import BatchQueue  # noqa: E402
+from tests.conftest import invoke, sample_files  # noqa: E402
 
 PHOTOS = [sample_files(c, 2)[i] for c in ("daisy", "rose", "tulip") for i in (0, 1)]
 TOLERANCE = 1e-4

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import invoke, sample_files
-from .serving import ServerProcess
+from tests.conftest import invoke, sample_files
+from tests.serving import ServerProcess
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 DRIVER = "chromedriver"

@@ -16,8 +16,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from .conftest import sample_files
-from .serving import ServerProcess
+from tests.conftest import sample_files
+from tests.serving import ServerProcess
 
 pytest.importorskip("fastapi", reason="the serve extra (pip install 'flowerfast[serve]') is not installed")
 

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from flowerfast.errors import FlowerfastError
-from flowerfast.stats import mcnemar_exact, paired_bootstrap_ci
+from flowerfast.core.errors import FlowerfastError
+from flowerfast.core.stats import mcnemar_exact, paired_bootstrap_ci
 
 
 def test_mcnemar_known_table():

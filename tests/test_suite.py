@@ -8,7 +8,7 @@ THREADS_AT_IMPORT = torch.get_num_threads()
 
 
 def test_a_test_may_set_torchs_threads():
-    from flowerfast.devices import use_threads
+    from flowerfast.hardware.devices import use_threads
 
     assert use_threads(1) == 1 and torch.get_num_threads() == 1
 

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from flowerfast.runfolder import RunFolder
-
-from .conftest import invoke
+from flowerfast.runs.folder import RunFolder
+from tests.conftest import invoke
 
 pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
 pytest.importorskip("mlflow", reason="the mlflow extra is not installed")

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-
-import pytest
-
 import os
 import signal
 import subprocess
@@ -14,13 +11,13 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
 import torch
 
-from flowerfast.model import load_classifier
-from flowerfast.progress import Reporter
-from flowerfast.runfolder import RunFolder, read_split_csv
-
-from .conftest import SAMPLE, SHARED, invoke, make_folder, requires_shared
+from flowerfast.core.progress import Reporter
+from flowerfast.models.classifier import load_classifier
+from flowerfast.runs.folder import RunFolder, read_split_csv
+from tests.conftest import SAMPLE, SHARED, invoke, make_folder, requires_shared
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,8 +72,8 @@ def test_saved_best_model_reproduces_its_validation_accuracy(tiny_run):
     accuracy = sum(p["label"] == p["predicted"] for p in preds) / len(preds)
     assert accuracy == pytest.approx(summary["best_valid_accuracy"], abs=1e-6)
 
-    from flowerfast.data import load_data
-    from flowerfast.learner import predict_batches
+    from flowerfast.data.loaders import load_data
+    from flowerfast.training.learner import predict_batches
 
     data = load_data(None, size=spec.size, bs=16, split_file=tiny_run / "split.csv", device=torch.device("cpu"))
     probs, targets = predict_batches(model, data.dls.valid)
@@ -197,7 +194,7 @@ def test_the_pretrained_recipe_freezes_then_fine_tunes_with_a_lower_body_lr(tmp_
 
 def _as_model(backbone):
     """Backbone children in the layout of the classifier's body (``model[0]``)."""
-    from flowerfast.archs import body_cut, cut_body
+    from flowerfast.models.archs import body_cut, cut_body
 
     return [cut_body(backbone, body_cut(backbone))]
 
@@ -220,9 +217,9 @@ def test_best_model_is_saved_when_it_appears_and_history_as_each_epoch_ends(tmp_
     """A callback makes every validation prediction of the last epoch wrong: the best epoch is then
     the first, and best.safetensors must hold the model of that epoch, not the final one. An
     unreadable photo in the data is skipped and recorded in config.json."""
-    import flowerfast
-
     from fastai.callback.core import Callback
+
+    import flowerfast
 
     class WrongLastValidation(Callback):
         order = 1  # after the model's forward pass, before the loss and metrics
@@ -273,7 +270,7 @@ def test_augmentation_erases_after_normalising_and_only_in_training():
     from fastai.data.transforms import Normalize
     from fastai.vision.augment import RandomErasing, RandomResizedCrop
 
-    from flowerfast.data import load_data
+    from flowerfast.data.loaders import load_data
 
     data = load_data(None, size=32, bs=8, device=torch.device("cpu"))
     batch_tfms = list(data.dls.train.after_batch.fs)
@@ -351,8 +348,9 @@ def test_sigterm_ends_training_cleanly_and_leaves_no_scratch_folder(tmp_path):
 def test_a_diverging_run_stops_with_one_line_and_keeps_the_last_good_model(tmp_path):
     """The second epoch's weights are made NaN (as a far too high learning rate does): training
     stops there with a clear message, and best.safetensors is still epoch 1's finite model."""
-    import flowerfast
     from fastai.callback.core import Callback
+
+    import flowerfast
 
     class PoisonSecondEpoch(Callback):
         order = 100
@@ -381,7 +379,7 @@ def test_patience_stops_early_and_save_every_keeps_the_newest_epoch_models(tmp_p
     """A learning rate so small that nothing improves after the first epoch: with --patience 2
     the run stops after epoch 3 of 6, says so and records it; --save-every 1 --keep 2 leaves the
     models of epochs 2 and 3, each loadable."""
-    from flowerfast.model import load_classifier
+    from flowerfast.models.classifier import load_classifier
 
     out = tmp_path / "run"
     result = invoke(runner, ["train", "--arch", "resnet18", "--no-pretrained", "--size", "32", "--epochs", "6",

@@ -6,14 +6,14 @@ Each command module registers its commands on :data:`app` (``cli/app.py``); heav
 
 from __future__ import annotations
 
-from . import compare, core, serve, use  # noqa: F401  (each module registers its commands)
-from .app import app
+from flowerfast.cli import compare, core, serve, use  # noqa: F401  (each module registers its commands)
+from flowerfast.cli.app import app
 
 __all__ = ["app", "main"]
 
 
 def main() -> None:
-    from .output import quiet_other_processes
+    from flowerfast.cli.output import quiet_other_processes
 
     quiet_other_processes()  # under torchrun, rank 0 alone prints
     app()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from .. import __version__
-from .output import OneLineUsageErrors
+from flowerfast import __version__
+from flowerfast.cli.output import OneLineUsageErrors
 
 app = typer.Typer(
     name="flowerfast",

@@ -8,11 +8,11 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ..config import DEFAULTS as D
-from . import options as o
-from .app import app
-from ..errors import FlowerfastError
-from .output import console, make_reporter, print_json, resume_hint, user_errors
+from flowerfast.cli import options as o
+from flowerfast.cli.app import app
+from flowerfast.cli.output import console, make_reporter, print_json, resume_hint, user_errors
+from flowerfast.core.errors import FlowerfastError
+from flowerfast.runs.config import DEFAULTS as D
 
 Archs = Annotated[Optional[str], typer.Option("--archs", help="Architectures to compare, comma-separated (at least 2), e.g. resnet152,vgg11_bn.", show_default=False)]
 ResumeCompare = Annotated[Optional[Path], typer.Option("--resume", help="Finish an interrupted comparison: finished models are kept, the interrupted one resumes, the rest are trained (only --data, --device, --workers, --threads, --cache and --cache-dir may be given).", show_default=False, metavar="COMPARE_DIR")]
@@ -34,8 +34,8 @@ def _transposed(table, title: str) -> Table:
 
 
 def _pairs(rep) -> Table:
-    """One row per pair of models, read from the named fields of each :class:`~flowerfast.reporting.PairResult`."""
-    from ..render import format_p_cell, format_percent, format_points
+    """One row per pair of models, read from the named fields of each :class:`~flowerfast.reporting.report.PairResult`."""
+    from flowerfast.reporting.render import format_p_cell, format_percent, format_points
 
     level = f"{rep.settings['ci_level']:.0%}"
     out = Table(title=f"paired comparison on the same {rep.pairs[0].n_images} validation images")
@@ -50,7 +50,7 @@ def _pairs(rep) -> Table:
 
 def show_report(rep) -> None:
     """The summary and paired comparison as rich tables, then the verdicts and where the files are."""
-    from ..render import summary_table
+    from flowerfast.reporting.render import summary_table
 
     console.print(_transposed(summary_table(rep.models), "summary"))
     console.print(_pairs(rep))
@@ -83,8 +83,9 @@ def compare(
         return resume_hint(reporter, "compare", str(folder["path"]) if folder["path"] else None)
 
     with user_errors(stopped=stopped):
-        from ..comparison import compare as run_compare, resume_comparison
-        from ..config import TrainConfig
+        from flowerfast.reporting.comparison import compare as run_compare
+        from flowerfast.reporting.comparison import resume_comparison
+        from flowerfast.runs.config import TrainConfig
 
         if resume is not None:
             folder["path"] = resume
@@ -116,7 +117,7 @@ def report(run_dirs: RunDirs, out: ReportOut = None, precision: LatencyPrecision
            json_: o.Json = False) -> None:
     """Build the comparison report from finished runs that share one split."""
     with user_errors():
-        from ..reporting import report as build
+        from flowerfast.reporting.report import report as build
 
         rep = build(run_dirs, out=out, reporter=make_reporter(to_stderr=json_), precision=o.value(precision))
     if json_:

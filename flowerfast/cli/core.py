@@ -7,10 +7,11 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ..config import DEFAULTS as D, LR_FIND_ITERATIONS
-from . import options as o
-from .app import app
-from .output import console, make_reporter, print_json, resume_hint, user_errors
+from flowerfast.cli import options as o
+from flowerfast.cli.app import app
+from flowerfast.cli.output import console, make_reporter, print_json, resume_hint, user_errors
+from flowerfast.runs.config import DEFAULTS as D
+from flowerfast.runs.config import LR_FIND_ITERATIONS
 
 
 @app.command(epilog="Example: flowerfast train --arch resnet152 --epochs 10 --data photos/")
@@ -32,14 +33,15 @@ def train(
     (or accelerate launch) every process trains its share of each epoch (DDP)."""
     reporter = make_reporter(to_stderr=json_)
     with user_errors(stopped=lambda: resume_hint(reporter)):
-        from ..config import TrainConfig
-        from ..training import resume as resume_training, train as run_training
+        from flowerfast.runs.config import TrainConfig
+        from flowerfast.training.run import resume as resume_training
+        from flowerfast.training.run import train as run_training
 
         not_options = ("resume", "config_file", "json_")
         if resume is not None:
             result = resume_training(resume, reporter=reporter, **o.given_options(ctx, not_options))
         elif config_file is not None:
-            from ..config import read_options
+            from flowerfast.runs.config import read_options
 
             config = read_options(config_file).with_options(**o.given_options(ctx, not_options))
             result = run_training(config, reporter=reporter)
@@ -82,8 +84,8 @@ def lr_find(
 ) -> None:
     """Find a good learning rate: plot loss against a rising learning rate and suggest values."""
     with user_errors():
-        from ..config import TrainConfig
-        from ..lr_find import find_lr
+        from flowerfast.runs.config import TrainConfig
+        from flowerfast.training.lr_find import find_lr
 
         config = TrainConfig(data=data, arch=arch, bs=bs, size=size, valid_pct=valid_pct, seed=seed,
                              pretrained=pretrained, weights=weights, out=out, device=o.value(device), workers=workers,
@@ -115,7 +117,7 @@ def show_batch(
 ) -> None:
     """Draw augmented training images as the model sees them, without training: check the augmentation."""
     with user_errors():
-        from ..pictures import show_batch as draw
+        from flowerfast.training.pictures import show_batch as draw
 
         path = draw(data=data, size=size, valid_pct=valid_pct, seed=seed, stratify=stratify, split_file=split_file,
                     n=n, out=out)
@@ -152,8 +154,8 @@ def archs(
     timm's (tf_efficientnet_lite0); timm/NAME always means timm's (timm/resnet50).
     """
     with user_errors():
-        from ..archs import FEATURED, list_archs, torchvision_names
-        from ..pretrained import published_facts
+        from flowerfast.models.archs import FEATURED, list_archs, torchvision_names
+        from flowerfast.models.pretrained import published_facts
 
         names = list_archs(featured_only=not all_)
         table = Table(title="architectures" + ("" if all_ else " (featured; --all lists every one)"))

@@ -1,6 +1,6 @@
 """Options shared by the commands that train (train, lr-find, compare), defined once.
 
-Only names and help live here; every default comes from :data:`flowerfast.config.DEFAULTS`, so
+Only names and help live here; every default comes from :data:`flowerfast.runs.config.DEFAULTS`, so
 the CLI and the Python API cannot drift apart.
 """
 
@@ -47,7 +47,7 @@ def value(choice):
         return [value(c) for c in choice]
     return getattr(choice, "value", choice)
 
-from ..config import DEFAULT_LR_PRETRAINED, DEFAULT_LR_SCRATCH, MAX_LOADER_WORKERS
+from flowerfast.runs.config import DEFAULT_LR_PRETRAINED, DEFAULT_LR_SCRATCH, MAX_LOADER_WORKERS
 
 Data = Annotated[Optional[Path], typer.Option("--data", metavar="DIR", help="Folder of class folders (or train/ + valid/). Default: the embedded sample photos.", show_default=False)]
 Arch = Annotated[str, typer.Option("--arch", metavar="NAME", help="Architecture name (see `flowerfast archs`).")]

@@ -16,12 +16,12 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..errors import FlowerfastError, ProcessLost, ReportedByRankZero
-from ..progress import Reporter
-from ..runfolder import EpochRecord
+from flowerfast.core.errors import FlowerfastError, ProcessLost, ReportedByRankZero
+from flowerfast.core.progress import Reporter
+from flowerfast.runs.folder import EpochRecord
 
 if TYPE_CHECKING:
-    from ..config import ResolvedConfig
+    from flowerfast.runs.config import ResolvedConfig
 
 console = Console(highlight=False, soft_wrap=True)  # log lines are never wrapped
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -30,7 +30,7 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 def process_label() -> Optional[str]:
     """``None`` in rank 0 (or a run of one process), else ``process N of M``: in a job started
     with torchrun, rank 0 alone prints (see :func:`quiet_other_processes`)."""
-    from ..distributed import current
+    from flowerfast.hardware.distributed import current
 
     procs = current()
     return None if procs.is_main else f"process {procs.rank} of {procs.world_size}"
@@ -98,7 +98,7 @@ def print_run_header(config: "ResolvedConfig", out: Console = console) -> None:
               f"({config.precision}{layout}{compiled}, {config.threads} threads)", markup=False)
     processes = getattr(config, "processes", 1)
     if processes > 1:
-        from ..distributed import backend_for
+        from flowerfast.hardware.distributed import backend_for
 
         sync = ", batch norms synchronised" if config.options.sync_bn else ""
         out.print(f"processes: {processes} (DDP over {backend_for(config.device.split(':')[0])}{sync}); batch "
@@ -195,7 +195,7 @@ def print_json(data) -> None:
 
     if process_label() is not None:
         return
-    from ..runs import json_default
+    from flowerfast.core.files import json_default
 
     typer.echo(json.dumps(data, indent=2, default=json_default))
 
@@ -209,7 +209,7 @@ def fail(message: str, code: int = 1) -> None:
     if label is None:
         err_console.print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True)
     else:
-        from ..distributed import active
+        from flowerfast.hardware.distributed import active
 
         if active():
             err_console.print(f"[bold red]error ({label}):[/bold red] {escape(message)}", soft_wrap=True)
@@ -313,7 +313,7 @@ def resume_hint(reporter: Optional[LineReporter], command: str = "train", folder
 def launcher() -> str:
     """How to start the command again: as it was, with torchrun in a job of several processes
     (a job that ran on several machines is started there again with the same options)."""
-    from ..distributed import current
+    from flowerfast.hardware.distributed import current
 
     procs = current()
     if not procs.distributed:
@@ -335,7 +335,7 @@ def user_errors(stopped: Optional[Callable[[], str]] = None) -> Iterator[None]:
         return escape(stopped() if stopped is not None else "files already written in the run folder are complete")
 
     def stop_word(word: str) -> str:
-        from ..distributed import current
+        from flowerfast.hardware.distributed import current
 
         if current().distributed:  # torchrun stops every process when one fails, and on a cancelled job
             word += (" (the launcher stopped every process of the job: one of them failed, or the job was "

@@ -1,18 +1,17 @@
-"""``flowerfast serve``: the web page and HTTP API of :mod:`flowerfast.server`, on uvicorn."""
+"""``flowerfast serve``: the web page and HTTP API of :mod:`flowerfast.serving.app`, on uvicorn."""
 
 from __future__ import annotations
 
 import ipaddress
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from . import options as o
-from .app import app
-from .output import err_console, user_errors
-from .use import Device, InferencePrecision, Model, TrustPickle
-from ..server import API_KEY_ENV, ServeConfig
+from flowerfast.cli import options as o
+from flowerfast.cli.app import app
+from flowerfast.cli.output import err_console, user_errors
+from flowerfast.cli.use import Device, InferencePrecision, Model, TrustPickle
+from flowerfast.serving.app import API_KEY_ENV, ServeConfig
 
 DEFAULTS = ServeConfig()
 
@@ -44,8 +43,9 @@ def serve(
 ) -> None:
     """Serve a trained model: a web page to try photos and an HTTP API (needs the serve extra)."""
     with user_errors(stopped=lambda: "the server has stopped"):
-        from ..inference import load_model
-        from ..server import require_serve_extra, serve as run_server
+        from flowerfast.infer.predict import load_model
+        from flowerfast.serving.app import require_serve_extra
+        from flowerfast.serving.app import serve as run_server
 
         require_serve_extra()
         config = ServeConfig(host=host, port=port, api_key=api_key, max_batch=max_batch, max_wait_ms=max_wait_ms,

@@ -14,9 +14,9 @@ from typing import Annotated, List, Optional
 import typer
 from rich.table import Table
 
-from . import options as o
-from .app import app
-from .output import console, err_console, fail, make_reporter, user_errors
+from flowerfast.cli import options as o
+from flowerfast.cli.app import app
+from flowerfast.cli.output import console, err_console, fail, make_reporter, user_errors
 
 Model = Annotated[Path, typer.Argument(help="Run folder, or a model file (.safetensors or .json).", show_default=False, metavar="MODEL")]
 Device = Annotated[o.DeviceChoice, typer.Option("--device", help="Where to compute; auto: a CUDA GPU, else Apple's MPS, else the CPU.")]
@@ -37,19 +37,19 @@ def _emit(text: str, output: Optional[Path]) -> None:
     if output is None:
         typer.echo(text, nl=False)
         return
-    from ..runs import atomic_write_text
+    from flowerfast.core.files import atomic_write_text
 
     try:
         atomic_write_text(output.expanduser(), text)
     except OSError as exc:
-        from ..errors import FlowerfastError
+        from flowerfast.core.errors import FlowerfastError
 
         raise FlowerfastError(f"cannot write {output}: {exc.strerror or exc}") from None
     err_console.print(f"wrote {output}", markup=False)
 
 
 def _predictions_csv(predictions, top_k: int) -> str:
-    from ..runs import csv_text
+    from flowerfast.core.files import csv_text
 
     header = ["path", "predicted", "probability"]
     for k in range(2, top_k + 1):
@@ -79,9 +79,9 @@ def predict(
 ) -> None:
     """Classify photos with a trained model, in batches."""
     with user_errors():
-        from ..errors import FlowerfastError
-        from ..imagefiles import collect_image_paths
-        from ..inference import check_top_k, load_model
+        from flowerfast.core.errors import FlowerfastError
+        from flowerfast.data.imagefiles import collect_image_paths
+        from flowerfast.infer.predict import check_top_k, load_model
 
         if json_ and csv_:
             raise FlowerfastError("choose one of --json and --csv")
@@ -135,8 +135,9 @@ def evaluate(
 ) -> None:
     """Score a trained model on a labelled folder: accuracy, per-class metrics, confusion, mistakes."""
     with user_errors():
-        from ..evaluation import evaluate as run_evaluate, save_report
-        from ..runs import check_output_dir, default_run_dir
+        from flowerfast.core.files import check_output_dir, default_run_dir
+        from flowerfast.infer.evaluate import evaluate as run_evaluate
+        from flowerfast.infer.evaluate import save_report
 
         out_dir = check_output_dir(out if out is not None else default_run_dir("evaluate"))
         result = run_evaluate(model, data_dir, mistakes=mistakes, bs=bs, device=o.value(device), workers=workers,
@@ -194,7 +195,7 @@ def export(
 ) -> None:
     """Export a trained model to ONNX or TorchScript, with a preprocessing JSON beside it."""
     with user_errors():
-        from ..export import export_model
+        from flowerfast.export import export_model
 
         result = export_model(model, format=o.value(format_), out=out, trust_pickle=trust_pickle, force=force)
     console.print(f"{result.format}: {result.path}", markup=False)

@@ -1,0 +1,1 @@
+"""Base utilities with no knowledge of models: errors, progress events, atomic files, statistics, figures."""

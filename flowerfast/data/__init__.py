@@ -1,0 +1,1 @@
+"""Photos on disk: finding and checking them, decoding and caching, the split and the DataLoaders."""

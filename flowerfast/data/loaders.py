@@ -1,0 +1,206 @@
+"""The split's photos as fastai DataLoaders: decoding through the image cache, the training transforms, and ``load_data``, which scans, splits and builds them in one call."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+from flowerfast.core.errors import FlowerfastError
+from flowerfast.core.progress import Reporter
+from flowerfast.data.folders import SkippedFile, default_data_dir, natural_size, scan_image_folder
+from flowerfast.data.imagecache import ImageCache, decode, load_size
+from flowerfast.data.imagefiles import describe_error
+from flowerfast.data.split import rows_from_split_file, split_rows
+from flowerfast.models.archs import IMAGENET_MEAN, IMAGENET_STD
+from flowerfast.runs.config import DEFAULTS, MIN_SCALE_SCRATCH
+from flowerfast.runs.folder import SplitRow
+
+
+@dataclass
+class FlowerData:
+    """Everything a run needs from its data: fastai DataLoaders plus what they were built from."""
+
+    dls: object
+    classes: list[str]
+    rows: list[SplitRow]
+    skipped: list[SkippedFile]
+    root: Path
+    preset_split: bool
+    bs: int
+    cache: Optional[ImageCache] = None
+    files: list[Path] = field(default_factory=list)
+    loader: Optional["ImageLoader"] = None
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    size: int = 224
+    min_scale: float = MIN_SCALE_SCRATCH
+
+    @property
+    def n_train(self) -> int:
+        return sum(not r.is_valid for r in self.rows)
+
+    @property
+    def n_valid(self) -> int:
+        return sum(r.is_valid for r in self.rows)
+
+
+class ImageLoader:
+    """An image file's path to a fastai ``PILImage``, decoded and reduced by
+    :func:`~flowerfast.data.imagecache.decode` to a shorter side of
+    :func:`~flowerfast.data.imagecache.load_size`, through ``cache`` when there is one.
+
+    The DataBlock's ``get_x`` after ``ItemGetter(0)``; fastai's ``PILImage.create`` then passes the
+    opened image through unchanged. Picklable: DataLoader workers get a copy, with their own cache
+    counters.
+    """
+
+    def __init__(self, size: int, cache_dir: Optional[Path | str] = None):
+        self.__name__ = "ImageLoader"  # fastai wraps a callable without a name in a closure, which cannot pickle
+        self.max_side = load_size(size)
+        self.cache = ImageCache(cache_dir, self.max_side) if cache_dir is not None else None
+        self.skipped: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        return f"ImageLoader(max_side={self.max_side}, cache={self.cache!r})"
+
+    def load(self, path):
+        return self.cache.load(path) if self.cache is not None else decode(path, self.max_side)
+
+    def __call__(self, path):
+        """The photo, or fastai's ``SkipItemException`` when it cannot be read any more: a photo
+        deleted, truncated or locked after the scan drops out of its batch with a warning (once
+        per file) instead of ending a long run."""
+        from fastai.data.load import SkipItemException
+        from fastai.vision.core import PILImage
+
+        try:
+            img = self.load(path)
+        except Exception as exc:
+            reason = describe_error(exc)
+            if str(path) not in self.skipped:
+                self.skipped[str(path)] = reason
+                warnings.warn(f"{path} could not be read after the scan ({reason}): skipped",
+                              UnreadablePhotoWarning, stacklevel=2)
+            raise SkipItemException() from None
+        return PILImage.create(img)
+
+    def readable(self, path) -> bool:
+        """Whether the photo can be read now (it is decoded, or read from the cache)."""
+        try:
+            self.load(path)
+            return True
+        except Exception:
+            return False
+
+
+class UnreadablePhotoWarning(UserWarning):
+    """A photo that was readable when the folder was scanned could not be read during the run."""
+
+
+def train_transforms(size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                     min_scale: float = MIN_SCALE_SCRATCH):
+    """Item and batch transforms: random resized crop, flips and fastai's augmentations, the
+    normalisation of the pretrained weights (``mean``, ``std``: ImageNet's for torchvision's),
+    then random erasing (which expects normalised input). On the validation set
+    fastai applies only the resize and centre crop of ``RandomResizedCrop``; the rest is train-only.
+    They run on the photo as :class:`ImageLoader` gives it (shorter side at most ``2 * size``).
+    """
+    from fastai.data.transforms import Normalize
+    from fastai.vision.augment import RandomErasing, RandomResizedCrop, aug_transforms
+
+    item_tfms = [RandomResizedCrop(size, min_scale=min_scale)]
+    batch_tfms = [
+        *aug_transforms(),
+        Normalize.from_stats(list(mean), list(std)),
+        RandomErasing(p=0.25, max_count=1),
+    ]
+    return item_tfms, batch_tfms
+
+
+def augmentation_description(size: int, min_scale: float = MIN_SCALE_SCRATCH) -> str:
+    """:func:`train_transforms` in words, for reports."""
+    return (f"RandomResizedCrop({size}, min_scale={min_scale:g}); fastai aug_transforms (flips, rotation up to 10 degrees, "
+            "zoom up to 1.1, warp 0.2, lighting 0.2); the weights' normalisation; RandomErasing(p=0.25)")
+
+
+def build_dataloaders(rows: Sequence[SplitRow], classes: Sequence[str], size: int, bs: int,
+                      workers: int = 0, device=None, seed: int = DEFAULTS.seed,
+                      cache_dir: Optional[Path | str] = None, loader: Optional[ImageLoader] = None,
+                      mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                      min_scale: float = MIN_SCALE_SCRATCH):
+    """fastai DataBlock over the split rows: one DataLoaders with train and valid, normalised
+    with ``mean`` and ``std`` (those of the network's pretrained weights).
+
+    Photos are decoded and reduced through the image cache in ``cache_dir`` (``None``: no cache,
+    decoded every time; the pixels are the same either way). ``loader`` gives the
+    :class:`ImageLoader` to use instead (``cache_dir`` is then ignored).
+    """
+    from fastai.data.block import CategoryBlock, DataBlock
+    from fastai.data.core import Pipeline
+    from fastai.data.transforms import IndexSplitter, ItemGetter
+    from fastai.torch_core import set_seed
+    from fastai.vision.data import ImageBlock
+
+    item_tfms, batch_tfms = train_transforms(size, mean, std, min_scale)
+    items = [(str(r.file), r.label) for r in rows]
+    valid_idx = [i for i, r in enumerate(rows) if r.is_valid]
+    block = DataBlock(
+        blocks=(ImageBlock, CategoryBlock(vocab=list(classes))),
+        get_x=Pipeline([ItemGetter(0), loader if loader is not None else ImageLoader(size, cache_dir)]),
+        get_y=ItemGetter(1),
+        splitter=IndexSplitter(valid_idx),
+        item_tfms=item_tfms,
+        batch_tfms=batch_tfms,
+    )
+    set_seed(seed)
+    return block.dataloaders(items, bs=bs, num_workers=workers, device=device)
+
+
+def load_data(data: Optional[Path | str] = None, size: Optional[int] = DEFAULTS.size, bs: int = DEFAULTS.bs,
+              valid_pct: float = DEFAULTS.valid_pct, seed: int = DEFAULTS.seed, workers: int = 0, device=None,
+              split_file: Optional[Path] = None, cache_dir: Optional[Path | str] = None,
+              check_folder=None, stratify: bool = DEFAULTS.stratify, reporter: Optional[Reporter] = None,
+              shards: int = 1, mean: Sequence[float] = IMAGENET_MEAN,
+              std: Sequence[float] = IMAGENET_STD, min_scale: float = MIN_SCALE_SCRATCH) -> FlowerData:
+    """Scan a data folder, split it and build DataLoaders. ``data=None`` uses the embedded sample.
+
+    ``split_file`` reuses an earlier run's ``split.csv`` instead of splitting anew; otherwise the
+    split is stratified by class unless ``stratify`` is false (see :func:`split_rows`). ``cache_dir``
+    keeps decoded, reduced photos there (:class:`~flowerfast.data.imagecache.ImageCache`); ``None``
+    decodes every photo every epoch. ``check_folder`` is called with the scanned
+    :class:`ImageFolder` before anything else (a resumed run checks its photos are unchanged).
+    ``shards``: the processes of a distributed job, each training on its own share of the
+    training images with ``bs`` images per batch (so the batch is capped at that share).
+    ``mean`` and ``std`` normalise the images as the network's pretrained weights expect
+    (:func:`flowerfast.models.archs.normalisation`). ``size=None`` takes the photos' own
+    (:func:`natural_size`); the result's ``size`` says which.
+    """
+    root = Path(os.path.abspath(Path(data).expanduser())) if data is not None else default_data_dir()
+    folder = scan_image_folder(root, reporter=reporter)
+    if check_folder is not None:
+        check_folder(folder)
+    if split_file is not None:
+        rows = rows_from_split_file(folder, Path(split_file))
+    else:
+        rows = split_rows(folder, valid_pct=valid_pct, seed=seed, stratify=stratify)
+    n_train = sum(not r.is_valid for r in rows)
+    # fastai drops the last partial training batch; a batch larger than the training set (or a
+    # process's share of it) would leave no batch at all, so cap it (and keep at least 2 so
+    # BatchNorm can train).
+    share = n_train // max(shards, 1)
+    eff_bs = max(2, min(bs, share))
+    if share < 2:
+        each = f" for each of {shards} processes" if shards > 1 else ""
+        raise FlowerfastError(f"the training set needs at least 2 images{each}: add images or lower --valid-pct")
+    if size is None:
+        size = natural_size(folder.files)
+    loader = ImageLoader(size, cache_dir)
+    dls = build_dataloaders(rows, folder.classes, size=size, bs=eff_bs, workers=workers, device=device, seed=seed,
+                            loader=loader, mean=mean, std=std, min_scale=min_scale)
+    return FlowerData(dls=dls, classes=list(folder.classes), rows=rows, skipped=folder.skipped,
+                      root=folder.root, preset_split=folder.preset_split is not None, bs=eff_bs, cache=loader.cache,
+                      files=list(folder.files), loader=loader, mean=list(mean), std=list(std), size=size,
+                      min_scale=min_scale)

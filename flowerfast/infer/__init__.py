@@ -1,0 +1,1 @@
+"""Using a trained model without fastai: loading, preprocessing, prediction, evaluation, latency."""

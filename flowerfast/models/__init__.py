@@ -1,0 +1,1 @@
+"""Networks and their weights: architectures of both libraries, pretrained sources, the saved classifier."""

@@ -1,0 +1,1 @@
+"""Comparing trained runs: the comparison of architectures and its report."""

@@ -1,0 +1,170 @@
+"""fastai callbacks, one concern each: epoch statistics, clean train accuracy, progress reporting,
+best-model saving. (The precision and memory-layout callbacks are in :mod:`flowerfast.training.precision`,
+the fine-tuning one in :mod:`flowerfast.training.finetune`.)"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Callable, Optional
+
+from fastai.callback.core import Callback, CancelFitException
+from fastai.callback.schedule import LRFinder, ParamScheduler
+
+from flowerfast.core.progress import Reporter
+from flowerfast.hardware.distributed import sum_counts, unwrapped
+from flowerfast.runs.folder import EpochRecord
+
+
+class EpochStats(Callback):
+    """Exact per-epoch means of loss and accuracy, on training and validation batches.
+
+    fastai's Recorder logs a smoothed training loss and no training accuracy; the flower report
+    wants both per epoch, so they are counted here batch by batch. The sums stay on the device
+    until the epoch ends, so on a GPU counting adds no wait for the batch to finish. In a job of
+    several processes each counts its own shard and the sums are added up over the processes, so
+    every process records the same figures, over every image of the epoch.
+    """
+
+    order = 60
+
+    def __init__(self, phase: str = "train", epoch_offset: int = 0, start_epoch: int = 0):
+        self.phase, self.epoch_offset, self.start_epoch = phase, epoch_offset, start_epoch
+        self.records: list[EpochRecord] = []
+        self.listeners: list[Callable[[EpochRecord], None]] = []
+
+    def before_epoch(self):
+        self._t0 = time.perf_counter()
+        self._sums = {True: [0.0, 0, 0], False: [0.0, 0, 0]}  # training? -> [loss*n, correct, n]
+
+    def after_batch(self):
+        y = self.learn.yb[0]
+        n = y.shape[0]
+        s = self._sums[self.training]
+        s[0] = s[0] + self.learn.loss.detach().float() * n  # tensors: summed on the device
+        s[1] = s[1] + (self.learn.pred.detach().argmax(dim=-1) == y).sum()
+        s[2] += n
+
+    def after_epoch(self):
+        if self.epoch < self.start_epoch:  # done before a resume: fastai skipped it
+            return
+        tl, tc, tn, vl, vc, vn = sum_counts([float(v) for side in (True, False) for v in self._sums[side]])
+        record = EpochRecord(
+            epoch=self.epoch_offset + self.epoch + 1,
+            phase=self.phase,
+            train_loss=tl / max(tn, 1),
+            train_accuracy_aug=tc / max(tn, 1),
+            valid_loss=vl / max(vn, 1),
+            valid_accuracy=vc / max(vn, 1),
+            lr=float(self.opt.hypers[-1]["lr"]),
+            seconds=time.perf_counter() - self._t0,
+            train_accuracy_clean=getattr(self.learn, "clean_train_accuracy", None),
+        )
+        if not (math.isfinite(record.train_loss) and math.isfinite(record.valid_loss)):
+            # the weights are now NaN or infinite: record nothing, keep the last good best model
+            self.learn.diverged_at = record.epoch
+            raise CancelFitException()
+        self.records.append(record)
+        for listener in self.listeners:
+            listener(record)
+
+
+class CleanTrainAccuracy(Callback):
+    """Accuracy on a fixed, un-augmented sample of the training images, in eval mode, each epoch.
+
+    The accuracy on augmented batches in training mode (dropout on) understates how well the model
+    fits its training data; this figure is the one to compare with validation accuracy. It runs
+    before :class:`EpochStats` and leaves its value on the learner for it.
+    """
+
+    order = 55
+
+    def __init__(self, dl, precision: str = "fp32", start_epoch: int = 0, reporter: Optional[Reporter] = None):
+        self.dl, self.precision, self.start_epoch, self.reporter = dl, precision, start_epoch, reporter
+
+    def before_fit(self):
+        self.learn.clean_train_accuracy = None
+
+    def after_epoch(self):
+        from flowerfast.training.learner import predict_batches
+
+        if self.epoch < self.start_epoch:  # done before a resume: fastai skipped it
+            return
+        correct, n = 0, 0
+        if self.dl is not None:  # in a job of several processes, this one's share of the sample
+            probs, targets = predict_batches(unwrapped(self.learn.model), self.dl,
+                                             self.precision, reporter=self.reporter, kind="clean-train")
+            correct, n = int((probs.argmax(dim=-1) == targets).sum()), len(targets)
+        correct, n = sum_counts([correct, n])
+        self.learn.clean_train_accuracy = correct / n if n else None
+
+
+class ReportProgress(Callback):
+    """Forwards batch progress to a :class:`Reporter` (in place of fastai's own progress bars)."""
+
+    order = 61
+
+    def __init__(self, reporter: Reporter, epoch_offset: int = 0):
+        self.reporter, self.epoch_offset = reporter, epoch_offset
+
+    def before_train(self):
+        self.reporter.batches_started("train", len(self.dls.train), self.epoch_offset + self.epoch + 1)
+
+    def before_validate(self):
+        self.reporter.batches_started("valid", len(self.dls.valid), self.epoch_offset + self.epoch + 1)
+
+    def after_batch(self):
+        self.reporter.batch_done("train" if self.training else "valid")
+
+
+class SaveBestModel:
+    """Listener for :class:`EpochStats`: saves the model whenever validation accuracy improves."""
+
+    def __init__(self, save: Callable[[], None], best_accuracy: Optional[float] = None,
+                 best_epoch: Optional[int] = None):
+        self.save = save
+        self.best_accuracy, self.best_epoch = best_accuracy, best_epoch  # a resumed run's best so far
+
+    def __call__(self, record: EpochRecord) -> None:
+        if self.best_accuracy is None or record.valid_accuracy > self.best_accuracy:
+            self.best_accuracy, self.best_epoch = record.valid_accuracy, record.epoch
+            self.save()
+
+
+class LRFindProgress(Callback):
+    """Progress for ``lr_find``: one bar over its iterations."""
+
+    order = 61
+
+    def __init__(self, reporter: Reporter, total: int):
+        self.reporter, self.total = reporter, total
+
+    def before_fit(self):
+        self.reporter.batches_started("lr-find", self.total)
+
+    def after_batch(self):
+        if self.training:
+            self.reporter.batch_done("lr-find")
+
+
+
+class KeepWeightsLRFinder(LRFinder):
+    """fastai's ``LRFinder``, putting the weights and optimizer state back from memory.
+
+    fastai's saves them to a file in rank 0 only and loads them behind a barrier only rank 0
+    reaches, so in a job of several processes the others would wait for ever; kept in memory, every
+    process restores its own copy (the same one: DDP starts every process from rank 0's weights).
+    """
+
+    def before_fit(self):
+        ParamScheduler.before_fit(self)
+        model = unwrapped(self.learn.model)
+        self.saved_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.saved_opt = copy.deepcopy(self.learn.opt.state_dict())
+        self.best_loss = float("inf")
+
+    def after_fit(self):
+        self.learn.opt.zero_grad()
+        unwrapped(self.learn.model).load_state_dict(self.saved_model)
+        self.learn.opt.load_state_dict(self.saved_opt)
