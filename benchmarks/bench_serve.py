@@ -54,27 +54,31 @@ def parse_args():
     ap.add_argument("--requests", type=int, default=480, help="timed requests per run")
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
-    ap.add_argument("--precisions", default="fp32,auto",
-                    help="the server's --precision, each measured with batching on and off (auto: bf16 where "
-                         "the hardware has it)")
+    ap.add_argument(
+        "--precisions",
+        default="fp32,auto",
+        help="the server's --precision, each measured with batching on and off (auto: bf16 where the hardware has it)",
+    )
     ap.add_argument("--repeat", type=int, default=2, help="runs of each mode, alternated; the fastest counts")
     return ap.parse_args()
 
 
 def train_model(size: int, folder: Path) -> Path:
-    result = flowerfast.train(arch="resnet18", epochs=1, size=size, pretrained=False, device="cpu",
-                              out=folder / "model-run")
+    result = flowerfast.train(
+        arch="resnet18", epochs=1, size=size, pretrained=False, device="cpu", out=folder / "model-run"
+    )
     return result.run_dir
 
 
-def network_ceiling(model: Path, photos: list[Path], max_batch: int, precision: str,
-                    seconds: float = 5.0) -> dict[int, float]:
+def network_ceiling(
+    model: Path, photos: list[Path], max_batch: int, precision: str, seconds: float = 5.0
+) -> dict[int, float]:
     """Images/s of the network alone, batches of 1 and of ``max_batch``, on decoded photos."""
     loaded = load_model(model, device="cpu", precision=precision)
     images = torch.stack([loaded.preprocessing.load(p) for p in photos[:max_batch]])
     rates = {}
     for bs in (1, max_batch):
-        batches = [images[i:i + bs] for i in range(0, max_batch, bs)]
+        batches = [images[i : i + bs] for i in range(0, max_batch, bs)]
         for b in batches[:3]:
             loaded.probabilities_of(b)  # warm-up: kernels chosen for this shape
         n, start = 0, time.perf_counter()
@@ -89,10 +93,18 @@ def network_ceiling(model: Path, photos: list[Path], max_batch: int, precision: 
 def multipart_request(host: str, port: int, name: str, photo: bytes) -> bytes:
     """One ``POST /predict`` with one photo, as bytes ready to send on a kept-alive connection."""
     boundary = "bench-serve-boundary"
-    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
-            f"Content-Type: image/jpeg\r\n\r\n").encode() + photo + f"\r\n--{boundary}--\r\n".encode()
-    head = (f"POST /predict HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: multipart/form-data; "
-            f"boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + photo
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: multipart/form-data; "
+        f"boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
     return head + body
 
 
@@ -159,10 +171,18 @@ async def load_test(url: str, bodies: list[tuple[str, bytes]], clients: int, req
     with urllib.request.urlopen(f"{url}/health", timeout=30) as response:
         health = json.loads(response.read())
     ms = sorted(1000 * t for t in latencies)
-    return {"rps": len(latencies) / elapsed, "p50": percentile(ms, 50), "p95": percentile(ms, 95),
-            "p99": percentile(ms, 99), "errors": len(errors), "first_error": errors[0] if errors else "",
-            "seconds": elapsed, "health": health, "server_cpu_ms": 1000 * server_cpu / len(latencies),
-            "client_cpu_ms": 1000 * client_cpu / len(latencies)}
+    return {
+        "rps": len(latencies) / elapsed,
+        "p50": percentile(ms, 50),
+        "p95": percentile(ms, 95),
+        "p99": percentile(ms, 99),
+        "errors": len(errors),
+        "first_error": errors[0] if errors else "",
+        "seconds": elapsed,
+        "health": health,
+        "server_cpu_ms": 1000 * server_cpu / len(latencies),
+        "client_cpu_ms": 1000 * client_cpu / len(latencies),
+    }
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -172,10 +192,12 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[k]
 
 
-def run_mode(model: Path, precision: str, max_batch: int, max_wait_ms: float, bodies, clients: int,
-             requests: int) -> dict:
-    with ServerProcess(model, "--precision", precision, "--max-batch", max_batch, "--max-wait-ms", max_wait_ms,
-                       "--no-access-log") as server:
+def run_mode(
+    model: Path, precision: str, max_batch: int, max_wait_ms: float, bodies, clients: int, requests: int
+) -> dict:
+    with ServerProcess(
+        model, "--precision", precision, "--max-batch", max_batch, "--max-wait-ms", max_wait_ms, "--no-access-log"
+    ) as server:
         url = server.wait_ready()
         return asyncio.run(load_test(url, bodies, clients, requests, server.proc.pid))
 
@@ -190,51 +212,73 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         model = args.model or train_model(args.size, Path(tmp))
         spec = load_model(model, device="cpu").spec
-        print(f"machine: {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads; "
-              f"python {sys.version.split()[0]}")
+        print(
+            f"machine: {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads; "
+            f"python {sys.version.split()[0]}"
+        )
         print(f"model: {spec.arch} at {spec.size} px ({model})")
-        print(f"photos: {len(bodies)} from {args.data}; {args.clients} concurrent clients, {args.requests} timed "
-              f"requests of one photo per run, after {2 * args.clients} warm-up requests\n")
+        print(
+            f"photos: {len(bodies)} from {args.data}; {args.clients} concurrent clients, {args.requests} timed "
+            f"requests of one photo per run, after {2 * args.clients} warm-up requests\n"
+        )
         precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
         ceilings = {}
         for precision in precisions:
             ceilings[precision] = rates = network_ceiling(model, photos, args.max_batch, precision)
-            print(f"network alone, --precision {precision} (decoded photos): batch 1 {rates[1]:.1f} img/s, batch "
-                  f"{args.max_batch} {rates[args.max_batch]:.1f} img/s: ceiling "
-                  f"{rates[args.max_batch] / rates[1]:.2f}x", flush=True)
+            print(
+                f"network alone, --precision {precision} (decoded photos): batch 1 {rates[1]:.1f} img/s, batch "
+                f"{args.max_batch} {rates[args.max_batch]:.1f} img/s: ceiling "
+                f"{rates[args.max_batch] / rates[1]:.2f}x",
+                flush=True,
+            )
         print()
-        modes = {(precision, batching): (args.max_batch, args.max_wait_ms) if batching == "on" else (1, 0.0)
-                 for precision in precisions for batching in ("on", "off")}
+        modes = {
+            (precision, batching): (args.max_batch, args.max_wait_ms) if batching == "on" else (1, 0.0)
+            for precision in precisions
+            for batching in ("on", "off")
+        }
         runs: dict[tuple, list[dict]] = {mode: [] for mode in modes}
         for r in range(args.repeat):
             for mode, (max_batch, wait) in modes.items():
                 result = run_mode(model, mode[0], max_batch, wait, bodies, args.clients, args.requests)
                 runs[mode].append(result)
-                print(f"  run {r + 1}/{args.repeat} --precision {mode[0]}, batching {mode[1]}: "
-                      f"{result['rps']:.1f} req/s, {result['errors']} errors", flush=True)
+                print(
+                    f"  run {r + 1}/{args.repeat} --precision {mode[0]}, batching {mode[1]}: "
+                    f"{result['rps']:.1f} req/s, {result['errors']} errors",
+                    flush=True,
+                )
     best = {mode: max(results, key=lambda x: x["rps"]) for mode, results in runs.items()}
-    print(f"\n{'precision':<10} {'batching':<34} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} "
-          f"{'errors':>6} {'batches':>7} {'mean batch':>10} {'server CPU ms/req':>17} {'client CPU ms/req':>17}")
+    print(
+        f"\n{'precision':<10} {'batching':<34} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} "
+        f"{'errors':>6} {'batches':>7} {'mean batch':>10} {'server CPU ms/req':>17} {'client CPU ms/req':>17}"
+    )
     for (precision, batching), (max_batch, wait) in modes.items():
         b = best[(precision, batching)]
         label = f"on (--max-batch {max_batch}, --max-wait-ms {wait:g})" if batching == "on" else "off (--max-batch 1)"
-        print(f"{precision:<10} {label:<34} {b['rps']:>7.1f} {b['p50']:>7.1f} {b['p95']:>7.1f} {b['p99']:>7.1f} "
-              f"{b['errors']:>6} {b['health']['batches']:>7} {b['health']['mean_batch']:>10.2f} "
-              f"{b['server_cpu_ms']:>17.1f} {b['client_cpu_ms']:>17.1f}")
+        print(
+            f"{precision:<10} {label:<34} {b['rps']:>7.1f} {b['p50']:>7.1f} {b['p95']:>7.1f} {b['p99']:>7.1f} "
+            f"{b['errors']:>6} {b['health']['batches']:>7} {b['health']['mean_batch']:>10.2f} "
+            f"{b['server_cpu_ms']:>17.1f} {b['client_cpu_ms']:>17.1f}"
+        )
     print()
     for precision in precisions:
         ratio = best[(precision, "on")]["rps"] / best[(precision, "off")]["rps"]
         rates = ceilings[precision]
-        print(f"--precision {precision}: batching on / off {ratio:.2f}x requests/s (the network alone: "
-              f"{rates[args.max_batch] / rates[1]:.2f}x)")
+        print(
+            f"--precision {precision}: batching on / off {ratio:.2f}x requests/s (the network alone: "
+            f"{rates[args.max_batch] / rates[1]:.2f}x)"
+        )
     top_on = max(best[(p, "on")]["rps"] for p in precisions)
     top_off = max(best[(p, "off")]["rps"] for p in precisions)
     errors = sum(r["errors"] for results in runs.values() for r in results)
-    print(f"fastest with batching on / fastest with batching off: {top_on / top_off:.2f}x; errors in all runs: {errors}")
+    print(
+        f"fastest with batching on / fastest with batching off: {top_on / top_off:.2f}x; errors in all runs: {errors}"
+    )
     for results in runs.values():
         for r in results:
             if r["first_error"]:
                 print(f"  first error: {r['first_error']}")
+
 
 if __name__ == "__main__":
     main()

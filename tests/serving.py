@@ -17,10 +17,26 @@ class ServerProcess:
     """``flowerfast serve MODEL --port 0 --device cpu ARGS...`` in its own process."""
 
     def __init__(self, model: Path, *args, env: dict | None = None, cwd: Path | None = None):
-        command = [sys.executable, "-m", "flowerfast", "serve", str(model), "--port", "0", "--device", "cpu",
-                   *[str(a) for a in args]]
-        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1", "CI": "1", **(env or {})}, cwd=cwd)
+        command = [
+            sys.executable,
+            "-m",
+            "flowerfast",
+            "serve",
+            str(model),
+            "--port",
+            "0",
+            "--device",
+            "cpu",
+            *[str(a) for a in args],
+        ]
+        self.proc = subprocess.Popen(
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "CI": "1", **(env or {})},
+            cwd=cwd,
+        )
         self.lines: list[str] = []
         self.url: str | None = None
         self._ready = threading.Event()
@@ -44,7 +60,14 @@ class ServerProcess:
         return self.url
 
     def wait(self, timeout: float = 30) -> int:
-        code = self.proc.wait(timeout=timeout)
+        """The exit code once the process has ended by itself. ``timeout`` only guards against a
+        hang: a process still running then is killed and fails the test, showing its stderr."""
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            self._reader.join(timeout=5)
+            raise AssertionError(f"the server did not stop within {timeout:g} s:\n{self.stderr}") from None
         self._reader.join(timeout=5)
         return code
 

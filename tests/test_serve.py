@@ -2,7 +2,7 @@
 
 Every bad request is followed by a good one: the server must keep serving. Predictions are
 compared with :meth:`LoadedModel.predict` (what ``flowerfast predict`` runs) with a tolerance,
-since a batch of other sizes may take other kernels.
+since a batch of other sizes may take other kernels; a near tie may then fall either way.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from flowerfast.core.errors import FlowerfastError  # noqa: E402
 from flowerfast.infer.predict import load_model  # noqa: E402
-from flowerfast.serving.app import ServeConfig, create_app  # noqa: E402
+from flowerfast.serving.app import create_app  # noqa: E402
 from flowerfast.serving.batching import BatchQueue  # noqa: E402
+from flowerfast.serving.config import ServeConfig  # noqa: E402
 from tests.conftest import invoke, sample_files  # noqa: E402
 
 PHOTOS = [sample_files(c, 2)[i] for c in ("daisy", "rose", "tulip") for i in (0, 1)]
@@ -33,6 +34,12 @@ TOLERANCE = 1e-4
 @pytest.fixture(scope="module")
 def loaded(run_dir):
     return load_model(run_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def expected(loaded) -> dict:
+    """``flowerfast predict``'s answer for each photo, with every class's probability."""
+    return {p.path.name: p for p in loaded.predict(PHOTOS, top_k=loaded.spec.n_classes, workers=0)}
 
 
 def client_for(model, **options) -> TestClient:
@@ -49,35 +56,40 @@ def upload(*paths: Path, field: str = "files") -> list:
     return [(field, (p.name, p.read_bytes(), "image/jpeg")) for p in paths]
 
 
-def assert_good_request_works(client) -> None:
+def assert_good_request_works(client, expected: dict) -> None:
     response = client.post("/predict", files=upload(PHOTOS[0]))
     assert response.status_code == 200, response.text
-    assert response.json()[0]["predicted"] is not None
+    assert_same_predictions(response.json(), [expected[PHOTOS[0].name]], top_k=1)
 
 
-def assert_same_predictions(served: list[dict], expected) -> None:
+def assert_same_predictions(served: list[dict], expected, top_k: int) -> None:
+    """``served`` (``top_k`` classes each) against ``expected`` (predictions of every class): the
+    same files, each served probability that of predict, the served classes the ``top_k`` most
+    probable and the predicted one the most probable, up to :data:`TOLERANCE` (a near tie)."""
     assert [s["path"] for s in served] == [e.path.name for e in expected]
     for s, e in zip(served, expected):
-        got = {t["class"]: t["probability"] for t in s["top_k"]}
         want = dict(e.top_k)
-        assert set(got) == set(want) or abs(e.top_k[-1][1] - e.top_k[-2][1]) < TOLERANCE
-        for name in set(got) & set(want):
-            assert got[name] == pytest.approx(want[name], abs=TOLERANCE)
-        if e.top_k[0][1] - e.top_k[1][1] > TOLERANCE:  # a near tie may fall either way
-            assert s["predicted"] == e.predicted
+        got = {t["class"]: t["probability"] for t in s["top_k"]}
+        assert len(got) == top_k and set(got) <= set(want) and s["error"] is None
+        for name, probability in got.items():
+            assert probability == pytest.approx(want[name], abs=TOLERANCE), name
+        left_out = [p for name, p in want.items() if name not in got]
+        assert min(want[name] for name in got) >= max(left_out, default=0.0) - TOLERANCE
+        assert (s["predicted"], s["probability"]) == (s["top_k"][0]["class"], s["top_k"][0]["probability"])
+        assert want[s["predicted"]] == pytest.approx(e.probability, abs=TOLERANCE)
 
 
 # ----------------------------------------------------------------------------------------------
 # Predictions
 
 
-def test_predictions_equal_predict_in_one_request_and_in_many(client, loaded):
-    expected = loaded.predict(PHOTOS[:4], top_k=3)
+def test_predictions_equal_predict_in_one_request_and_in_many(client, expected):
+    want = [expected[p.name] for p in PHOTOS[:4]]
     together = client.post("/predict", params={"top_k": 3}, files=upload(*PHOTOS[:4]))
     assert together.status_code == 200, together.text
-    assert_same_predictions(together.json(), expected)
+    assert_same_predictions(together.json(), want, top_k=3)
     one_by_one = [client.post("/predict", params={"top_k": 3}, files=upload(p)).json()[0] for p in PHOTOS[:4]]
-    assert_same_predictions(one_by_one, expected)
+    assert_same_predictions(one_by_one, want, top_k=3)
 
 
 def test_the_answer_is_predict_json_for_the_same_file(client, run_dir, runner):
@@ -91,24 +103,29 @@ def test_the_answer_is_predict_json_for_the_same_file(client, run_dir, runner):
     assert served[0]["probability"] == pytest.approx(cli[0]["probability"], abs=TOLERANCE)
 
 
-def test_an_unreadable_file_among_good_ones_carries_its_error(client):
+def test_an_unreadable_file_among_good_ones_carries_its_error(client, expected):
     files = upload(PHOTOS[0]) + [("files", ("notes.txt", b"not an image at all", "text/plain"))]
     response = client.post("/predict", files=files)
     assert response.status_code == 200
     good, bad = response.json()
-    assert good["predicted"] is not None and good["error"] is None
-    assert bad["path"] == "notes.txt" and bad["predicted"] is None
-    assert bad["error"] == "UnidentifiedImageError: not an image, or in a format Pillow cannot read"
+    assert_same_predictions([good], [expected[PHOTOS[0].name]], top_k=1)
+    assert bad == {
+        "path": "notes.txt",
+        "predicted": None,
+        "probability": None,
+        "top_k": [],
+        "error": "UnidentifiedImageError: not an image, or in a format Pillow cannot read",
+    }
 
 
-def test_concurrent_requests_are_computed_in_shared_batches(loaded):
+def test_concurrent_requests_are_computed_in_shared_batches(loaded, expected):
     with client_for(loaded, max_batch=8, max_wait_ms=1000) as c:
         start = threading.Barrier(8)
         answers = []
 
         def one(path):
             start.wait()
-            answers.append(c.post("/predict", files=upload(path)))
+            answers.append((path, c.post("/predict", files=upload(path))))
 
         threads = [threading.Thread(target=one, args=(PHOTOS[i % len(PHOTOS)],)) for i in range(8)]
         for t in threads:
@@ -116,14 +133,18 @@ def test_concurrent_requests_are_computed_in_shared_batches(loaded):
         for t in threads:
             t.join()
         health = c.get("/health").json()
-    assert [a.status_code for a in answers] == [200] * 8
+    assert [a.status_code for _, a in answers] == [200] * 8
+    for path, answer in answers:  # each caller gets its own photo's answer back from the shared batch
+        assert_same_predictions(answer.json(), [expected[path.name]], top_k=1)
     assert health["items"] == 8 and health["requests"] == 8
     assert health["largest_batch"] >= 2 and health["batches"] < 8
 
 
-def test_batching_off_computes_each_image_alone(loaded):
+def test_batching_off_computes_each_image_alone(loaded, expected):
     with client_for(loaded, max_batch=1) as c:
-        assert c.post("/predict", files=upload(*PHOTOS[:3])).status_code == 200
+        response = c.post("/predict", files=upload(*PHOTOS[:3]))
+        assert response.status_code == 200, response.text
+        assert_same_predictions(response.json(), [expected[p.name] for p in PHOTOS[:3]], top_k=1)
         health = c.get("/health").json()
     assert (health["batches"], health["items"], health["largest_batch"]) == (3, 3, 1)
 
@@ -139,8 +160,11 @@ def test_model_describes_the_run(client, run_dir):
     assert described["arch"] == "resnet18" and described["classes"] == summary["classes"]
     assert described["size"] == config["size"] == 32
     assert described["valid_accuracy"] == (summary["best_valid_accuracy_rescored"] or summary["best_valid_accuracy"])
-    assert (described["epoch"], described["run"], described["model"]) == (summary["best_epoch"], run_dir.name,
-                                                                         "best.safetensors")
+    assert (described["epoch"], described["run"], described["model"]) == (
+        summary["best_epoch"],
+        run_dir.name,
+        "best.safetensors",
+    )
     assert described["limits"] == {"max_file_mb": 0.5, "max_files": 4, "field": "files"}
 
 
@@ -149,7 +173,13 @@ def test_a_model_file_outside_a_run_has_no_accuracy(tmp_path, run_dir):
         (tmp_path / f"flowers{suffix}").write_bytes((run_dir / f"best{suffix}").read_bytes())
     with client_for(tmp_path / "flowers.safetensors") as c:
         described = c.get("/model").json()
-    assert described["valid_accuracy"] is None and described["model"] == "flowers.safetensors"
+    assert described["model"] == "flowers.safetensors" and described["arch"] == "resnet18"
+    assert (described["valid_accuracy"], described["epoch"], described["epochs"], described["run"]) == (
+        None,
+        None,
+        None,
+        None,
+    )
 
 
 def test_the_page_and_everything_it_loads_come_from_the_server(client):
@@ -184,6 +214,7 @@ def test_swagger_is_off_and_the_schema_describes_predict(client):
 def png_declaring(width: int, height: int) -> bytes:
     """A PNG header declaring ``width x height`` pixels, and no pixel data: a decompression bomb's
     first bytes, refused before anything is decoded."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -191,73 +222,106 @@ def png_declaring(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
-@pytest.mark.parametrize("name, content, status, words", [
-    ("notes.txt", b"plain text, not a photo", 422, "not an image"),
-    ("half.jpg", PHOTOS[0].read_bytes()[: len(PHOTOS[0].read_bytes()) // 2], 422, "truncated"),
-    ("bomb.png", png_declaring(10_000, 10_000), 413, "100.0 megapixels, over the limit of 50 megapixels: not decoded"),
-    ("huge.png", png_declaring(100_000, 100_000), 413, "over the limit of 50 megapixels: not decoded"),
-    ("empty.jpg", b"", 422, "not an image"),
-])
-def test_a_file_that_is_not_a_usable_image_gets_a_4xx_and_the_server_goes_on(client, name, content, status, words):
+@pytest.mark.parametrize(
+    "name, content, status, words",
+    [
+        ("notes.txt", b"plain text, not a photo", 422, "not an image"),
+        ("half.jpg", PHOTOS[0].read_bytes()[: len(PHOTOS[0].read_bytes()) // 2], 422, "truncated"),
+        (
+            "bomb.png",
+            png_declaring(10_000, 10_000),
+            413,
+            "100.0 megapixels, over the limit of 50 megapixels: not decoded",
+        ),
+        ("huge.png", png_declaring(100_000, 100_000), 413, "over the limit of 50 megapixels: not decoded"),
+        ("empty.jpg", b"", 422, "not an image"),
+    ],
+)
+def test_a_file_that_is_not_a_usable_image_gets_a_4xx_and_the_server_goes_on(
+    client, expected, name, content, status, words
+):
     response = client.post("/predict", files=[("files", (name, content, "image/jpeg"))])
     assert response.status_code == status, response.text
     body = response.json()
     assert body["error"].startswith(f"{name} could not be read as an image: ") and words in body["error"]
     assert body["files"][0]["file"] == name
-    assert_good_request_works(client)
+    assert_good_request_works(client, expected)
 
 
-def test_an_oversized_upload_is_refused_by_name(client):
+def test_an_oversized_upload_is_refused_by_name(client, expected):
     big = PHOTOS[0].read_bytes() * (600_000 // PHOTOS[0].stat().st_size)  # over the 0.5 MB limit of this client
     response = client.post("/predict", files=[("files", ("big.jpg", big, "image/jpeg"))])
     assert response.status_code == 413
     error = response.json()["error"]
     assert error.startswith("big.jpg is ") and error.endswith("over the limit of 0.5 MB per file")
-    assert_good_request_works(client)
+    assert_good_request_works(client, expected)
 
 
-def test_a_request_larger_than_the_limit_is_not_read_to_its_end(client):
+def test_a_request_larger_than_the_limit_is_not_read_to_its_end(client, expected):
     limit = ServeConfig(max_file_mb=0.5, max_files=4).max_request_bytes
-    declared = client.post("/predict", content=b"x" * (limit + 1),
-                           headers={"content-type": "multipart/form-data; boundary=b"})
-    assert declared.status_code == 413 and "over this server's limit of" in declared.json()["error"]
+    declared = client.post(
+        "/predict", content=b"x" * (limit + 1), headers={"content-type": "multipart/form-data; boundary=b"}
+    )
+    assert declared.status_code == 413
+    assert declared.json() == {"error": "the request is 2.1 MB, over this server's limit of 2.1 MB (4 files of 0.5 MB)"}
 
     def chunks():  # no Content-Length: counted as it arrives
         for _ in range(limit // 65536 + 2):
             yield b"--b\r\n" + b"x" * 65536
 
     streamed = client.post("/predict", content=chunks(), headers={"content-type": "multipart/form-data; boundary=b"})
-    assert streamed.status_code == 413 and "over this server's limit of" in streamed.json()["error"]
-    assert_good_request_works(client)
+    assert streamed.status_code == 413
+    assert streamed.json() == {"error": "the request is over this server's limit of 2.1 MB (4 files of 0.5 MB)"}
+    assert_good_request_works(client, expected)
 
 
-def test_too_many_files_in_one_request(client):
+def test_too_many_files_in_one_request(client, expected):
     response = client.post("/predict", files=upload(*PHOTOS[:5]))
     assert response.status_code == 413 and response.json()["error"] == "at most 4 files per request"
-    assert_good_request_works(client)
+    assert_good_request_works(client, expected)
 
 
-@pytest.mark.parametrize("kwargs, status, message", [
-    ({"files": [("photo", ("a.jpg", PHOTOS[0].read_bytes(), "image/jpeg"))]}, 422,
-     "no image in the request: send one or more files in the multipart field 'files'"),
-    ({"data": {"files": "a.jpg"}, "files": [("other", ("x", b"x", "text/plain"))]}, 422,
-     "no image in the request: send one or more files in the multipart field 'files'"),
-    ({"json": {"files": ["a.jpg"]}}, 415, "send the images as multipart/form-data in the field 'files'"),
-    ({"files": upload(PHOTOS[0]), "params": {"top_k": 9}}, 422,
-     "top_k must be between 1 and 5 (the model's classes), not 9"),
-    ({"files": upload(PHOTOS[0]), "params": {"top_k": "three"}}, 422,
-     "top_k: Input should be a valid integer, unable to parse string as an integer"),
-])
-def test_malformed_requests_get_a_clear_4xx(client, kwargs, status, message):
+@pytest.mark.parametrize(
+    "kwargs, status, message",
+    [
+        (
+            {"files": [("photo", ("a.jpg", PHOTOS[0].read_bytes(), "image/jpeg"))]},
+            422,
+            "no image in the request: send one or more files in the multipart field 'files'",
+        ),
+        (
+            {"data": {"files": "a.jpg"}, "files": [("other", ("x", b"x", "text/plain"))]},
+            422,
+            "no image in the request: send one or more files in the multipart field 'files'",
+        ),
+        ({"json": {"files": ["a.jpg"]}}, 415, "send the images as multipart/form-data in the field 'files'"),
+        (
+            {"files": upload(PHOTOS[0]), "params": {"top_k": 9}},
+            422,
+            "top_k must be between 1 and 5 (the model's classes), not 9",
+        ),
+        (
+            {"files": upload(PHOTOS[0]), "params": {"top_k": "three"}},
+            422,
+            "top_k: Input should be a valid integer, unable to parse string as an integer",
+        ),
+    ],
+)
+def test_malformed_requests_get_a_clear_4xx(client, expected, kwargs, status, message):
     response = client.post("/predict", **kwargs)
     assert (response.status_code, response.json()) == (status, {"error": message})
-    assert_good_request_works(client)
+    assert_good_request_works(client, expected)
 
 
 def test_the_api_key_is_required_everywhere_but_health(loaded):
     with client_for(loaded, api_key="s3cret") as c:
-        for headers, status in (({}, 401), ({"X-API-Key": "wrong"}, 401), ({"Authorization": "Bearer wrong"}, 401),
-                                ({"X-API-Key": "s3cret"}, 200), ({"Authorization": "Bearer s3cret"}, 200)):
+        for headers, status in (
+            ({}, 401),
+            ({"X-API-Key": "wrong"}, 401),
+            ({"Authorization": "Bearer wrong"}, 401),
+            ({"X-API-Key": "s3cret"}, 200),
+            ({"Authorization": "Bearer s3cret"}, 200),
+        ):
             assert c.get("/model", headers=headers).status_code == status, headers
             response = c.post("/predict", headers=headers, files=upload(PHOTOS[0]))
             assert response.status_code == status, headers
@@ -270,16 +334,23 @@ def test_the_api_key_is_required_everywhere_but_health(loaded):
         assert c.get("/").status_code == 200  # the page itself asks for the key
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"max_batch": 0}, "--max-batch must be at least 1, not 0"),
-    ({"max_file_mb": 0}, "--max-file-mb must be positive, not 0"),
-    ({"max_files": 0}, "--max-files must be at least 1, not 0"),
-    ({"port": 70000}, "--port must be between 0 and 65535, not 70000"),
-    ({"api_key": " "}, "the API key must not be empty"),
-])
-def test_bad_settings_are_refused_by_name(options, message):
-    with pytest.raises(FlowerfastError, match=message):
+@pytest.mark.parametrize(
+    "options, message, parameters",
+    [
+        ({"max_batch": 0}, "max_batch must be at least 1, not 0", ("max_batch",)),
+        ({"max_wait_ms": -1}, "max_wait_ms must not be negative, not -1", ("max_wait_ms",)),
+        ({"max_file_mb": 0}, "max_file_mb must be positive, not 0", ("max_file_mb",)),
+        ({"max_files": 0}, "max_files must be at least 1, not 0", ("max_files",)),
+        ({"port": 70000}, "port must be between 0 and 65535, not 70000", ("port",)),
+        ({"decode_threads": 0}, "decode_threads must be at least 1, not 0", ("decode_threads",)),
+        ({"api_key": " "}, "the API key must not be empty", ()),
+    ],
+)
+def test_bad_settings_are_refused_by_name(options, message, parameters):
+    """The library names its parameters (the CLI writes them as flags, see the command's test)."""
+    with pytest.raises(FlowerfastError) as refused:
         ServeConfig(**options)
+    assert (refused.value.message, refused.value.parameters) == (message, parameters)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -318,28 +389,38 @@ def test_the_queue_fills_batches_and_answers_each_caller():
 
 
 def test_the_queue_with_batching_off_runs_items_alone():
-    answers, _, batches, _ = run_queue(1, [[1, 2], [3]])
-    assert answers == [[2, 4], [6]] and batches[:3] == [[1], [2], [3]]
+    answers, after, batches, stats = run_queue(1, [[1, 2], [3]])
+    assert answers == [[2, 4], [6]] and after == [200]
+    assert batches == [[1], [2], [3], [100]] and (stats.batches, stats.largest) == (4, 1)
 
 
 def test_a_failing_batch_fails_its_callers_only():
-    answers, after, batches, _ = run_queue(2, [[1, 2], [3, 4]], fail_on=3)
+    answers, after, batches, stats = run_queue(2, [[1, 2], [3, 4]], fail_on=3)
+    assert batches == [[1, 2], [3, 4], [100]]  # the failed batch was run, then the queue went on
     assert answers[0] == [2, 4]
     assert isinstance(answers[1], ValueError) and str(answers[1]) == "cannot take 3"
     assert after == [200]
+    assert (stats.batches, stats.items) == (2, 3)  # a failed batch is not counted as done
 
 
 def test_the_command_refuses_bad_input_in_one_line(runner, tmp_path, run_dir):
     missing = invoke(runner, ["serve", tmp_path / "nowhere"])
     assert missing.exit_code == 1
     assert missing.output.strip() == f"error: model not found: {tmp_path / 'nowhere'}"
-    bad = invoke(runner, ["serve", run_dir, "--max-batch", "0"])
-    assert (bad.exit_code, bad.output.strip()) == (1, "error: --max-batch must be at least 1, not 0")
+    for flags, message in (
+        (["--max-batch", "0"], "--max-batch must be at least 1, not 0"),
+        (["--max-wait-ms=-1"], "--max-wait-ms must not be negative, not -1"),
+        (["--port", "70000"], "--port must be between 0 and 65535, not 70000"),
+    ):
+        bad = invoke(runner, ["serve", run_dir, *flags])  # the library's parameters, written as the flags
+        assert (bad.exit_code, bad.output.strip()) == (1, f"error: {message}")
     pickle = invoke(runner, ["serve", tmp_path / "model.pkl"])
-    assert pickle.exit_code == 1 and "refusing to load" in pickle.output and "--trust-pickle" in pickle.output
+    assert pickle.exit_code == 1
+    assert pickle.output.startswith(f"error: refusing to load {tmp_path / 'model.pkl'}: it is a pickle file")
+    assert pickle.output.strip().endswith("pass --trust-pickle only for a fastai export you trust")
 
 
-def test_the_server_answers_while_the_network_computes(loaded):
+def test_the_server_answers_while_the_network_computes(loaded, expected):
     """The network is held mid-batch (its thread waits on an event): /health and the page still
     answer at once, then the held request completes."""
     app = create_app(loaded, ServeConfig(max_wait_ms=0))
@@ -364,5 +445,7 @@ def test_the_server_answers_while_the_network_computes(loaded):
         assert not answers  # still held
         release.set()
         worker.join(60)
-    assert answers[0].status_code == 200 and answers[0].json()[0]["predicted"] is not None
+        assert not worker.is_alive()
+    assert answers[0].status_code == 200, answers[0].text
+    assert_same_predictions(answers[0].json(), [expected[PHOTOS[0].name]], top_k=1)
     assert threads == ["flowerfast-batch_0"]

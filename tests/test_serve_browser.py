@@ -5,7 +5,8 @@ page asks for it once.
 
 Needs Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them) and Selenium (the
 dev extra). Where they are missing the tests skip and say so, unless
-``FLOWERFAST_REQUIRE_BROWSER=1`` (set by CI), where a missing browser is a failure.
+``FLOWERFAST_REQUIRE_BROWSER=1`` (set by CI), where a missing browser is a failure. Both happen
+in the :func:`chromium` fixture, never at import: collecting this module needs none of them.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ WAIT = 60
 
 
 def browser_or_reason() -> tuple[str | None, str | None, str | None]:
+    """``(browser, driver, None)``, or ``(None, None, why the tests cannot run here)``."""
     browser = next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
     packaged = Path("/usr/lib/chromium/chromedriver")  # where Debian's chromium-driver puts it
     driver = shutil.which(DRIVER) or (str(packaged) if packaged.exists() else None)
@@ -35,28 +37,56 @@ def browser_or_reason() -> tuple[str | None, str | None, str | None]:
     except ImportError as exc:
         return None, None, f"needs the dev and serve extras ({exc.name} is missing): pip install -e '.[dev]'"
     if browser is None or driver is None:
-        return None, None, ("needs headless Chromium and its driver: apt-get install chromium chromium-driver "
-                            "(Debian packages; .ci/run installs them)")
+        return (
+            None,
+            None,
+            (
+                "needs headless Chromium and its driver: apt-get install chromium chromium-driver "
+                "(Debian packages; .ci/run installs them)"
+            ),
+        )
     return browser, driver, None
 
 
-BROWSER, DRIVER_PATH, WHY_NOT = browser_or_reason()
-if WHY_NOT and os.environ.get("FLOWERFAST_REQUIRE_BROWSER") == "1":
-    raise RuntimeError(f"FLOWERFAST_REQUIRE_BROWSER=1 but the browser test cannot run: {WHY_NOT}")
-pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
+def browser_required() -> bool:
+    return os.environ.get("FLOWERFAST_REQUIRE_BROWSER") == "1"
+
+
+@pytest.fixture(scope="session")
+def chromium() -> tuple[str, str]:
+    """The browser and its driver; where they cannot run, the test skips saying why, or fails
+    under ``FLOWERFAST_REQUIRE_BROWSER=1``, where skipping would hide that the page went untested.
+    Session-wide and used by every test (``pytestmark``), so it is settled before the tiny run
+    is trained."""
+    browser, driver, why_not = browser_or_reason()
+    if why_not is not None:
+        if browser_required():
+            pytest.fail(f"FLOWERFAST_REQUIRE_BROWSER=1 but the browser test cannot run: {why_not}", pytrace=False)
+        pytest.skip(why_not)
+    return browser, driver
+
+
+pytestmark = pytest.mark.usefixtures("chromium")
 
 
 @pytest.fixture()
-def browser(tmp_path):
+def browser(chromium, tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
+    binary, driver_path = chromium
     options = webdriver.ChromeOptions()
-    options.binary_location = BROWSER
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                 "--window-size=1200,900", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+    options.binary_location = binary
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1200,900",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=DRIVER_PATH), options=options)
+    driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
     try:
         yield driver
     finally:
@@ -117,17 +147,18 @@ def test_a_photo_chosen_on_the_page_shows_predicts_answer(run_dir, browser, runn
         assert "failed" in failed.get_attribute("class").split()
         assert failed.find_element(By.CSS_SELECTOR, ".status").text == (
             "notes.jpg could not be read as an image: UnidentifiedImageError: not an image, or in a format "
-            "Pillow cannot read")
+            "Pillow cannot read"
+        )
         refused = "/predict?top_k=5 - Failed to load resource: the server responded with a status of 422"
         problems = [e for e in browser.get_log("browser") if e["level"] == "SEVERE" and refused not in e["message"]]
-        assert not problems  # no script error, no resource refused by the page's security policy
+        assert problems == []  # no script error, no resource refused by the page's security policy
         screenshot = tmp_path / "serve-page.png"
         assert browser.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 10_000
         if os.environ.get("FLOWERFAST_SCREENSHOT"):
             shutil.copy(screenshot, os.environ["FLOWERFAST_SCREENSHOT"])
 
 
-def test_the_page_asks_for_the_api_key_once(run_dir, browser):
+def test_the_page_asks_for_the_api_key_once(run_dir, browser, runner):
     from selenium.webdriver.common.by import By
 
     photo = sample_files("tulip", 1)[0]
@@ -144,7 +175,10 @@ def test_the_page_asks_for_the_api_key_once(run_dir, browser):
         wait_for(browser, "#drop:not([hidden])")
         choose_files(browser, photo)
         card = wait_for(browser, ".card.done")[0]
-        assert card.find_element(By.CSS_SELECTOR, ".predicted").text != ""
+        assert card.get_attribute("data-file") == photo.name
+        assert (
+            card.find_element(By.CSS_SELECTOR, ".predicted").text == cli_prediction(runner, run_dir, photo)["predicted"]
+        )
         browser.refresh()  # asked once: the key is kept for the tab
         wait_for(browser, "#drop:not([hidden])")
         assert not browser.find_element(By.ID, "key-form").is_displayed()

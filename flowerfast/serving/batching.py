@@ -38,8 +38,12 @@ class BatchStats:
         return self.items / self.batches if self.batches else 0.0
 
     def to_dict(self) -> dict:
-        return {"batches": self.batches, "items": self.items, "largest_batch": self.largest,
-                "mean_batch": round(self.mean_batch, 3)}
+        return {
+            "batches": self.batches,
+            "items": self.items,
+            "largest_batch": self.largest,
+            "mean_batch": round(self.mean_batch, 3),
+        }
 
 
 class BatchQueue(Generic[Item, Result]):
@@ -51,8 +55,9 @@ class BatchQueue(Generic[Item, Result]):
     ``await queue.start()`` before the first :meth:`submit`, ``await queue.stop()`` at the end.
     """
 
-    def __init__(self, run_batch: Callable[[list[Item]], Sequence[Result]], max_batch: int = 16,
-                 max_wait: float = 0.005):
+    def __init__(
+        self, run_batch: Callable[[list[Item]], Sequence[Result]], max_batch: int = 16, max_wait: float = 0.005
+    ):
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, not {max_batch}")
         if max_wait < 0:
