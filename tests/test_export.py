@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 import flowerfast
 from flowerfast.cli import app
 from flowerfast.data.folders import default_data_dir
+from flowerfast.export.formats import format_names
 
 SAMPLE = default_data_dir()
 runner = CliRunner()
@@ -42,13 +43,33 @@ def preprocess_without_flowerfast(path, info):
 def cli_predictions(run_dir):
     files = sorted((SAMPLE / "rose").glob("*.jpg"))[:6]
     # on the CPU, like the exports are checked: a GPU's TF32 convolutions would differ by more than 1e-4
-    result = runner.invoke(app, ["predict", str(run_dir), *map(str, files), "--json", "--top-k", "5", "--device", "cpu"])
+    result = runner.invoke(
+        app, ["predict", str(run_dir), *map(str, files), "--json", "--top-k", "5", "--device", "cpu"]
+    )
     assert result.exit_code == 0, result.output
     return files, json.loads(result.stdout)
 
 
 def expected_matrix(preds, classes):
     return np.array([[dict((t["class"], t["probability"]) for t in p["top_k"])[c] for c in classes] for p in preds])
+
+
+def check_batch(run_dir, n=4):
+    """A normalised random batch the size of the run's model, and PyTorch's probabilities for it."""
+    model = flowerfast.load_model(run_dir, device="cpu")
+    batch = torch.randn(n, 3, model.spec.size, model.spec.size, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        expected = torch.softmax(model.network(batch).float(), dim=-1)
+    return batch, expected
+
+
+def assert_torchscript_matches_pytorch(path, run_dir):
+    batch, expected = check_batch(run_dir)
+    module = torch.jit.load(str(path), map_location="cpu")
+    with torch.no_grad():
+        probs = module(batch)
+    assert probs.shape == expected.shape
+    assert torch.allclose(probs, expected, atol=1e-4), float((probs - expected).abs().max())
 
 
 def test_onnx_matches_predict(run_dir, tmp_path, cli_predictions):
@@ -115,7 +136,7 @@ def test_export_without_format_works_on_a_plain_install(run_dir, tmp_path, monke
     result = runner.invoke(app, ["export", str(model)])
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[0] == f"torchscript: {model / 'best.pt'}"
-    assert torch.jit.load(str(model / "best.pt")) is not None
+    assert_torchscript_matches_pytorch(model / "best.pt", model)
 
 
 def test_an_existing_file_is_replaced_only_with_force(run_dir, tmp_path):
@@ -123,11 +144,13 @@ def test_an_existing_file_is_replaced_only_with_force(run_dir, tmp_path):
     target.write_bytes(b"precious")
     result = runner.invoke(app, ["export", str(run_dir), "--format", "torchscript", "--out", str(target)])
     assert result.exit_code == 1 and result.stderr.strip().splitlines() == [
-        f"error: {target} already exists: pass --force to replace it"]
+        f"error: {target} already exists: pass --force to replace it"
+    ]
     assert target.read_bytes() == b"precious" and not (tmp_path / "m.pt.json").exists()
     result = runner.invoke(app, ["export", str(run_dir), "--format", "torchscript", "--out", str(target), "--force"])
     assert result.exit_code == 0, result.output
-    assert torch.jit.load(str(target)) is not None and (tmp_path / "m.pt.json").exists()
+    assert (tmp_path / "m.pt.json").exists()
+    assert_torchscript_matches_pytorch(target, run_dir)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "m.pt.json"]  # no staged file left
 
 
@@ -142,9 +165,58 @@ def test_an_unwritable_destination_is_one_line(run_dir, tmp_path):
 def test_a_failed_check_leaves_nothing(run_dir, tmp_path, monkeypatch):
     """An export that does not reproduce PyTorch's numbers (here: its runner made to disagree) is
     removed, and no preprocessing file is written for it."""
-    import flowerfast.export as export
+    import dataclasses
 
-    monkeypatch.setattr(export, "run_torchscript", lambda path, batch: torch.zeros(len(batch), 5))
+    from flowerfast.export.formats import torchscript
+
+    broken = dataclasses.replace(torchscript.FORMAT, run=lambda path, batch: torch.zeros(len(batch), 5))
+    monkeypatch.setattr(torchscript, "FORMAT", broken)
     with pytest.raises(flowerfast.FlowerfastError, match="differs from PyTorch .* nothing was written"):
         flowerfast.export_model(run_dir, format="torchscript", out=tmp_path / "m.pt")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_registry_lists_the_format_modules_on_disk():
+    """Every module of ``flowerfast/export/formats/`` is a format, named as its file: a new file is a new format."""
+    from pathlib import Path
+
+    from flowerfast.export import formats as registry
+
+    on_disk = sorted(p.stem for p in Path(registry.__file__).parent.glob("*.py") if not p.stem.startswith("_"))
+    assert "onnx" in on_disk and "torchscript" in on_disk
+    assert sorted(registry.format_names()) == on_disk
+    assert sorted(registry.formats()) == on_disk
+    assert all(fmt.name == name for name, fmt in registry.formats().items())
+
+
+@pytest.mark.parametrize("name", format_names())
+def test_each_format_round_trips(run_dir, tmp_path, name):
+    """The written file gives PyTorch's probabilities (and was checked against them on the way)."""
+    from flowerfast.export.formats import choose_format, get_format
+
+    fmt = get_format(name)
+    if not fmt.available():
+        pytest.skip(f"the {fmt.extra} extra is not installed")
+    result = flowerfast.export_model(run_dir, format=name, out=tmp_path / f"m{fmt.suffix}")
+    assert result.format == name and result.max_abs_diff <= 1e-4
+    assert json.loads(result.preprocessing.read_text())["model_format"] == name
+    batch, expected = check_batch(run_dir)
+    probs = fmt.run(result.path, batch)
+    assert probs.shape == expected.shape
+    assert torch.allclose(probs, expected, atol=1e-4), float((probs - expected).abs().max())
+    for suffix in fmt.suffixes:  # format="auto" follows the suffix of out
+        assert choose_format("auto", tmp_path / f"x{suffix}") is fmt
+
+
+def test_the_cli_offers_the_registrys_formats():
+    from flowerfast.cli.use import FormatChoice
+    from flowerfast.export.formats import format_names
+
+    assert [c.value for c in FormatChoice] == ["auto", *format_names()]
+
+
+def test_a_library_error_names_the_parameter(run_dir):
+    with pytest.raises(flowerfast.FlowerfastError) as caught:
+        flowerfast.export_model(run_dir, format="tflite")
+    assert str(caught.value) == "format must be one of auto, onnx, torchscript (got 'tflite')"
+    assert caught.value.parameters == ("format",)

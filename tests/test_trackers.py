@@ -12,30 +12,57 @@ import pytest
 from flowerfast.runs.folder import RunFolder
 from tests.conftest import invoke
 
-pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
-pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
-pytest.importorskip("wandb", reason="the wandb extra is not installed")
-
 
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory):
     """One 2-epoch run logged to all three trackers, each writing to a folder of the test."""
     import os
 
+    for extra in ("tensorboard", "mlflow", "wandb"):
+        pytest.importorskip(extra, reason=f"the {extra} extra is not installed")
     tmp = tmp_path_factory.mktemp("tracked")
     store = tmp / "mlruns"
-    env = {"MLFLOW_TRACKING_URI": store.as_uri(), "MLFLOW_ALLOW_FILE_STORE": "true", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
-           "WANDB_DIR": str(tmp), "WANDB_CACHE_DIR": str(tmp / "wandb-cache"),
-           "WANDB_CONFIG_DIR": str(tmp / "wandb-config"), "WANDB_DATA_DIR": str(tmp / "wandb-data")}
+    env = {
+        "MLFLOW_TRACKING_URI": store.as_uri(),
+        "MLFLOW_ALLOW_FILE_STORE": "true",
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "WANDB_DIR": str(tmp),
+        "WANDB_CACHE_DIR": str(tmp / "wandb-cache"),
+        "WANDB_CONFIG_DIR": str(tmp / "wandb-config"),
+        "WANDB_DATA_DIR": str(tmp / "wandb-data"),
+    }
     previous = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
         from typer.testing import CliRunner
 
         out = tmp / "run"
-        result = invoke(CliRunner(), ["train", "--arch", "resnet18", "--no-pretrained", "--size", "32", "--epochs",
-                                      "2", "--bs", "16", "--device", "cpu", "--tracker", "tensorboard",
-                                      "--tracker", "mlflow", "--tracker", "wandb", "--out", out])
+        result = invoke(
+            CliRunner(),
+            [
+                "train",
+                "--arch",
+                "resnet18",
+                "--no-pretrained",
+                "--size",
+                "32",
+                "--epochs",
+                "2",
+                "--bs",
+                "16",
+                "--device",
+                "cpu",
+                "--tracker",
+                "tensorboard",
+                "--tracker",
+                "mlflow",
+                "--tracker",
+                "wandb",
+                "--out",
+                out,
+            ],
+        )
         assert result.exit_code == 0, result.output
     finally:
         for k, v in previous.items():
@@ -87,8 +114,8 @@ def wandb_records(path: Path):
         if block - pos % block < 7:  # too little left in this block for a chunk header: padding
             pos += block - pos % block
             continue
-        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
-        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
         if kind in (1, 2):
             pending = chunk
         elif kind in (3, 4):
@@ -130,8 +157,13 @@ def test_wandb_offline_run_holds_config_metrics_pictures_and_model(tracked):
     assert [h["epoch"] for h in epochs] == [1, 2]
     assert [h["valid_accuracy"] for h in epochs] == pytest.approx([r.valid_accuracy for r in expected])
     assert config["arch"] == "resnet18" and config["lr"] == pytest.approx(3e-3)
-    assert config["options"]["epochs"] == 2 and config["classes"] == ["daisy", "dandelion", "rose", "sunflower",
-                                                                      "tulip"]
+    assert config["options"]["epochs"] == 2 and config["classes"] == [
+        "daisy",
+        "dandelion",
+        "rose",
+        "sunflower",
+        "tulip",
+    ]
     pictures = {k for h in history for k, v in h.items() if isinstance(v, dict) and v.get("_type") == "image-file"}
     assert {"curves", "confusion", "batch"} <= pictures
     assert [a.type for a in artifacts] == ["model"]
@@ -144,3 +176,56 @@ def test_a_tracker_whose_extra_is_missing_is_one_line(tmp_path, runner, monkeypa
     assert result.exit_code == 1
     assert result.stderr.strip() == 'error: --tracker mlflow needs the mlflow extra: pip install "flowerfast[mlflow]"'
     assert not (tmp_path / "run").exists()
+
+
+def test_the_registry_is_the_tracker_modules_and_the_cli_offers_them():
+    """Each module of ``flowerfast/training/trackers/`` is a tracker named as its file (a new file
+    is a new tracker), and ``--tracker`` offers exactly those."""
+    from flowerfast.cli.options import TrackerChoice
+    from flowerfast.training import trackers
+    from flowerfast.training.trackers._base import Tracker
+
+    names = trackers.tracker_names()
+    assert sorted(names) == ["mlflow", "tensorboard", "wandb"]
+    on_disk = sorted(p.stem for p in Path(trackers.__file__).parent.glob("*.py") if not p.stem.startswith("_"))
+    assert sorted(names) == on_disk
+    assert [c.value for c in TrackerChoice] == list(names)
+    for name in names:
+        cls = trackers.tracker_class(name)
+        assert issubclass(cls, Tracker) and cls.requires and cls.extra == name
+
+
+def test_the_mlflow_module_imports_the_real_mlflow():
+    """``flowerfast/training/trackers/mlflow.py`` must not shadow MLflow for its own imports."""
+    import importlib
+
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
+    importlib.import_module("flowerfast.training.trackers.mlflow")
+    assert importlib.import_module("mlflow").__name__ == "mlflow" and hasattr(sys.modules["mlflow"], "MlflowClient")
+
+
+def test_an_unknown_tracker_is_one_line_before_anything_runs(tmp_path, runner):
+    import flowerfast
+    from flowerfast.training.trackers import check_trackers
+
+    with pytest.raises(flowerfast.FlowerfastError) as caught:
+        check_trackers(["tensorboard", "neptune"])
+    assert str(caught.value) == "trackers must be one of mlflow, tensorboard, wandb (got 'neptune')"
+    assert caught.value.parameters == ("trackers",)
+    with pytest.raises(flowerfast.FlowerfastError, match="trackers must be one of"):
+        flowerfast.train(trackers=["neptune"], out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    result = invoke(runner, ["train", "--tracker", "neptune", "--out", tmp_path / "run"])
+    assert result.exit_code == 2 and "'neptune' is not one of 'mlflow', 'tensorboard', 'wandb'" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_missing_extra_names_the_parameter_in_the_library(monkeypatch):
+    import flowerfast
+    from flowerfast.training.trackers import check_trackers
+
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    with pytest.raises(flowerfast.FlowerfastError) as caught:
+        check_trackers(["wandb"])
+    assert str(caught.value) == "trackers='wandb' needs the wandb extra: pip install \"flowerfast[wandb]\""
+    assert caught.value.parameters == ("trackers",)

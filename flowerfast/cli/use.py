@@ -16,20 +16,46 @@ from rich.table import Table
 
 from flowerfast.cli import options as o
 from flowerfast.cli.app import app
-from flowerfast.cli.output import console, err_console, fail, make_reporter, user_errors
+from flowerfast.cli.failures import fail, user_errors
+from flowerfast.cli.output import console, err_console, make_reporter
+from flowerfast.export.formats import AUTO, format_names
+from flowerfast.runs.config import INFERENCE_BATCH_SIZE
 
-Model = Annotated[Path, typer.Argument(help="Run folder, or a model file (.safetensors or .json).", show_default=False, metavar="MODEL")]
-Device = Annotated[o.DeviceChoice, typer.Option("--device", help="Where to compute; auto: a CUDA GPU, else Apple's MPS, else the CPU.")]
+Model = Annotated[
+    Path,
+    typer.Argument(help="Run folder, or a model file (.safetensors or .json).", show_default=False, metavar="MODEL"),
+]
+Device = Annotated[
+    o.DeviceChoice, typer.Option("--device", help="Where to compute; auto: a CUDA GPU, else Apple's MPS, else the CPU.")
+]
 Bs = Annotated[int, typer.Option("--bs", metavar="N", help="Images per batch.")]
-Workers = Annotated[Optional[int], typer.Option("--workers", metavar="N", help="Image-decoding processes. Default: none on a CPU (the network needs the cores); on a GPU one per core, up to 8.", show_default=False)]
-InferencePrecision = Annotated[o.PrecisionChoice, typer.Option("--precision", help="fp32: the numbers exports and served models give; auto: bf16 where the hardware has it, as in training.")]
-class ExportFormat(str, Enum):
-    auto = "auto"
-    onnx = "onnx"
-    torchscript = "torchscript"
+Workers = Annotated[
+    Optional[int],
+    typer.Option(
+        "--workers",
+        metavar="N",
+        help="Image-decoding processes. Default: none on a CPU (the network needs the cores); on a GPU one per core, up to 8.",
+        show_default=False,
+    ),
+]
+InferencePrecision = Annotated[
+    o.PrecisionChoice,
+    typer.Option(
+        "--precision",
+        help="fp32: the numbers exports and served models give; auto: bf16 where the hardware has it, as in training.",
+    ),
+]
+FormatChoice = Enum("FormatChoice", {name: name for name in (AUTO, *format_names())}, type=str)
+"""``--format``: ``auto`` and the formats of :mod:`flowerfast.export.formats`, read from its files."""
 
 
-TrustPickle = Annotated[bool, typer.Option("--trust-pickle", help="Allow a fastai learn.export() .pkl as MODEL. Unpickling runs code from the file: only for files you trust.")]
+TrustPickle = Annotated[
+    bool,
+    typer.Option(
+        "--trust-pickle",
+        help="Allow a fastai learn.export() .pkl as MODEL. Unpickling runs code from the file: only for files you trust.",
+    ),
+]
 
 
 def _emit(text: str, output: Optional[Path]) -> None:
@@ -66,14 +92,31 @@ def _predictions_csv(predictions, top_k: int) -> str:
 @app.command(epilog="Example: flowerfast predict runs/resnet18-20240101-120000/ photos/ --top-k 3")
 def predict(
     model: Model,
-    paths: Annotated[List[Path], typer.Argument(help="Image files, folders (searched recursively) or globs.", show_default=False, metavar="PATH...")],
-    top_k: Annotated[int, typer.Option("--top-k", metavar="N", help="How many of the most likely classes to show per image.")] = 1,
-    bs: Bs = 64,
+    paths: Annotated[
+        List[Path],
+        typer.Argument(
+            help="Image files, folders (searched recursively) or globs.", show_default=False, metavar="PATH..."
+        ),
+    ],
+    top_k: Annotated[
+        int, typer.Option("--top-k", metavar="N", help="How many of the most likely classes to show per image.")
+    ] = 1,
+    bs: Bs = INFERENCE_BATCH_SIZE,
     device: Device = o.DeviceChoice.auto,
     workers: Workers = None,
     json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     csv_: Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")] = False,
-    output: Annotated[Optional[Path], typer.Option("--out", "-o", "--output", metavar="PATH", help="Write the JSON or CSV to this file instead of stdout.", show_default=False)] = None,
+    output: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--out",
+            "-o",
+            "--output",
+            metavar="PATH",
+            help="Write the JSON or CSV to this file instead of stdout.",
+            show_default=False,
+        ),
+    ] = None,
     trust_pickle: TrustPickle = False,
     precision: InferencePrecision = o.PrecisionChoice.fp32,
 ) -> None:
@@ -90,8 +133,7 @@ def predict(
         loaded = load_model(model, device=o.value(device), trust_pickle=trust_pickle, precision=o.value(precision))
         check_top_k(top_k, len(loaded.classes))
         files = collect_image_paths(paths)
-        predictions = loaded.predict(files, top_k=top_k, bs=bs, workers=workers,
-                                     reporter=make_reporter(to_stderr=True))
+        predictions = loaded.predict(files, top_k=top_k, bs=bs, workers=workers, reporter=make_reporter(to_stderr=True))
         bad = [p for p in predictions if not p.ok]
         if json_:
             _emit(json.dumps([p.to_dict() for p in predictions], indent=2) + "\n", output)
@@ -123,11 +165,29 @@ def predict(
 @app.command(epilog="Example: flowerfast evaluate runs/resnet18-20240101-120000/ test-photos/ --mistakes 12")
 def evaluate(
     model: Model,
-    data_dir: Annotated[Optional[Path], typer.Argument(help="Labelled folder: one folder per class. Without it, a run folder's model is scored on the run's own validation split.", show_default=False, metavar="[DATA_DIR]")] = None,
-    mistakes: Annotated[int, typer.Option("--mistakes", metavar="N", help="How many of the most confident mistakes to list and plot.")] = 9,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", metavar="PATH", help="Folder for metrics.json, predictions.csv and the PNGs. Default: runs/evaluate-<timestamp>.", show_default=False)] = None,
+    data_dir: Annotated[
+        Optional[Path],
+        typer.Argument(
+            help="Labelled folder: one folder per class. Without it, a run folder's model is scored on the run's own validation split.",
+            show_default=False,
+            metavar="[DATA_DIR]",
+        ),
+    ] = None,
+    mistakes: Annotated[
+        int, typer.Option("--mistakes", metavar="N", help="How many of the most confident mistakes to list and plot.")
+    ] = 9,
+    out: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--out",
+            "-o",
+            metavar="PATH",
+            help="Folder for metrics.json, predictions.csv and the PNGs. Default: runs/evaluate-<timestamp>.",
+            show_default=False,
+        ),
+    ] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON instead of tables.")] = False,
-    bs: Bs = 64,
+    bs: Bs = INFERENCE_BATCH_SIZE,
     device: Device = o.DeviceChoice.auto,
     workers: Workers = None,
     trust_pickle: TrustPickle = False,
@@ -140,25 +200,43 @@ def evaluate(
         from flowerfast.infer.evaluate import save_report
 
         out_dir = check_output_dir(out if out is not None else default_run_dir("evaluate"))
-        result = run_evaluate(model, data_dir, mistakes=mistakes, bs=bs, device=o.value(device), workers=workers,
-                              trust_pickle=trust_pickle, precision=o.value(precision),
-                              reporter=make_reporter(to_stderr=True))
+        result = run_evaluate(
+            model,
+            data_dir,
+            mistakes=mistakes,
+            bs=bs,
+            device=o.value(device),
+            workers=workers,
+            trust_pickle=trust_pickle,
+            precision=o.value(precision),
+            reporter=make_reporter(to_stderr=True),
+        )
         files = save_report(result, out_dir)
     if json_:
         typer.echo(json.dumps({**result.to_dict(), "out": str(files.out_dir)}, indent=2))
         return
     _print_evaluation(result)
-    console.print(f"report: {files.out_dir}  (metrics.json, predictions.csv, confusion.png"
-                  + (", mistakes.png)" if files.mistakes else ")"), markup=False)
+    console.print(
+        f"report: {files.out_dir}  (metrics.json, predictions.csv, confusion.png"
+        + (", mistakes.png)" if files.mistakes else ")"),
+        markup=False,
+    )
 
 
 def _print_evaluation(result) -> None:
     on = result.source if result.source != "folder" else str(result.data_dir)
-    console.print(f"accuracy {result.accuracy:.1%} on {result.n_images} images ({on}); macro F1 "
-                  f"{result.macro_f1:.3f}", markup=False)
+    console.print(
+        f"accuracy {result.accuracy:.1%} on {result.n_images} images ({on}); macro F1 {result.macro_f1:.3f}",
+        markup=False,
+    )
     metrics = Table(title="per class")
-    for name, justify in (("class", "left"), ("precision", "right"), ("recall", "right"), ("F1", "right"),
-                          ("images", "right")):
+    for name, justify in (
+        ("class", "left"),
+        ("precision", "right"),
+        ("recall", "right"),
+        ("F1", "right"),
+        ("images", "right"),
+    ):
         metrics.add_column(name, justify=justify)
     for m in result.per_class:
         metrics.add_row(m.name, f"{m.precision:.3f}", f"{m.recall:.3f}", f"{m.f1:.3f}", str(m.support))
@@ -188,14 +266,29 @@ def _print_evaluation(result) -> None:
 @app.command(epilog="Example: flowerfast export runs/resnet18-20240101-120000/ --format onnx --out flowers.onnx")
 def export(
     model: Model,
-    format_: Annotated[ExportFormat, typer.Option("--format", help="auto: ONNX when the onnx extra is installed (pip install 'flowerfast[onnx]'), else TorchScript.")] = "auto",
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", metavar="PATH", help="File to write. Default: beside the model, e.g. best.onnx / best.pt.", show_default=False)] = None,
+    format_: Annotated[
+        FormatChoice,
+        typer.Option(
+            "--format",
+            help="auto: the format the suffix of --out names; else ONNX when the onnx extra is installed (pip install 'flowerfast\\[onnx]'), else TorchScript.",
+        ),
+    ] = AUTO,
+    out: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--out",
+            "-o",
+            metavar="PATH",
+            help="File to write. Default: beside the model, e.g. best.onnx / best.pt.",
+            show_default=False,
+        ),
+    ] = None,
     trust_pickle: TrustPickle = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing file at --out.")] = False,
 ) -> None:
     """Export a trained model to ONNX or TorchScript, with a preprocessing JSON beside it."""
     with user_errors():
-        from flowerfast.export import export_model
+        from flowerfast.export.exporter import export_model
 
         result = export_model(model, format=o.value(format_), out=out, trust_pickle=trust_pickle, force=force)
     console.print(f"{result.format}: {result.path}", markup=False)
