@@ -39,23 +39,35 @@ from pathlib import Path
 from common import add_data_argument, machine_line, run_flowerfast
 
 RESULT_TAG = "BENCH_FINETUNE_RESULT "
-NAMES = {"f": "(f) flowerfast default recipe", "a": "(a) plain fastai fine_tune", "b": "(b) linear probe",
-         "c": "(c) flowerfast, random weights"}
+NAMES = {
+    "f": "(f) flowerfast default recipe",
+    "a": "(a) plain fastai fine_tune",
+    "b": "(b) linear probe",
+    "c": "(c) flowerfast, random weights",
+}
 PROBE = {"epochs": 5, "lr": 0.005, "momentum": 0.9, "dropout": 0.2, "bs": 32}
 TARGET_ACCURACY = 0.85
 TARGET_SECONDS = 600
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     add_data_argument(ap)
     ap.add_argument("--arch", default="tf_efficientnet_lite0", help="a model whose ImageNet weights are installed")
-    ap.add_argument("--size", type=int, default=128, help="image size of (a) and (b); (f) and (c) unless "
-                                                           "--flowerfast-args sets --size")
-    ap.add_argument("--epochs", type=int, default=None,
-                    help="epochs of (a) and, unless --flowerfast-args sets them, of (f) and (c); "
-                         "default: flowerfast's own")
+    ap.add_argument(
+        "--size",
+        type=int,
+        default=128,
+        help="image size of (a) and (b); (f) and (c) unless --flowerfast-args sets --size",
+    )
+    ap.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="epochs of (a) and, unless --flowerfast-args sets them, of (f) and (c); default: flowerfast's own",
+    )
     ap.add_argument("--bs", type=int, default=32)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--contenders", default="f,a,b,c", help="any of f, a, b, c, comma-separated, run in this order")
@@ -107,12 +119,19 @@ def child_fastai(args) -> dict:
 
     files, labels, valid = split_lists(args)
     df = pd.DataFrame({"file": files, "label": labels, "is_valid": valid})
-    block = DataBlock(blocks=(ImageBlock, CategoryBlock), get_x=ColReader("file"), get_y=ColReader("label"),
-                      splitter=ColSplitter("is_valid"), item_tfms=Resize(args.size), batch_tfms=aug_transforms())
+    block = DataBlock(
+        blocks=(ImageBlock, CategoryBlock),
+        get_x=ColReader("file"),
+        get_y=ColReader("label"),
+        splitter=ColSplitter("is_valid"),
+        item_tfms=Resize(args.size),
+        batch_tfms=aug_transforms(),
+    )
     dls = block.dataloaders(df, bs=args.bs, num_workers=0)
     weights = pretrained_timm_file(args.arch, args.run_dir)
-    learn = vision_learner(dls, args.arch, metrics=accuracy, pretrained=True,
-                           pretrained_cfg_overlay={"file": str(weights)})
+    learn = vision_learner(
+        dls, args.arch, metrics=accuracy, pretrained=True, pretrained_cfg_overlay={"file": str(weights)}
+    )
     accuracies = []
 
     from fastai.callback.core import Callback
@@ -128,8 +147,13 @@ def child_fastai(args) -> dict:
     learn.fine_tune(epochs, cbs=[Record()])
     seconds = time.perf_counter() - start
     n_train = len(dls.train_ds)
-    return {"best": max(accuracies), "final": accuracies[-1], "epoch_accuracies": accuracies,
-            "train_images_per_s": n_train * (epochs + 1) / seconds, "train_s": seconds}
+    return {
+        "best": max(accuracies),
+        "final": accuracies[-1],
+        "epoch_accuracies": accuracies,
+        "train_images_per_s": n_train * (epochs + 1) / seconds,
+        "train_s": seconds,
+    }
 
 
 def child_probe(args) -> dict:
@@ -153,7 +177,7 @@ def child_probe(args) -> dict:
     feats = []
     with torch.no_grad():
         for i in range(0, len(files), 64):
-            batch = torch.stack([preprocess(f, args.size) for f in files[i:i + 64]])
+            batch = torch.stack([preprocess(f, args.size) for f in files[i : i + 64]])
             feats.append(model(normalise(batch, mean, std)))
     X = torch.cat(feats)
     torch.manual_seed(args.seed)
@@ -172,14 +196,30 @@ def child_probe(args) -> dict:
         with torch.no_grad():
             accuracies.append(float((head(X[is_valid]).argmax(1) == y[is_valid]).float().mean()))
     seconds = time.perf_counter() - start
-    return {"best": max(accuracies), "final": accuracies[-1], "epoch_accuracies": accuracies,
-            "train_images_per_s": len(train_idx) * PROBE["epochs"] / seconds, "train_s": seconds}
+    return {
+        "best": max(accuracies),
+        "final": accuracies[-1],
+        "epoch_accuracies": accuracies,
+        "train_images_per_s": len(train_idx) * PROBE["epochs"] / seconds,
+        "train_s": seconds,
+    }
 
 
 def flowerfast_argv(args, pretrained: bool) -> list[str]:
     extra = args.flowerfast_args.split()
-    argv = ["train", "--data", str(args.data), "--arch", args.arch, "--seed", str(args.seed), "--bs", str(args.bs),
-            "--out", str(args.run_dir)]
+    argv = [
+        "train",
+        "--data",
+        str(args.data),
+        "--arch",
+        args.arch,
+        "--seed",
+        str(args.seed),
+        "--bs",
+        str(args.bs),
+        "--out",
+        str(args.run_dir),
+    ]
     if "--size" not in extra:
         argv += ["--size", str(args.size)]
     if args.epochs and "--epochs" not in extra:
@@ -199,11 +239,17 @@ def child_flowerfast(args, pretrained: bool) -> dict:
     with (args.run_dir / "history.csv").open() as f:
         history = list(csv.DictReader(f))
     epochs = len(history)
-    return {"best": summary["best_valid_accuracy"], "final": summary["final_valid_accuracy"],
-            "epoch_accuracies": [float(r["valid_accuracy"]) for r in history],
-            "train_images_per_s": config["n_train"] * epochs / summary["seconds"], "train_s": summary["seconds"],
-            "precision": config.get("precision"), "size": config.get("size"), "epochs": epochs,
-            "weights_source": config.get("weights_source")}
+    return {
+        "best": summary["best_valid_accuracy"],
+        "final": summary["final_valid_accuracy"],
+        "epoch_accuracies": [float(r["valid_accuracy"]) for r in history],
+        "train_images_per_s": config["n_train"] * epochs / summary["seconds"],
+        "train_s": summary["seconds"],
+        "precision": config.get("precision"),
+        "size": config.get("size"),
+        "epochs": epochs,
+        "weights_source": config.get("weights_source"),
+    }
 
 
 def run_child(args) -> int:
@@ -211,8 +257,12 @@ def run_child(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    fn = {"f": lambda a: child_flowerfast(a, True), "c": lambda a: child_flowerfast(a, False),
-          "a": child_fastai, "b": child_probe}[args.child]
+    fn = {
+        "f": lambda a: child_flowerfast(a, True),
+        "c": lambda a: child_flowerfast(a, False),
+        "a": child_fastai,
+        "b": child_probe,
+    }[args.child]
     print(RESULT_TAG + json.dumps(fn(args)), flush=True)
     return 0
 
@@ -224,9 +274,26 @@ def run_child(args) -> int:
 def run_contender(args, who: str, tmp: Path, split: Path | None) -> dict:
     run_dir = tmp / f"run-{who}"
     run_dir.mkdir(exist_ok=who in "ab")
-    cmd = [sys.executable, __file__, "--child", who, "--data", str(args.data), "--arch", args.arch,
-           "--size", str(args.size), "--bs", str(args.bs), "--seed", str(args.seed), "--run-dir", str(run_dir),
-           "--flowerfast-args", args.flowerfast_args]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        who,
+        "--data",
+        str(args.data),
+        "--arch",
+        args.arch,
+        "--size",
+        str(args.size),
+        "--bs",
+        str(args.bs),
+        "--seed",
+        str(args.seed),
+        "--run-dir",
+        str(run_dir),
+        "--flowerfast-args",
+        args.flowerfast_args,
+    ]
     if args.epochs:
         cmd += ["--epochs", str(args.epochs)]
     if args.threads:
@@ -236,17 +303,21 @@ def run_contender(args, who: str, tmp: Path, split: Path | None) -> dict:
     log = tmp / f"{who}.log"
     start = time.perf_counter()
     with log.open("w") as out:
-        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=out, text=True,
-                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        done = subprocess.run(
+            cmd, stdout=subprocess.PIPE, stderr=out, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
     wall = time.perf_counter() - start
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith(RESULT_TAG)]
     if done.returncode or not lines:
         print(f"  {NAMES[who]} failed (exit {done.returncode}); last lines of {log}:")
         print("    " + "\n    ".join(log.read_text().splitlines()[-8:]))
         return {"who": who, "failed": True, "wall_s": wall}
-    result = {"who": who, "failed": False, "wall_s": wall, **json.loads(lines[-1][len(RESULT_TAG):])}
-    print(f"  {NAMES[who]}: best {result['best']:.1%}, final {result['final']:.1%}, {wall:.0f}s; per epoch "
-          + " ".join(f"{a:.1%}" for a in result["epoch_accuracies"]), flush=True)
+    result = {"who": who, "failed": False, "wall_s": wall, **json.loads(lines[-1][len(RESULT_TAG) :])}
+    print(
+        f"  {NAMES[who]}: best {result['best']:.1%}, final {result['final']:.1%}, {wall:.0f}s; per epoch "
+        + " ".join(f"{a:.1%}" for a in result["epoch_accuracies"]),
+        flush=True,
+    )
     return result
 
 
@@ -286,17 +357,23 @@ def main(argv=None) -> int:
         if r["failed"]:
             print(f"{NAMES[r['who']]:34} {'failed':>7}")
             continue
-        print(f"{NAMES[r['who']]:34} {r['best']:>7.1%} {r['final']:>7.1%} {r['wall_s']:>8.0f} "
-              f"{r['train_images_per_s']:>12.1f}")
+        print(
+            f"{NAMES[r['who']]:34} {r['best']:>7.1%} {r['final']:>7.1%} {r['wall_s']:>8.0f} "
+            f"{r['train_images_per_s']:>12.1f}"
+        )
     ok = {r["who"]: r for r in results if not r["failed"]}
     if "f" in ok:
         f = ok["f"]
-        print(f"\n(f) best {f['best']:.1%} in {f['wall_s']:.0f}s: goal {TARGET_ACCURACY:.0%} within "
-              f"{TARGET_SECONDS}s {'met' if f['best'] >= TARGET_ACCURACY and f['wall_s'] <= TARGET_SECONDS else 'not met'}")
+        print(
+            f"\n(f) best {f['best']:.1%} in {f['wall_s']:.0f}s: goal {TARGET_ACCURACY:.0%} within "
+            f"{TARGET_SECONDS}s {'met' if f['best'] >= TARGET_ACCURACY and f['wall_s'] <= TARGET_SECONDS else 'not met'}"
+        )
         for who in "abc":
             if who in ok:
-                print(f"(f) - {NAMES[who]}: {100 * (f['best'] - ok[who]['best']):+.1f} points, wall time "
-                      f"{f['wall_s'] / ok[who]['wall_s']:.2f}x")
+                print(
+                    f"(f) - {NAMES[who]}: {100 * (f['best'] - ok[who]['best']):+.1f} points, wall time "
+                    f"{f['wall_s'] / ok[who]['wall_s']:.2f}x"
+                )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     if args.keep:

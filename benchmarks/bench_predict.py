@@ -60,8 +60,12 @@ def best_of(repeat, fn):
 
 def plain_loop(network, spec, paths, bs, workers, device):
     """What one would write by hand: a Dataset, a DataLoader, no_grad, softmax."""
-    loader = torch.utils.data.DataLoader(ImageFileDataset(paths, partial(preprocess, size=spec.size)), batch_size=bs,
-                                         num_workers=workers, collate_fn=collate_images)
+    loader = torch.utils.data.DataLoader(
+        ImageFileDataset(paths, partial(preprocess, size=spec.size)),
+        batch_size=bs,
+        num_workers=workers,
+        collate_fn=collate_images,
+    )
     out = []
     with torch.no_grad():
         for _, images, _ in loader:
@@ -79,7 +83,7 @@ def network_alone(model, paths, bs, repeat):
 
     def run():
         for i in range(0, len(x), bs):
-            network(x[i:i + bs])
+            network(x[i : i + bs])
         synchronize(device)
 
     with torch.inference_mode():
@@ -98,9 +102,12 @@ def fastai_learner(model_path, spec, paths, device):
 
     rows = [SplitRow(p, spec.classes[i % len(spec.classes)], i % 5 == 0) for i, p in enumerate(paths)]
     dls = build_dataloaders(rows, spec.classes, size=spec.size, bs=16)
-    data = FlowerData(dls=dls, classes=spec.classes, rows=rows, skipped=[], root=paths[0].parent, preset_split=False, bs=16)
-    bundle = create_learner(data, arch=spec.arch, size=spec.size, pretrained=False, device=device,
-                            mixed_precision=False)
+    data = FlowerData(
+        dls=dls, classes=spec.classes, rows=rows, skipped=[], root=paths[0].parent, preset_split=False, bs=16
+    )
+    bundle = create_learner(
+        data, arch=spec.arch, size=spec.size, pretrained=False, device=device, mixed_precision=False
+    )
     bundle.learn.model.load_state_dict(load_file(str(model_paths(model_path)[0])))
     return bundle.learn
 
@@ -118,15 +125,18 @@ def main() -> int:
     model_path = args.model
     if model_path is None:
         model_path = Path(tempfile.mkdtemp(prefix="bench-predict-")) / "run"
-        _, secs = timed(lambda: flowerfast.train(arch="resnet18", epochs=1, size=args.size, pretrained=False,
-                                                 out=model_path, bs=32))
+        _, secs = timed(
+            lambda: flowerfast.train(arch="resnet18", epochs=1, size=args.size, pretrained=False, out=model_path, bs=32)
+        )
         print(f"trained resnet18 at {args.size}px on the embedded sample in {secs:.0f}s: {model_path}")
     device = resolve_device(args.device)
     model = flowerfast.load_model(model_path, device=device)
     plain_network, _ = load_classifier(model_path, device=device)  # as a hand-written script has it
     workers = default_workers(len(paths), args.bs, device)
-    print(f"{len(paths)} photos from {args.data}; {model.spec.arch} {model.spec.size}px; {device}, "
-          f"{torch.get_num_threads()} CPU threads, bs {args.bs}, {workers} decode workers")
+    print(
+        f"{len(paths)} photos from {args.data}; {model.spec.arch} {model.spec.size}px; {device}, "
+        f"{torch.get_num_threads()} CPU threads, bs {args.bs}, {workers} decode workers"
+    )
 
     for p in paths:  # read every photo once so no timed loop pays for a cold disk cache
         p.read_bytes()
@@ -144,24 +154,32 @@ def main() -> int:
     fa_rate = len(sub) / t_fa
     agree = sum(str(o[0]) == p.predicted for o, p in zip(fa_out, preds))
     ours = model.predict(sub, top_k=len(model.classes))
-    max_diff = max(float((o[2].cpu() - torch.tensor([dict(p.top_k)[c] for c in model.classes])).abs().max())
-                   for o, p in zip(fa_out, ours))
+    max_diff = max(
+        float((o[2].cpu() - torch.tensor([dict(p.top_k)[c] for c in model.classes])).abs().max())
+        for o, p in zip(fa_out, ours)
+    )
 
     print(f"flowerfast predict API      {ff_rate:8.1f} images/s  ({t_ff:.1f}s for {len(paths)})")
     print(f"(a) fastai learn.predict    {fa_rate:8.1f} images/s  ({t_fa:.1f}s for {len(sub)}, one image at a time)")
     print(f"(b) plain PyTorch loop      {plain_rate:8.1f} images/s  ({t_plain:.1f}s for {len(paths)})")
     print(f"    network alone           {alone_rate:8.1f} images/s  (decoded beforehand: the ceiling)")
-    print(f"speed-up vs (a): {ff_rate / fa_rate:.1f}x (target >= 10x; ceiling here {alone_rate / fa_rate:.1f}x)   "
-          f"vs (b): {ff_rate / plain_rate:.2f}x (target >= 0.9x)")
+    print(
+        f"speed-up vs (a): {ff_rate / fa_rate:.1f}x (target >= 10x; ceiling here {alone_rate / fa_rate:.1f}x)   "
+        f"vs (b): {ff_rate / plain_rate:.2f}x (target >= 0.9x)"
+    )
     print(f"same label as fastai on {agree}/{len(sub)} images; max probability difference {max_diff:.1e}")
 
     photo = str(paths[0])
     cli = [sys.executable, "-m", "flowerfast", "predict", str(model_path), photo, "--json", "--device", str(device)]
     torch_only = [sys.executable, "-c", "import torch"]
     t_cli = min(timed(lambda: subprocess.run(cli, capture_output=True, check=True))[1] for _ in range(args.repeat))
-    t_torch = min(timed(lambda: subprocess.run(torch_only, capture_output=True, check=True))[1] for _ in range(args.repeat))
-    print(f"CLI start-up: `flowerfast predict` on one photo {t_cli:.2f}s vs `python -c 'import torch'` "
-          f"{t_torch:.2f}s ({t_cli - t_torch:+.2f}s)")
+    t_torch = min(
+        timed(lambda: subprocess.run(torch_only, capture_output=True, check=True))[1] for _ in range(args.repeat)
+    )
+    print(
+        f"CLI start-up: `flowerfast predict` on one photo {t_cli:.2f}s vs `python -c 'import torch'` "
+        f"{t_torch:.2f}s ({t_cli - t_torch:+.2f}s)"
+    )
     return 0
 
 

@@ -13,8 +13,12 @@ SHARED_FLOWERS = Path(__file__).resolve().parent.parent.parent / "shared" / "dat
 
 def add_data_argument(ap) -> None:
     """``--data``, the folder of class folders every benchmark reads (the shared flowers by default)."""
-    ap.add_argument("--data", type=Path, default=SHARED_FLOWERS,
-                    help="folder of class folders (default: ../shared/data/flowers next to the repository)")
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=SHARED_FLOWERS,
+        help="folder of class folders (default: ../shared/data/flowers next to the repository)",
+    )
 
 
 def cpu_name() -> str:
@@ -34,8 +38,10 @@ def machine_line(device: str = "cpu") -> str:
     import torch
 
     gpu = f", GPU {torch.cuda.get_device_name()}" if device == "cuda" else ""
-    return (f"machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} "
-            f"threads{gpu}; python {platform.python_version()}; load average {os.getloadavg()[0]:.2f}")
+    return (
+        f"machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} "
+        f"threads{gpu}; python {platform.python_version()}; load average {os.getloadavg()[0]:.2f}"
+    )
 
 
 def run_flowerfast(argv: list[str]) -> None:

@@ -13,7 +13,8 @@ from flowerfast.data.folders import default_data_dir
 SAMPLE = default_data_dir()
 SHARED = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "flowers").resolve()
 requires_shared = pytest.mark.skipif(
-    not SHARED.is_dir(), reason=f"needs the full photo set at {SHARED}, which this checkout lacks")
+    not SHARED.is_dir(), reason=f"needs the full photo set at {SHARED}, which this checkout lacks"
+)
 
 
 def sample_files(cls: str, n: int | None = None) -> list[Path]:
@@ -44,6 +45,24 @@ def photo_cache(tmp_path_factory):
         os.environ.pop("FLOWERFAST_CACHE", None)
     else:
         os.environ["FLOWERFAST_CACHE"] = previous
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fp32_for_auto_precision():
+    """``--precision auto`` means fp32 for the whole suite, in process and in subprocesses: with
+    bf16 on some CPUs (AMX, AVX512-BF16) and fp32 on others, the same test would compute a
+    different path on every machine. Tests of ``auto`` itself remove the variable."""
+    import os
+
+    from flowerfast.hardware.devices import AUTO_PRECISION_ENV
+
+    previous = os.environ.get(AUTO_PRECISION_ENV)
+    os.environ[AUTO_PRECISION_ENV] = "fp32"
+    yield
+    if previous is None:
+        os.environ.pop(AUTO_PRECISION_ENV, None)
+    else:
+        os.environ[AUTO_PRECISION_ENV] = previous
 
 
 @pytest.fixture(autouse=True)
@@ -81,8 +100,27 @@ def tiny_run(tmp_path_factory) -> Path:
     default training runs in bf16 where the hardware has it.
     """
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    result = invoke(CliRunner(), ["train", "--arch", "resnet18", "--no-pretrained", "--size", "32",
-                                  "--epochs", "2", "--bs", "16", "--device", "cpu", "--precision", "fp32", "--out", out])
+    result = invoke(
+        CliRunner(),
+        [
+            "train",
+            "--arch",
+            "resnet18",
+            "--no-pretrained",
+            "--size",
+            "32",
+            "--epochs",
+            "2",
+            "--bs",
+            "16",
+            "--device",
+            "cpu",
+            "--precision",
+            "fp32",
+            "--out",
+            out,
+        ],
+    )
     assert result.exit_code == 0, result.output
     return out
 

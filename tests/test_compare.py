@@ -21,8 +21,14 @@ from flowerfast.core.plots import confusion_png
 from flowerfast.runs.folder import RunFolder, ValidPrediction
 
 ARCHS = ("resnet18", "vgg11_bn")
-REPORT_FILES = ("report.md", "report.json", "report.html", "curves.png", "per-class-accuracy.png",
-                *[f"confusion-{a}.png" for a in ARCHS])
+REPORT_FILES = (
+    "report.md",
+    "report.json",
+    "report.html",
+    "curves.png",
+    "per-class-accuracy.png",
+    *[f"confusion-{a}.png" for a in ARCHS],
+)
 
 
 def _run(*args: str):
@@ -38,8 +44,24 @@ def _read_csv(path: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def comparison(tmp_path_factory):
     out = tmp_path_factory.mktemp("cmp") / "compare"
-    result, text = _run("compare", "--archs", ",".join(ARCHS), "--epochs", 1, "--size", 32, "--no-pretrained",
-                        "--clean-train-sample", 16, "--bs", 32, "--device", "cpu", "--out", out)
+    result, text = _run(
+        "compare",
+        "--archs",
+        ",".join(ARCHS),
+        "--epochs",
+        1,
+        "--size",
+        32,
+        "--no-pretrained",
+        "--clean-train-sample",
+        16,
+        "--bs",
+        32,
+        "--device",
+        "cpu",
+        "--out",
+        out,
+    )
     assert result.exit_code == 0, text + repr(result.exception)
     return out, text
 
@@ -69,15 +91,21 @@ def test_per_epoch_tables_match_history(comparison):
     md = (out / "report.md").read_text()
     for arch in ARCHS:
         section = md.split(f"\n## {arch}\n", 1)[1].split("\n## ", 1)[0]
-        rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()
-                if re.match(r"\| \d+ \|", line)]
+        rows = [
+            [c.strip() for c in line.strip("|").split("|")]
+            for line in section.splitlines()
+            if re.match(r"\| \d+ \|", line)
+        ]
         history = _read_csv(out / arch / "history.csv")
         assert len(rows) == len(history) >= 1
         for row, h in zip(rows, history):
             epoch, phase, acc_aug, acc_clean, acc_valid, train_loss, valid_loss, lr, seconds = row
             assert int(epoch) == int(h["epoch"]) and phase == h["phase"]
-            for shown, key in ((acc_aug, "train_accuracy_aug"), (acc_clean, "train_accuracy_clean"),
-                               (acc_valid, "valid_accuracy")):
+            for shown, key in (
+                (acc_aug, "train_accuracy_aug"),
+                (acc_clean, "train_accuracy_clean"),
+                (acc_valid, "valid_accuracy"),
+            ):
                 assert float(shown.rstrip("%")) == pytest.approx(100 * float(h[key]), abs=0.051)
             assert float(train_loss) == pytest.approx(float(h["train_loss"]), abs=5e-5)
             assert float(valid_loss) == pytest.approx(float(h["valid_loss"]), abs=5e-5)
@@ -114,8 +142,11 @@ def test_paired_statistics_match_predictions(comparison):
     assert pair["ci_low"] <= pair["difference"] <= pair["ci_high"]
     assert pair["p_value"] == pytest.approx(flowerfast.mcnemar_exact(only_a, only_b))
     assert pair["significant"] == (pair["p_value"] < 0.05)
-    expected = (f"no significant difference between {pair['a']} and {pair['b']}" if not pair["significant"]
-                else "is better than")
+    expected = (
+        f"no significant difference between {pair['a']} and {pair['b']}"
+        if not pair["significant"]
+        else "is better than"
+    )
     assert expected in pair["verdict"] and "on this split (p" in pair["verdict"]
 
 
@@ -134,8 +165,9 @@ def test_report_rebuilt_from_runs_equals_compare_json(comparison, tmp_path):
 
 def test_report_json_is_report_json_on_stdout(comparison, tmp_path):
     out, _ = comparison
-    result = CliRunner().invoke(app, ["report", str(out / ARCHS[0]), str(out / ARCHS[1]), "--out",
-                                      str(tmp_path / "r"), "--json"])
+    result = CliRunner().invoke(
+        app, ["report", str(out / ARCHS[0]), str(out / ARCHS[1]), "--out", str(tmp_path / "r"), "--json"]
+    )
     assert result.exit_code == 0, result.output
     printed = json.loads(result.stdout)  # stdout holds the JSON alone; progress went to stderr
     assert printed.pop("out") == str(tmp_path / "r")
@@ -226,11 +258,14 @@ def test_report_needs_two_runs(comparison, tmp_path):
     assert result.exit_code != 0 and "at least 2 run folders" in " ".join(text.split())
 
 
-@pytest.mark.parametrize("archs, message", [
-    ("resnet18", "at least 2 architectures"),
-    ("resnet18,resnet18", "more than once"),
-    ("resnet18,notanarch", "unknown architecture"),
-])
+@pytest.mark.parametrize(
+    "archs, message",
+    [
+        ("resnet18", "at least 2 architectures"),
+        ("resnet18,resnet18", "more than once"),
+        ("resnet18,notanarch", "unknown architecture"),
+    ],
+)
 def test_compare_refuses_bad_arch_lists(tmp_path, archs, message):
     result, text = _run("compare", "--archs", archs, "--epochs", 1, "--size", 32, "--out", tmp_path / "c")
     assert result.exit_code != 0

@@ -89,12 +89,18 @@ def test_valid_folder_with_unknown_class_is_refused(tmp_path):
         scan_image_folder(tmp_path / "d")
 
 
-@pytest.mark.parametrize("setup, message", [
-    (lambda p: None, "data folder not found"),
-    (lambda p: p.mkdir(), "no images found"),
-    (lambda p: make_folder(p, {"rose": 3}), "only one class found"),
-    (lambda p: (make_folder(p, {"rose": 3, "tulip": 3}), (p / "daisy").mkdir()), r"class folder .*daisy holds no images"),
-])
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda p: None, "data folder not found"),
+        (lambda p: p.mkdir(), "no images found"),
+        (lambda p: make_folder(p, {"rose": 3}), "only one class found"),
+        (
+            lambda p: (make_folder(p, {"rose": 3, "tulip": 3}), (p / "daisy").mkdir()),
+            r"class folder .*daisy holds no images",
+        ),
+    ],
+)
 def test_bad_folders_are_refused_by_message(tmp_path, setup, message):
     root = tmp_path / "data"
     setup(root)
@@ -112,14 +118,36 @@ def test_classes_with_no_or_few_training_images_are_warned_about(tmp_path, runne
     data = make_folder(tmp_path / "d", {"daisy": 20, "rose": 4, "tulip": 1})
     rows = split_rows(scan_image_folder(data), seed=42)
     train = {c: sum(1 for r in rows if r.label == c and not r.is_valid) for c in ("daisy", "rose", "tulip")}
-    result = invoke(runner, ["train", "--data", data, "--arch", "resnet18", "--no-pretrained", "--size", "32",
-                             "--epochs", "1", "--bs", "4", "--device", "cpu", "--out", tmp_path / "run"])
+    result = invoke(
+        runner,
+        [
+            "train",
+            "--data",
+            data,
+            "--arch",
+            "resnet18",
+            "--no-pretrained",
+            "--size",
+            "32",
+            "--epochs",
+            "1",
+            "--bs",
+            "4",
+            "--device",
+            "cpu",
+            "--out",
+            tmp_path / "run",
+        ],
+    )
     assert result.exit_code == 0, result.output
 
     def expected(c: str) -> str:
         n = train[c]
-        return (f"warning: class {c} has no training image (all its images are in validation)" if n == 0
-                else f"warning: class {c} has only {n} training image(s)")
+        return (
+            f"warning: class {c} has no training image (all its images are in validation)"
+            if n == 0
+            else f"warning: class {c} has only {n} training image(s)"
+        )
 
     lines = [line for line in result.stderr.splitlines() if line.startswith("warning: class ")]
     assert len(lines) == 2 and all(line.startswith(expected(c)) for line, c in zip(lines, ("rose", "tulip")))
@@ -158,21 +186,47 @@ def test_imbalanced_classes_are_warned_about_and_balanced_weights_follow_sklearn
     from tests.conftest import invoke
 
     data = make_folder(tmp_path / "d", {"daisy": 40, "rose": 5, "tulip": 3})
-    result = invoke(runner, ["train", "--data", data, "--arch", "resnet18", "--no-pretrained", "--size", "32",
-                             "--epochs", "1", "--bs", "8", "--device", "cpu", "--class-weights", "balanced",
-                             "--out", tmp_path / "run"])
+    result = invoke(
+        runner,
+        [
+            "train",
+            "--data",
+            data,
+            "--arch",
+            "resnet18",
+            "--no-pretrained",
+            "--size",
+            "32",
+            "--epochs",
+            "1",
+            "--bs",
+            "8",
+            "--device",
+            "cpu",
+            "--class-weights",
+            "balanced",
+            "--out",
+            tmp_path / "run",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    assert "warning: classes are imbalanced: daisy has 32 training images, tulip 2 (16:1); consider " \
-           "--class-weights balanced" in result.stderr
-    assert "classes (3, train/valid): daisy 32/8, rose 4/1, tulip 2/1; loss weighted by class (balanced)" \
-        in result.stdout
+    assert (
+        "warning: classes are imbalanced: daisy has 32 training images, tulip 2 (16:1); consider "
+        "--class-weights balanced" in result.stderr
+    )
+    assert (
+        "classes (3, train/valid): daisy 32/8, rose 4/1, tulip 2/1; loss weighted by class (balanced)" in result.stdout
+    )
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     rows = read_split_csv(tmp_path / "run" / "split.csv")
     labels = [r.label for r in rows if not r.is_valid]
     expected = compute_class_weight("balanced", classes=np.array(["daisy", "rose", "tulip"]), y=np.array(labels))
     assert list(config["class_weights"].values()) == pytest.approx(list(expected))
-    assert config["class_counts"] == {"daisy": {"train": 32, "valid": 8}, "rose": {"train": 4, "valid": 1},
-                                      "tulip": {"train": 2, "valid": 1}}
+    assert config["class_counts"] == {
+        "daisy": {"train": 32, "valid": 8},
+        "rose": {"train": 4, "valid": 1},
+        "tulip": {"train": 2, "valid": 1},
+    }
 
 
 def test_balanced_weights_reach_the_loss():
@@ -183,8 +237,14 @@ def test_balanced_weights_reach_the_loss():
 
     data = load_data(None, size=32, bs=8, device=torch.device("cpu"))
     weights = balanced_class_weights(data.rows, data.classes)
-    bundle = create_learner(data, arch="resnet18", size=32, pretrained=False, device=torch.device("cpu"),
-                            class_weights=[1.0, 2.0, 3.0, 4.0, 5.0])
+    bundle = create_learner(
+        data,
+        arch="resnet18",
+        size=32,
+        pretrained=False,
+        device=torch.device("cpu"),
+        class_weights=[1.0, 2.0, 3.0, 4.0, 5.0],
+    )
     assert bundle.learn.loss_func.func.weight.tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]
     assert weights == pytest.approx([1.0] * 5)  # the embedded sample is balanced
 
@@ -206,8 +266,16 @@ def test_the_scan_and_the_clean_train_pass_report_progress(tmp_path):
             self.done[kind] = self.done.get(kind, 0) + 1
 
     reporter = Recording()
-    flowerfast.train(arch="resnet18", pretrained=False, size=32, epochs=1, bs=16, device="cpu",
-                     out=tmp_path / "run", reporter=reporter)
+    flowerfast.train(
+        arch="resnet18",
+        pretrained=False,
+        size=32,
+        epochs=1,
+        bs=16,
+        device="cpu",
+        out=tmp_path / "run",
+        reporter=reporter,
+    )
     assert ("scan", 200) in reporter.started and reporter.done["scan"] == 200
     clean = [total for kind, total in reporter.started if kind == "clean-train"]
     assert clean == [3] and reporter.done["clean-train"] == 3  # 40 images (a quarter of 160) in batches of 16

@@ -13,8 +13,8 @@ import torch
 
 import flowerfast
 from flowerfast.models.classifier import load_classifier
-from flowerfast.runs.folder import RunFolder
-from flowerfast.training.checkpoint import CHECKPOINT, load_checkpoint
+from flowerfast.runs.folder import CHECKPOINT, RunFolder
+from flowerfast.training.checkpoint import load_checkpoint
 from tests.conftest import invoke, make_folder
 
 
@@ -29,8 +29,9 @@ def small_disk(tmp_path):
         point.mkdir()
         if shutil.which("mount") is None:
             pytest.skip("no mount command here to make a small file system")
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(point)],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(point)], capture_output=True, text=True
+        )
         if done.returncode != 0:
             pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.strip() or 'not permitted'}): needs root")
         mounts.append(point)
@@ -43,8 +44,23 @@ def small_disk(tmp_path):
 
 def test_a_run_that_cannot_fit_is_refused_before_training(small_disk, runner):
     disk = small_disk(20)
-    result = invoke(runner, ["train", "--arch", "resnet18", "--no-pretrained", "--size", "32", "--epochs", "1",
-                             "--device", "cpu", "--out", disk / "run"])
+    result = invoke(
+        runner,
+        [
+            "train",
+            "--arch",
+            "resnet18",
+            "--no-pretrained",
+            "--size",
+            "32",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            disk / "run",
+        ],
+    )
     assert result.exit_code == 1
     message = result.stderr.strip()
     assert message.startswith(f"error: not enough free space in {disk / 'run'}: ") and "\n" not in message
@@ -71,14 +87,16 @@ def test_a_disk_that_fills_during_training_is_one_error_and_the_last_good_files_
                         fh.write(chunk)
 
     data = make_folder(tmp_path / "photos", {"daisy": 10, "rose": 10, "tulip": 10})
-    options = dict(data=data, arch="resnet18", pretrained=False, size=32, epochs=3, bs=8, device="cpu",
-                   precision="fp32", workers=0)
+    options = dict(
+        data=data, arch="resnet18", pretrained=False, size=32, epochs=3, bs=8, device="cpu", precision="fp32", workers=0
+    )
     with pytest.raises(flowerfast.FlowerfastError) as caught:
         flowerfast.train(out=disk / "run", callbacks=[FillTheDiskAfterFirstEpoch()], **options)
     message = str(caught.value)
     assert message.startswith(f"disk full: cannot write {disk / 'run'}/") and "\n" not in message
-    assert message.endswith("files already written are intact. Free some space and resume the run "
-                            "(flowerfast train --resume)")
+    assert message.endswith(
+        "files already written are intact. Free some space and resume the run (flowerfast train --resume)"
+    )
     run = RunFolder(disk / "run")
     assert not [p.name for p in run.path.iterdir() if p.name.startswith(".")]  # no temporary file left
     assert load_checkpoint(run.file(CHECKPOINT)).epoch == 1

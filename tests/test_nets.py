@@ -29,12 +29,14 @@ def test_same_layers_and_parameter_names(arch):
     with torch.device("meta"):
         ours = build_body(arch, cut)
     assert ours is not None
-    assert [(k, tuple(v.shape)) for k, v in ours.state_dict().items()] == \
-        [(k, tuple(v.shape)) for k, v in expected.state_dict().items()]
+    assert [(k, tuple(v.shape)) for k, v in ours.state_dict().items()] == [
+        (k, tuple(v.shape)) for k, v in expected.state_dict().items()
+    ]
     assert [type(m).__name__ for m in ours.modules()] == [type(m).__name__ for m in expected.modules()]
     # every layer's settings too (kernel sizes, strides, padding, groups), layer by layer
-    assert [repr(m) for m in ours.modules() if not list(m.children())] == \
-        [repr(m) for m in expected.modules() if not list(m.children())]
+    assert [repr(m) for m in ours.modules() if not list(m.children())] == [
+        repr(m) for m in expected.modules() if not list(m.children())
+    ]
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50", "resnext50_32x4d", "vgg11", "vgg11_bn"])

@@ -42,6 +42,7 @@ def scan(root, timeout=30):
 
 # Links and special files
 
+
 def test_a_link_to_its_own_folder_does_not_multiply_photos(tmp_path):
     root = make_folder(tmp_path / "photos", {"daisy": 3, "rose": 3})
     os.symlink(".", root / "daisy" / "self")
@@ -122,6 +123,7 @@ def test_a_fifo_is_skipped_without_opening_it(tmp_path):
 
 
 # Decoding: the same in training and prediction
+
 
 def test_exif_orientation_is_applied(tmp_path):
     src = Image.open(sample_files("rose")[0]).convert("RGB").resize((120, 80))
@@ -216,6 +218,7 @@ def test_the_cache_serves_what_decode_gives_for_unusual_images(tmp_path):
 
 # Decompression bombs
 
+
 def bomb(path, side=10_000):
     Image.new("L", (side, side), 0).save(path, optimize=True)  # 100 megapixels in a few KB
     return path
@@ -296,12 +299,24 @@ def test_a_photo_that_vanishes_during_training_is_skipped_and_reported(tmp_path)
                     gone.append(victim)
 
     with pytest.warns(UnreadablePhotoWarning) as caught:
-        result = flowerfast.train(data=data, arch="resnet18", pretrained=False, size=32, epochs=3, bs=8,
-                                  device="cpu", workers=0, cache=False, out=run.path,
-                                  callbacks=[DeleteAfterFirstEpoch()])
+        result = flowerfast.train(
+            data=data,
+            arch="resnet18",
+            pretrained=False,
+            size=32,
+            epochs=3,
+            bs=8,
+            device="cpu",
+            workers=0,
+            cache=False,
+            out=run.path,
+            callbacks=[DeleteAfterFirstEpoch()],
+        )
     messages = sorted({str(w.message) for w in caught if issubclass(w.category, UnreadablePhotoWarning)})
-    assert messages == sorted(f"{f} could not be read after the scan (FileNotFoundError: [Errno 2] No such file "
-                              f"or directory: '{f}'): skipped" for f in gone)
+    assert messages == sorted(
+        f"{f} could not be read after the scan (FileNotFoundError: [Errno 2] No such file or directory: '{f}'): skipped"
+        for f in gone
+    )
     assert [r.epoch for r in result.history] == [1, 2, 3]
     n_valid = sum(r.is_valid for r in run.read_split(data))
     predictions = run.read_valid_predictions()
@@ -317,13 +332,34 @@ def test_file_names_in_any_encoding_train_and_predict(tmp_path, runner):
 
     data = make_folder(tmp_path / "photos", {"daisy": 8, "rose": 8})
     daisy, rose = sample_files("daisy", 1)[0], sample_files("rose", 1)[0]
-    odd = [os.fsdecode(bytes(data / "daisy") + b"/\xff\xfe latin-1 \xe9t\xe9.jpg"),
-           str(data / "rose" / "rosé 日本 ünïcode.jpg")]
+    odd = [
+        os.fsdecode(bytes(data / "daisy") + b"/\xff\xfe latin-1 \xe9t\xe9.jpg"),
+        str(data / "rose" / "rosé 日本 ünïcode.jpg"),
+    ]
     for name, src in zip(odd, (daisy, rose)):
         with open(src, "rb") as fh_in, open(os.fsencode(name), "wb") as fh_out:
             fh_out.write(fh_in.read())
-    result = invoke(runner, ["train", "--data", data, "--arch", "resnet18", "--no-pretrained", "--size", "32",
-                             "--epochs", "1", "--bs", "8", "--device", "cpu", "--out", tmp_path / "run"])
+    result = invoke(
+        runner,
+        [
+            "train",
+            "--data",
+            data,
+            "--arch",
+            "resnet18",
+            "--no-pretrained",
+            "--size",
+            "32",
+            "--epochs",
+            "1",
+            "--bs",
+            "8",
+            "--device",
+            "cpu",
+            "--out",
+            tmp_path / "run",
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = RunFolder(tmp_path / "run").read_split(data)
     assert {str(r.file) for r in rows} >= set(odd) and all(r.file.exists() for r in rows)

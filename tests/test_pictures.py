@@ -22,8 +22,9 @@ def assert_not_blank(pixels: np.ndarray) -> None:
     assert len(colours) > 50 and pixels.std() > 10
 
 
-@pytest.mark.parametrize("name, size", [("curves.png", (1100, 420)), ("confusion.png", (950, 515)),
-                                        ("batch.png", (1280, 400))])
+@pytest.mark.parametrize(
+    "name, size", [("curves.png", (1100, 420)), ("confusion.png", (950, 515)), ("batch.png", (1280, 400))]
+)
 def test_a_run_draws_its_pictures(tiny_run, name, size):
     pixels = picture(tiny_run / name)
     assert pixels.shape[1::-1] == size

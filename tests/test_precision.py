@@ -4,6 +4,7 @@ gives an fp32 model, fp32 when asked, and help that answers without importing to
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -17,25 +18,31 @@ from flowerfast.runs.folder import RunFolder
 from tests.conftest import SAMPLE, invoke
 
 
-@pytest.mark.parametrize("requested, device, cpu_bf16, cuda_bf16, expected", [
-    ("auto", "cpu", True, False, "bf16"),
-    ("auto", "cpu", False, False, "fp32"),
-    ("auto", "cuda", False, True, "bf16"),
-    ("auto", "cuda", False, False, "fp16"),
-    ("auto", "mps", True, True, "fp32"),
-    ("fp32", "cuda", True, True, "fp32"),
-    ("bf16", "cpu", False, False, "bf16"),  # asked for: emulated, but it runs
-    ("fp16", "cuda", False, False, "fp16"),
-])
+@pytest.mark.parametrize(
+    "requested, device, cpu_bf16, cuda_bf16, expected",
+    [
+        ("auto", "cpu", True, False, "bf16"),
+        ("auto", "cpu", False, False, "fp32"),
+        ("auto", "cuda", False, True, "bf16"),
+        ("auto", "cuda", False, False, "fp16"),
+        ("auto", "mps", True, True, "fp32"),
+        ("fp32", "cuda", True, True, "fp32"),
+        ("bf16", "cpu", False, False, "bf16"),  # asked for: emulated, but it runs
+        ("fp16", "cuda", False, False, "fp16"),
+    ],
+)
 def test_precision_choice(requested, device, cpu_bf16, cuda_bf16, expected):
     assert choose_precision(requested, device, cpu_bf16, cuda_bf16) == expected
 
 
-@pytest.mark.parametrize("requested, device, cuda_bf16, message", [
-    ("fp16", "cpu", False, "needs a CUDA GPU"),
-    ("bf16", "cuda", False, "this GPU has no bf16"),
-    ("bf16", "mps", False, "not supported on mps"),
-])
+@pytest.mark.parametrize(
+    "requested, device, cuda_bf16, message",
+    [
+        ("fp16", "cpu", False, "needs a CUDA GPU"),
+        ("bf16", "cuda", False, "this GPU has no bf16"),
+        ("bf16", "mps", False, "not supported on mps"),
+    ],
+)
 def test_impossible_precisions_are_refused(requested, device, cuda_bf16, message):
     with pytest.raises(FlowerfastError, match=message):
         choose_precision(requested, device, cpu_bf16=True, cuda_bf16=cuda_bf16)
@@ -44,23 +51,30 @@ def test_impossible_precisions_are_refused(requested, device, cuda_bf16, message
 SKYLAKE = {"avx2", "avx512f", "avx512dq", "avx512bw", "avx512vl", "avx512cd", "avx512_vnni"}
 
 
-@pytest.mark.parametrize("flags, machine, expected", [
-    (SKYLAKE, "x86_64", False),  # AVX-512 without bf16 instructions: oneDNN would say yes
-    (SKYLAKE | {"avx512_bf16"}, "x86_64", True),  # Cooper Lake, Zen 4
-    (SKYLAKE | {"amx_bf16", "amx_tile"}, "x86_64", True),  # Sapphire Rapids
-    ({"fp", "asimd", "bf16"}, "aarch64", True),
-    ({"fp", "asimd"}, "aarch64", False),
-    (set(), "x86_64", None),  # no flags to read: oneDNN decides
-])
+@pytest.mark.parametrize(
+    "flags, machine, expected",
+    [
+        (SKYLAKE, "x86_64", False),  # AVX-512 without bf16 instructions: oneDNN would say yes
+        (SKYLAKE | {"avx512_bf16"}, "x86_64", True),  # Cooper Lake, Zen 4
+        (SKYLAKE | {"amx_bf16", "amx_tile"}, "x86_64", True),  # Sapphire Rapids
+        ({"fp", "asimd", "bf16"}, "aarch64", True),
+        ({"fp", "asimd"}, "aarch64", False),
+        (set(), "x86_64", None),  # no flags to read: oneDNN decides
+    ],
+)
 def test_native_bf16_is_read_from_the_cpus_own_flags(flags, machine, expected):
     from flowerfast.hardware.devices import native_bf16_from_flags
 
     assert native_bf16_from_flags(flags, machine) == expected
 
 
-def test_auto_on_this_cpu_follows_its_bf16_support():
+def test_auto_on_this_cpu_follows_its_bf16_support(monkeypatch):
     """On this machine, the answer is the one its flags give (when it has flags to read)."""
     import platform
+
+    from flowerfast.hardware.devices import AUTO_PRECISION_ENV
+
+    monkeypatch.delenv(AUTO_PRECISION_ENV)
 
     from flowerfast.hardware.devices import cpu_flags
 
@@ -71,8 +85,21 @@ def test_auto_on_this_cpu_follows_its_bf16_support():
     assert resolve_precision("auto", torch.device("cpu")) == expected
 
 
-@pytest.mark.parametrize("requested, device, expected", [
-    ("auto", "cpu", "fp32"), ("bf16", "cpu", "bf16"), ("auto", "cuda", "bf16")])
+def test_the_suite_pins_auto_to_fp32_and_a_bad_pin_is_one_line(monkeypatch):
+    from flowerfast.core.errors import FlowerfastError
+    from flowerfast.hardware.devices import AUTO_PRECISION_ENV
+
+    assert os.environ[AUTO_PRECISION_ENV] == "fp32"  # set by conftest for every test and subprocess
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"  # only auto is pinned
+    monkeypatch.setenv(AUTO_PRECISION_ENV, "int8")
+    with pytest.raises(FlowerfastError, match=r"^FLOWERFAST_AUTO_PRECISION must be fp32, bf16 or fp16 \(got 'int8'\)$"):
+        resolve_precision("auto", torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    "requested, device, expected", [("auto", "cpu", "fp32"), ("bf16", "cpu", "bf16"), ("auto", "cuda", "bf16")]
+)
 def test_a_network_of_depthwise_convolutions_trains_in_fp32_on_a_bf16_cpu(requested, device, expected):
     """oneDNN's bf16 depthwise convolutions train slower than fp32 on a CPU; on a GPU bf16 stays."""
     assert choose_precision(requested, device, cpu_bf16=True, cuda_bf16=True, depthwise=True) == expected
@@ -94,22 +121,32 @@ def test_fp16_on_a_cpu_is_one_line(runner, tmp_path):
     result = invoke(runner, ["train", "--device", "cpu", "--precision", "fp16", "--out", tmp_path / "run"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.stderr.strip().splitlines() == [
-        "error: --precision fp16 needs a CUDA GPU (it trains with loss scaling there); use --precision bf16 or fp32"]
+        "error: --precision fp16 needs a CUDA GPU (it trains with loss scaling there); use --precision bf16 or fp32"
+    ]
     assert not (tmp_path / "run").exists()
 
 
 @pytest.fixture(scope="module")
 def bf16_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bf16") / "run"
-    result = flowerfast.train(arch="resnet18", pretrained=False, size=32, epochs=2, bs=16, device="cpu",
-                              precision="bf16", out=out, clean_train_sample=16)
+    result = flowerfast.train(
+        arch="resnet18",
+        pretrained=False,
+        size=32,
+        epochs=2,
+        bs=16,
+        device="cpu",
+        precision="bf16",
+        out=out,
+        clean_train_sample=16,
+    )
     return result
 
 
 def test_a_bf16_run_stays_finite_and_saves_an_fp32_model(bf16_run):
     config = RunFolder(bf16_run.run_dir).read_config()
-    assert config["precision"] == "bf16" and config["precision_requested"] == "bf16"
-    assert config["mixed_precision"] is True and config["channels_last"] is True
+    assert config.precision == "bf16" and config.options.precision == "bf16"
+    assert config.mixed_precision is True and config.channels_last is True
     for epoch in bf16_run.history:
         assert all(torch.isfinite(torch.tensor(v)) for v in (epoch.train_loss, epoch.valid_loss))
     model = flowerfast.load_model(bf16_run.run_dir, device="cpu")
@@ -153,14 +190,17 @@ def test_latency_is_cached_per_precision(tiny_run, tmp_path):
     assert measure_inference(run, device="cpu", repeats=1, precision="bf16") == bf16  # reused, not re-measured
 
 
-@pytest.mark.parametrize("command", ["", "train", "lr-find", "compare", "report", "predict", "evaluate", "export",
-                                     "archs"])
+@pytest.mark.parametrize(
+    "command", ["", "train", "lr-find", "compare", "report", "predict", "evaluate", "export", "archs"]
+)
 def test_help_does_not_import_torch(command):
     """``--help`` must answer at once: torch alone takes seconds to import."""
     args = [command, "--help"] if command else ["--help"]
-    code = ("import sys; from typer.testing import CliRunner; from flowerfast.cli import app; "
-            f"r = CliRunner().invoke(app, {args!r}); assert r.exit_code == 0, r.output; "
-            "print(sorted(m for m in ('torch', 'fastai', 'torchvision') if m in sys.modules))")
+    code = (
+        "import sys; from typer.testing import CliRunner; from flowerfast.cli import app; "
+        f"r = CliRunner().invoke(app, {args!r}); assert r.exit_code == 0, r.output; "
+        "print(sorted(m for m in ('torch', 'fastai', 'torchvision') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
@@ -169,8 +209,17 @@ def test_help_does_not_import_torch(command):
 def test_a_compiled_model_trains_and_scores(tmp_path):
     """``--compile``: the compiled network trains, is scored in eval mode (a second graph) and saves
     weights under their usual names."""
-    result = flowerfast.train(arch="resnet18", pretrained=False, size=32, epochs=1, bs=16, device="cpu",
-                              compile=True, out=tmp_path / "run", clean_train_sample=16)
+    result = flowerfast.train(
+        arch="resnet18",
+        pretrained=False,
+        size=32,
+        epochs=1,
+        bs=16,
+        device="cpu",
+        compile=True,
+        out=tmp_path / "run",
+        clean_train_sample=16,
+    )
     assert result.config.compile is True
     assert all(torch.isfinite(torch.tensor(e.valid_loss)) for e in result.history)
     model = flowerfast.load_model(result.run_dir, device="cpu")  # the names load into a plain network

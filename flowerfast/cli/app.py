@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from flowerfast import __version__
-from flowerfast.cli.output import OneLineUsageErrors
+from flowerfast.cli.failures import OneLineUsageErrors
 
 app = typer.Typer(
     name="flowerfast",
@@ -26,7 +26,8 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                           help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """Fine-tune pretrained image classifiers on a folder of photos (one folder per class)."""

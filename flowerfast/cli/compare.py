@@ -10,16 +10,61 @@ from rich.table import Table
 
 from flowerfast.cli import options as o
 from flowerfast.cli.app import app
-from flowerfast.cli.output import console, make_reporter, print_json, resume_hint, user_errors
+from flowerfast.cli.failures import user_errors
+from flowerfast.cli.output import console, make_reporter, print_json, resume_hint
 from flowerfast.core.errors import FlowerfastError
 from flowerfast.runs.config import DEFAULTS as D
 
-Archs = Annotated[Optional[str], typer.Option("--archs", help="Architectures to compare, comma-separated (at least 2), e.g. resnet152,vgg11_bn.", show_default=False)]
-ResumeCompare = Annotated[Optional[Path], typer.Option("--resume", help="Finish an interrupted comparison: finished models are kept, the interrupted one resumes, the rest are trained (only --data, --device, --workers, --threads, --cache and --cache-dir may be given).", show_default=False, metavar="COMPARE_DIR")]
-CompareOut = Annotated[Optional[Path], typer.Option("--out", "-o", metavar="PATH", help="Comparison folder to create: one run folder per architecture plus the report. Default: runs/compare-<timestamp>.", show_default=False)]
-ReportOut = Annotated[Optional[Path], typer.Option("--out", "-o", metavar="PATH", help="Folder to create for the report. Default: runs/report-<timestamp>.", show_default=False)]
-LatencyPrecision = Annotated[o.PrecisionChoice, typer.Option("--precision", help="Precision the inference speed is measured in: fp32 (as exported and served models run), or as in training (auto).")]
-RunDirs = Annotated[list[Path], typer.Argument(help="Finished run folders trained on the same split (2 or more).", show_default=False, metavar="RUN_DIR...")]
+Archs = Annotated[
+    Optional[str],
+    typer.Option(
+        "--archs",
+        help="Architectures to compare, comma-separated (at least 2), e.g. resnet152,vgg11_bn.",
+        show_default=False,
+    ),
+]
+ResumeCompare = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--resume",
+        help="Finish an interrupted comparison: finished models are kept, the interrupted one resumes, the rest are trained (only --data, --device, --workers, --threads, --cache and --cache-dir may be given).",
+        show_default=False,
+        metavar="COMPARE_DIR",
+    ),
+]
+CompareOut = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--out",
+        "-o",
+        metavar="PATH",
+        help="Comparison folder to create: one run folder per architecture plus the report. Default: runs/compare-<timestamp>.",
+        show_default=False,
+    ),
+]
+ReportOut = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--out",
+        "-o",
+        metavar="PATH",
+        help="Folder to create for the report. Default: runs/report-<timestamp>.",
+        show_default=False,
+    ),
+]
+LatencyPrecision = Annotated[
+    o.PrecisionChoice,
+    typer.Option(
+        "--precision",
+        help="Precision the inference speed is measured in: fp32 (as exported and served models run), or as in training (auto).",
+    ),
+]
+RunDirs = Annotated[
+    list[Path],
+    typer.Argument(
+        help="Finished run folders trained on the same split (2 or more).", show_default=False, metavar="RUN_DIR..."
+    ),
+]
 
 
 def _transposed(table, title: str) -> Table:
@@ -42,9 +87,13 @@ def _pairs(rep) -> Table:
     for header in ("A vs B", "accuracy A / B", f"A - B [{level} CI]", "only A / only B right", "McNemar p"):
         out.add_column(header, justify="left" if header == "A vs B" else "right")
     for p in rep.pairs:
-        out.add_row(f"{p.a} vs {p.b}", f"{format_percent(p.accuracy_a)} / {format_percent(p.accuracy_b)}",
-                    f"{format_points(p.difference)} [{format_points(p.ci_low)}, {format_points(p.ci_high)}]",
-                    f"{p.only_a_correct} / {p.only_b_correct}", format_p_cell(p.p_value))
+        out.add_row(
+            f"{p.a} vs {p.b}",
+            f"{format_percent(p.accuracy_a)} / {format_percent(p.accuracy_b)}",
+            f"{format_points(p.difference)} [{format_points(p.ci_low)}, {format_points(p.ci_high)}]",
+            f"{p.only_a_correct} / {p.only_b_correct}",
+            format_p_cell(p.p_value),
+        )
     return out
 
 
@@ -61,17 +110,37 @@ def show_report(rep) -> None:
 
 @app.command(epilog="Example: flowerfast compare --archs resnet152,vgg11_bn --epochs 10")
 def compare(
-    ctx: typer.Context, archs: Archs = None, data: o.Data = D.data, epochs: o.Epochs = D.epochs, lr: o.Lr = D.lr, bs: o.Bs = D.bs,
-    size: o.Size = D.size, valid_pct: o.ValidPct = D.valid_pct, seed: o.Seed = D.seed,
-    freeze_epochs: o.FreezeEpochs = D.freeze_epochs, pretrained: o.Pretrained = D.pretrained, out: CompareOut = D.out,
-    device: o.Device = D.device, workers: o.Workers = D.workers,
-    clean_train_sample: o.CleanTrainSample = D.clean_train_sample, precision: o.Precision = D.precision,
-    compile_: o.Compile = D.compile, cache: o.Cache = D.cache, cache_dir: o.CacheDir = D.cache_dir,
-    threads: o.Threads = D.threads, stratify: o.Stratify = D.stratify,
-    class_weights: o.ClassWeights = D.class_weights, patience: o.Patience = D.patience,
-    save_every: o.SaveEvery = D.save_every, keep: o.Keep = D.keep, tracker: o.Tracker = None,
-    sync_bn: o.SyncBn = D.sync_bn, fixed_bn: o.FixedBn = D.fixed_bn,
-    body_lr: o.BodyLr = D.body_lr, min_scale: o.MinScale = D.min_scale, resume: ResumeCompare = None,
+    ctx: typer.Context,
+    archs: Archs = None,
+    data: o.Data = D.data,
+    epochs: o.Epochs = D.epochs,
+    lr: o.Lr = D.lr,
+    bs: o.Bs = D.bs,
+    size: o.Size = D.size,
+    valid_pct: o.ValidPct = D.valid_pct,
+    seed: o.Seed = D.seed,
+    freeze_epochs: o.FreezeEpochs = D.freeze_epochs,
+    pretrained: o.Pretrained = D.pretrained,
+    out: CompareOut = D.out,
+    device: o.Device = D.device,
+    workers: o.Workers = D.workers,
+    clean_train_sample: o.CleanTrainSample = D.clean_train_sample,
+    precision: o.Precision = D.precision,
+    compile_: o.Compile = D.compile,
+    cache: o.Cache = D.cache,
+    cache_dir: o.CacheDir = D.cache_dir,
+    threads: o.Threads = D.threads,
+    stratify: o.Stratify = D.stratify,
+    class_weights: o.ClassWeights = D.class_weights,
+    patience: o.Patience = D.patience,
+    save_every: o.SaveEvery = D.save_every,
+    keep: o.Keep = D.keep,
+    tracker: o.Tracker = None,
+    sync_bn: o.SyncBn = D.sync_bn,
+    fixed_bn: o.FixedBn = D.fixed_bn,
+    body_lr: o.BodyLr = D.body_lr,
+    min_scale: o.MinScale = D.min_scale,
+    resume: ResumeCompare = None,
     json_: o.Json = False,
 ) -> None:
     """Train several architectures on the identical split and compare them: accuracy, speed, size,
@@ -85,7 +154,6 @@ def compare(
     with user_errors(stopped=stopped):
         from flowerfast.reporting.comparison import compare as run_compare
         from flowerfast.reporting.comparison import resume_comparison
-        from flowerfast.runs.config import TrainConfig
 
         if resume is not None:
             folder["path"] = resume
@@ -96,13 +164,7 @@ def compare(
         else:
             if archs is None:
                 raise FlowerfastError("--archs is required (or --resume COMPARE_DIR to finish a comparison)")
-            config = TrainConfig(data=data, epochs=epochs, lr=lr, bs=bs, size=size, valid_pct=valid_pct, seed=seed,
-                                 freeze_epochs=freeze_epochs, pretrained=pretrained, out=out, device=o.value(device),
-                                 workers=workers, clean_train_sample=clean_train_sample, precision=o.value(precision),
-                                 compile=compile_, cache=cache, cache_dir=cache_dir, threads=threads,
-                                 stratify=stratify, class_weights=o.value(class_weights), patience=patience,
-                                 save_every=save_every, keep=keep, trackers=o.value(tracker or []),
-                                 sync_bn=sync_bn, fixed_bn=fixed_bn, body_lr=body_lr, min_scale=min_scale)
+            config = o.train_config(ctx.params)
             rep = run_compare(archs, config, reporter=reporter, on_folder=lambda p: folder.update(path=p))
     if rep is None:  # another process of a distributed comparison: rank 0 reports
         return
@@ -113,8 +175,12 @@ def compare(
 
 
 @app.command(epilog="Example: flowerfast report runs/resnet152-20240101-120000 runs/vgg11_bn-20240101-130000")
-def report(run_dirs: RunDirs, out: ReportOut = None, precision: LatencyPrecision = o.PrecisionChoice.fp32,
-           json_: o.Json = False) -> None:
+def report(
+    run_dirs: RunDirs,
+    out: ReportOut = None,
+    precision: LatencyPrecision = o.PrecisionChoice.fp32,
+    json_: o.Json = False,
+) -> None:
     """Build the comparison report from finished runs that share one split."""
     with user_errors():
         from flowerfast.reporting.report import report as build

@@ -9,31 +9,55 @@ from rich.table import Table
 
 from flowerfast.cli import options as o
 from flowerfast.cli.app import app
-from flowerfast.cli.output import console, make_reporter, print_json, resume_hint, user_errors
+from flowerfast.cli.failures import user_errors
+from flowerfast.cli.output import console, make_reporter, print_json, resume_hint
 from flowerfast.runs.config import DEFAULTS as D
 from flowerfast.runs.config import LR_FIND_ITERATIONS
 
 
 @app.command(epilog="Example: flowerfast train --arch resnet152 --epochs 10 --data photos/")
 def train(
-    ctx: typer.Context, data: o.Data = D.data, arch: o.Arch = D.arch, epochs: o.Epochs = D.epochs, lr: o.Lr = D.lr,
-    bs: o.Bs = D.bs, size: o.Size = D.size, valid_pct: o.ValidPct = D.valid_pct, seed: o.Seed = D.seed,
-    freeze_epochs: o.FreezeEpochs = D.freeze_epochs, pretrained: o.Pretrained = D.pretrained,
-    weights: o.Weights = D.weights, out: o.Out = D.out, device: o.Device = D.device, workers: o.Workers = D.workers,
-    split_file: o.SplitFile = D.split_file, clean_train_sample: o.CleanTrainSample = D.clean_train_sample,
-    precision: o.Precision = D.precision, compile_: o.Compile = D.compile, cache: o.Cache = D.cache,
-    cache_dir: o.CacheDir = D.cache_dir, threads: o.Threads = D.threads, stratify: o.Stratify = D.stratify,
-    class_weights: o.ClassWeights = D.class_weights, patience: o.Patience = D.patience,
-    save_every: o.SaveEvery = D.save_every, keep: o.Keep = D.keep, config_file: o.ConfigFile = None,
-    tracker: o.Tracker = None, sync_bn: o.SyncBn = D.sync_bn, fixed_bn: o.FixedBn = D.fixed_bn,
-    body_lr: o.BodyLr = D.body_lr, min_scale: o.MinScale = D.min_scale, resume: o.Resume = None, json_: o.Json = False,
+    ctx: typer.Context,
+    data: o.Data = D.data,
+    arch: o.Arch = D.arch,
+    epochs: o.Epochs = D.epochs,
+    lr: o.Lr = D.lr,
+    bs: o.Bs = D.bs,
+    size: o.Size = D.size,
+    valid_pct: o.ValidPct = D.valid_pct,
+    seed: o.Seed = D.seed,
+    freeze_epochs: o.FreezeEpochs = D.freeze_epochs,
+    pretrained: o.Pretrained = D.pretrained,
+    weights: o.Weights = D.weights,
+    out: o.Out = D.out,
+    device: o.Device = D.device,
+    workers: o.Workers = D.workers,
+    split_file: o.SplitFile = D.split_file,
+    clean_train_sample: o.CleanTrainSample = D.clean_train_sample,
+    precision: o.Precision = D.precision,
+    compile_: o.Compile = D.compile,
+    cache: o.Cache = D.cache,
+    cache_dir: o.CacheDir = D.cache_dir,
+    threads: o.Threads = D.threads,
+    stratify: o.Stratify = D.stratify,
+    class_weights: o.ClassWeights = D.class_weights,
+    patience: o.Patience = D.patience,
+    save_every: o.SaveEvery = D.save_every,
+    keep: o.Keep = D.keep,
+    config_file: o.ConfigFile = None,
+    tracker: o.Tracker = None,
+    sync_bn: o.SyncBn = D.sync_bn,
+    fixed_bn: o.FixedBn = D.fixed_bn,
+    body_lr: o.BodyLr = D.body_lr,
+    min_scale: o.MinScale = D.min_scale,
+    resume: o.Resume = None,
+    json_: o.Json = False,
 ) -> None:
     """Fine-tune a pretrained classifier and save the best and final models in a run folder.
     An interrupted run (Ctrl-C, SIGTERM, a crash) goes on with --resume RUN_DIR. Under torchrun
     (or accelerate launch) every process trains its share of each epoch (DDP)."""
     reporter = make_reporter(to_stderr=json_)
     with user_errors(stopped=lambda: resume_hint(reporter)):
-        from flowerfast.runs.config import TrainConfig
         from flowerfast.training.run import resume as resume_training
         from flowerfast.training.run import train as run_training
 
@@ -46,14 +70,7 @@ def train(
             config = read_options(config_file).with_options(**o.given_options(ctx, not_options))
             result = run_training(config, reporter=reporter)
         else:
-            config = TrainConfig(data=data, arch=arch, epochs=epochs, lr=lr, bs=bs, size=size, valid_pct=valid_pct,
-                                 seed=seed, freeze_epochs=freeze_epochs, pretrained=pretrained, weights=weights,
-                                 out=out, device=o.value(device), workers=workers, split_file=split_file,
-                                 clean_train_sample=clean_train_sample, precision=o.value(precision), compile=compile_,
-                                 cache=cache, cache_dir=cache_dir, threads=threads, stratify=stratify,
-                                 class_weights=o.value(class_weights), patience=patience, save_every=save_every,
-                                 keep=keep, trackers=o.value(tracker or []), sync_bn=sync_bn,
-                                 fixed_bn=fixed_bn, body_lr=body_lr, min_scale=min_scale).validate()
+            config = o.train_config(ctx.params).validate()
             result = run_training(config, reporter=reporter)
     if json_:
         print_json({"run_dir": str(result.run_dir), **result.summary.to_dict()})
@@ -64,37 +81,77 @@ def train(
 def show_training_result(result) -> None:
     s = result.summary
     speed = f" ({s.train_images_per_second:.1f} train images/s)" if s.train_images_per_second else ""
-    console.print(f"best valid accuracy {s.best_valid_accuracy:.1%} at epoch {s.best_epoch}, "
-                  f"final {s.final_valid_accuracy:.1%}; {s.seconds:.0f}s{speed}", markup=False)
+    console.print(
+        f"best valid accuracy {s.best_valid_accuracy:.1%} at epoch {s.best_epoch}, "
+        f"final {s.final_valid_accuracy:.1%}; {s.seconds:.0f}s{speed}",
+        markup=False,
+    )
     if s.stopped_early_at is not None:
-        console.print(f"stopped early after epoch {s.stopped_early_at} of {s.planned_epochs}: validation accuracy "
-                      f"had not improved for {result.config.options.patience} epochs", markup=False)
+        console.print(
+            f"stopped early after epoch {s.stopped_early_at} of {s.planned_epochs}: validation accuracy "
+            f"had not improved for {result.config.options.patience} epochs",
+            markup=False,
+        )
     console.print(f"run folder: {result.run_dir}", markup=False)
     console.print(f"best model: {result.best_model}", markup=False)
 
 
 @app.command("lr-find", epilog="Example: flowerfast lr-find --arch resnet18 --size 128 --data photos/")
 def lr_find(
-    data: o.Data = D.data, arch: o.Arch = D.arch, bs: o.Bs = D.bs, size: o.Size = D.size,
-    valid_pct: o.ValidPct = D.valid_pct, seed: o.Seed = D.seed, pretrained: o.Pretrained = D.pretrained,
-    weights: o.Weights = D.weights, out: o.Out = D.out, device: o.Device = D.device, workers: o.Workers = D.workers,
-    precision: o.Precision = D.precision, cache: o.Cache = D.cache, cache_dir: o.CacheDir = D.cache_dir,
-    threads: o.Threads = D.threads, stratify: o.Stratify = D.stratify, json_: o.Json = False,
-    num_it: int = typer.Option(LR_FIND_ITERATIONS, "--num-it", metavar="N", help="Mini-batches the learning rate rises over."),
+    data: o.Data = D.data,
+    arch: o.Arch = D.arch,
+    bs: o.Bs = D.bs,
+    size: o.Size = D.size,
+    valid_pct: o.ValidPct = D.valid_pct,
+    seed: o.Seed = D.seed,
+    pretrained: o.Pretrained = D.pretrained,
+    weights: o.Weights = D.weights,
+    out: o.Out = D.out,
+    device: o.Device = D.device,
+    workers: o.Workers = D.workers,
+    precision: o.Precision = D.precision,
+    cache: o.Cache = D.cache,
+    cache_dir: o.CacheDir = D.cache_dir,
+    threads: o.Threads = D.threads,
+    stratify: o.Stratify = D.stratify,
+    json_: o.Json = False,
+    num_it: int = typer.Option(
+        LR_FIND_ITERATIONS, "--num-it", metavar="N", help="Mini-batches the learning rate rises over."
+    ),
 ) -> None:
     """Find a good learning rate: plot loss against a rising learning rate and suggest values."""
     with user_errors():
         from flowerfast.runs.config import TrainConfig
         from flowerfast.training.lr_find import find_lr
 
-        config = TrainConfig(data=data, arch=arch, bs=bs, size=size, valid_pct=valid_pct, seed=seed,
-                             pretrained=pretrained, weights=weights, out=out, device=o.value(device), workers=workers,
-                             precision=o.value(precision), cache=cache, cache_dir=cache_dir, threads=threads,
-                             stratify=stratify).validate()
+        config = TrainConfig(
+            data=data,
+            arch=arch,
+            bs=bs,
+            size=size,
+            valid_pct=valid_pct,
+            seed=seed,
+            pretrained=pretrained,
+            weights=weights,
+            out=out,
+            device=o.value(device),
+            workers=workers,
+            precision=o.value(precision),
+            cache=cache,
+            cache_dir=cache_dir,
+            threads=threads,
+            stratify=stratify,
+        ).validate()
         result = find_lr(config, reporter=make_reporter(to_stderr=json_), num_it=num_it)
     if json_:
-        print_json({"run_dir": str(result.run_dir), "suggestions": result.suggestions, "plot": str(result.plot),
-                    "curve": str(result.csv)})
+        print_json(
+            {
+                "run_dir": str(result.run_dir),
+                "suggestions": result.suggestions,
+                "plot": str(result.plot),
+                "curve": str(result.csv),
+            }
+        )
         return
     table = Table(title="learning-rate suggestions")
     table.add_column("method")
@@ -110,8 +167,12 @@ def lr_find(
 
 @app.command("show-batch", epilog="Example: flowerfast show-batch --data photos/ --size 224 --out batch.png")
 def show_batch(
-    data: o.Data = D.data, size: o.Size = D.size, valid_pct: o.ValidPct = D.valid_pct, seed: o.Seed = D.seed,
-    stratify: o.Stratify = D.stratify, split_file: o.SplitFile = D.split_file,
+    data: o.Data = D.data,
+    size: o.Size = D.size,
+    valid_pct: o.ValidPct = D.valid_pct,
+    seed: o.Seed = D.seed,
+    stratify: o.Stratify = D.stratify,
+    split_file: o.SplitFile = D.split_file,
     n: int = typer.Option(16, "-n", help="How many images to draw.", metavar="N"),
     out: Path = typer.Option(Path("batch.png"), "--out", "-o", help="The PNG file to write.", metavar="PATH"),
 ) -> None:
@@ -119,8 +180,9 @@ def show_batch(
     with user_errors():
         from flowerfast.training.pictures import show_batch as draw
 
-        path = draw(data=data, size=size, valid_pct=valid_pct, seed=seed, stratify=stratify, split_file=split_file,
-                    n=n, out=out)
+        path = draw(
+            data=data, size=size, valid_pct=valid_pct, seed=seed, stratify=stratify, split_file=split_file, n=n, out=out
+        )
     console.print(f"batch: {path}", markup=False)
 
 
@@ -145,8 +207,9 @@ def lr_find_hint(data, arch: str, size: int, bs: int, pretrained, weights, lr: f
 
 @app.command(epilog="Example: flowerfast archs --all")
 def archs(
-    all_: bool = typer.Option(False, "--all", help="List every torchvision and timm architecture, not only the "
-                              "featured ones."),
+    all_: bool = typer.Option(
+        False, "--all", help="List every torchvision and timm architecture, not only the featured ones."
+    ),
 ) -> None:
     """List the architectures flowerfast can fine-tune.
 
@@ -167,7 +230,11 @@ def archs(
         torchvision = set(torchvision_names())
         for name in names:
             params, top1 = published_facts(name)
-            table.add_row(name, "torchvision" if name in torchvision else "timm",
-                          f"{params / 1e6:.1f}M" if params else "-", f"{top1:.1f}%" if top1 is not None else "-",
-                          FEATURED.get(name, ""))
+            table.add_row(
+                name,
+                "torchvision" if name in torchvision else "timm",
+                f"{params / 1e6:.1f}M" if params else "-",
+                f"{top1:.1f}%" if top1 is not None else "-",
+                FEATURED.get(name, ""),
+            )
     console.print(table)

@@ -6,22 +6,18 @@ rows are printed, one clean line each, so logs stay readable and greppable.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import warnings
-from typing import TYPE_CHECKING, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from flowerfast.core.errors import FlowerfastError, ProcessLost, ReportedByRankZero
 from flowerfast.core.progress import Reporter
 from flowerfast.runs.folder import EpochRecord
 
 if TYPE_CHECKING:
-    from flowerfast.runs.config import ResolvedConfig
+    from flowerfast.runs.resolved import ResolvedConfig
 
 console = Console(highlight=False, soft_wrap=True)  # log lines are never wrapped
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -52,11 +48,13 @@ def format_epoch(record: EpochRecord, total: int, best: bool) -> str:
     """One log line per epoch, the same in a terminal and in CI."""
     width = len(str(total))
     clean = record.train_accuracy_clean
-    return (f"epoch {record.epoch:>{width}}/{total} {record.phase:<6} "
-            f"train_loss {record.train_loss:.4f}  train_acc(aug) {record.train_accuracy_aug:6.1%}  "
-            + (f"train_acc(clean) {clean:6.1%}  " if clean is not None else "")
-            + f"valid_loss {record.valid_loss:.4f}  valid_acc {record.valid_accuracy:6.1%}  "
-            f"lr {record.lr:.2e}  {record.seconds:5.1f}s" + ("  *best" if best else ""))
+    return (
+        f"epoch {record.epoch:>{width}}/{total} {record.phase:<6} "
+        f"train_loss {record.train_loss:.4f}  train_acc(aug) {record.train_accuracy_aug:6.1%}  "
+        + (f"train_acc(clean) {clean:6.1%}  " if clean is not None else "")
+        + f"valid_loss {record.valid_loss:.4f}  valid_acc {record.valid_accuracy:6.1%}  "
+        f"lr {record.lr:.2e}  {record.seconds:5.1f}s" + ("  *best" if best else "")
+    )
 
 
 def print_run_header(config: "ResolvedConfig", out: Console = console) -> None:
@@ -69,8 +67,10 @@ def print_run_header(config: "ResolvedConfig", out: Console = console) -> None:
         kind = "stratified random split" if config.options.stratify else "random split"
         split = f"{kind}, seed {config.options.seed}"
     how = "" if config.options.size else ", the photos' own size"
-    out.print(f"data: {config.data}  ({config.n_train} train / {config.n_valid} valid, {split}; {config.size} px"
-              f"{how})", markup=False)
+    out.print(
+        f"data: {config.data}  ({config.n_train} train / {config.n_valid} valid, {split}; {config.size} px{how})",
+        markup=False,
+    )
     counts = config.class_counts
     listed = ", ".join(f"{c} {counts[c]['train']}/{counts[c]['valid']}" if c in counts else c for c in config.classes)
     weighted = "; loss weighted by class (balanced)" if config.class_weights else ""
@@ -94,15 +94,21 @@ def print_run_header(config: "ResolvedConfig", out: Console = console) -> None:
         out.print(f"learning rate: {config.lr:.2e} ({how}){body}{frozen}{fixed}", markup=False)
     layout = ", channels-last" if config.channels_last else ""
     compiled = ", compiled" if config.compile else ""
-    out.print(f"model: {config.options.arch} from {config.weights_source} on {config.device} "
-              f"({config.precision}{layout}{compiled}, {config.threads} threads)", markup=False)
+    out.print(
+        f"model: {config.options.arch} from {config.weights_source} on {config.device} "
+        f"({config.precision}{layout}{compiled}, {config.threads} threads)",
+        markup=False,
+    )
     processes = getattr(config, "processes", 1)
     if processes > 1:
         from flowerfast.hardware.distributed import backend_for
 
         sync = ", batch norms synchronised" if config.options.sync_bn else ""
-        out.print(f"processes: {processes} (DDP over {backend_for(config.device.split(':')[0])}{sync}); batch "
-                  f"{config.bs} per process, effective batch {config.effective_bs}", markup=False)
+        out.print(
+            f"processes: {processes} (DDP over {backend_for(config.device.split(':')[0])}{sync}); batch "
+            f"{config.bs} per process, effective batch {config.effective_bs}",
+            markup=False,
+        )
 
 
 class LineReporter(Reporter):
@@ -156,8 +162,14 @@ class RichReporter(LineReporter):
         super().__init__(out)
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeRemainingColumn(), console=out, transient=True)
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=out,
+            transient=True,
+        )
         self.task = None
 
     def batches_started(self, kind: str, total: int, epoch: Optional[int] = None) -> None:
@@ -200,104 +212,6 @@ def print_json(data) -> None:
     typer.echo(json.dumps(data, indent=2, default=json_default))
 
 
-def fail(message: str, code: int = 1) -> None:
-    """Print ``error: message`` on one line to stderr and exit non-zero. Another process than rank
-    0 of a job names itself, and prints only an error of its own: one rank 0 reports for every
-    process (:class:`ReportedByRankZero`), or one met before the processes joined (options, which
-    every process checks alike), ends it silently."""
-    label = process_label()
-    if label is None:
-        err_console.print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True)
-    else:
-        from flowerfast.hardware.distributed import active
-
-        if active():
-            err_console.print(f"[bold red]error ({label}):[/bold red] {escape(message)}", soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    if process_label() is not None:  # rank 0 warns for the job
-        return
-    text = str(message).strip().splitlines()[0]
-    err_console.print(f"[bold yellow]warning:[/bold yellow] {escape(text)}", soft_wrap=True)
-
-
-def _is_usage_error(exc: BaseException) -> bool:
-    """click's UsageError, whether from click itself or from the copy newer typer versions carry."""
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    usage = "UsageError" in names and hasattr(exc, "format_message")
-    return usage and "NoArgsIsHelpError" not in names  # a bare command shows its help
-
-
-def _help_path(group_ctx) -> str:
-    """The command an error without a context is about: the subcommand being parsed, if any."""
-    if group_ctx is None:
-        return "flowerfast"
-    sub = getattr(group_ctx, "invoked_subcommand", None)
-    return f"{group_ctx.command_path} {sub}" if sub else group_ctx.command_path
-
-
-@contextlib.contextmanager
-def one_line_usage_errors(group_ctx=None) -> Iterator[None]:
-    """A usage mistake (unknown option, bad value, missing argument) as one ``error:`` line that
-    says where help is, like every other error, instead of click's boxed usage panel.
-
-    ``group_ctx`` (the command group's context) names the help to point to when the error does
-    not say which command it is about.
-    """
-    try:
-        yield
-    except Exception as exc:
-        if not _is_usage_error(exc):
-            raise
-        ctx = getattr(exc, "ctx", None)
-        where = ctx.command_path if ctx is not None else _help_path(group_ctx)
-        message = " ".join(exc.format_message().split())
-        err_console.print(f"[bold red]error:[/bold red] {escape(message)} (see {escape(where)} --help)",
-                          soft_wrap=True)
-        raise typer.Exit(getattr(exc, "exit_code", 2)) from None
-
-
-class OneLineUsageErrors(typer.core.TyperGroup):
-    """The command group: parsing and dispatch under :func:`one_line_usage_errors`."""
-
-    def make_context(self, info_name, args, parent=None, **extra):
-        with one_line_usage_errors():
-            return super().make_context(info_name, args, parent=parent, **extra)
-
-    def invoke(self, ctx):
-        with one_line_usage_errors(ctx):
-            return super().invoke(ctx)
-
-
-class Terminated(BaseException):
-    """SIGTERM, raised in the main thread so that every ``finally`` and context manager runs.
-
-    A ``BaseException`` like ``KeyboardInterrupt``: no ``except Exception`` (fastai wraps those in
-    its callbacks) may swallow or rewrap it on the way out.
-    """
-
-
-def _raise_terminated(signum, frame) -> None:
-    raise Terminated()
-
-
-@contextlib.contextmanager
-def terminate_as_exception() -> Iterator[None]:
-    """While a command runs, SIGTERM (a job scheduler, ``kill``) unwinds the stack like Ctrl-C
-    does, so scratch folders are removed and files being written are not left half-done."""
-    try:
-        previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    except ValueError:  # not the main thread: leave the default behaviour
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def resume_hint(reporter: Optional[LineReporter], command: str = "train", folder: Optional[str] = None) -> str:
     """The rest of the line an interrupted training command ends with: what is kept and the
     command that goes on (``folder``: what to resume, by default the run being trained)."""
@@ -321,47 +235,3 @@ def launcher() -> str:
     if int(os.environ.get("LOCAL_WORLD_SIZE", procs.world_size)) == procs.world_size:
         return f"torchrun --nproc_per_node={procs.world_size} -m "
     return "torchrun (with the job's options) -m "
-
-
-@contextlib.contextmanager
-def user_errors(stopped: Optional[Callable[[], str]] = None) -> Iterator[None]:
-    """Turn FlowerfastError into one line and an exit code; show warnings as one line each;
-    Ctrl-C and SIGTERM end the command with one line and exit 130 / 143. ``stopped`` gives the
-    rest of that line (how to resume), by default that files already written are complete.
-
-    Library noise (deprecation and future warnings from dependencies) is hidden.
-    """
-    def after_stop() -> str:
-        return escape(stopped() if stopped is not None else "files already written in the run folder are complete")
-
-    def stop_word(word: str) -> str:
-        from flowerfast.hardware.distributed import current
-
-        if current().distributed:  # torchrun stops every process when one fails, and on a cancelled job
-            word += (" (the launcher stopped every process of the job: one of them failed, or the job was "
-                     "cancelled)") if word == "terminated" else ""
-        return word
-
-    with warnings.catch_warnings(), terminate_as_exception():
-        warnings.simplefilter("ignore", FutureWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        previous = warnings.showwarning
-        warnings.showwarning = _show_warning
-        try:
-            yield
-        except ReportedByRankZero:
-            raise typer.Exit(1)
-        except ProcessLost as exc:  # the job cannot go on; its last checkpoint can
-            fail(f"{exc}; {stopped()}" if stopped is not None else str(exc))
-        except FlowerfastError as exc:
-            fail(str(exc))
-        except KeyboardInterrupt:
-            if process_label() is None:
-                err_console.print(f"[bold red]{stop_word('interrupted')}[/bold red]: {after_stop()}")
-            raise typer.Exit(130)
-        except Terminated:
-            if process_label() is None:
-                err_console.print(f"[bold red]{stop_word('terminated')}[/bold red]: {after_stop()}")
-            raise typer.Exit(143)
-        finally:
-            warnings.showwarning = previous

@@ -5,14 +5,17 @@ prints that message on one line and exits non-zero, with no traceback. Anything 
 is a bug and keeps its traceback.
 
 The library speaks to Python callers, so a message names the function's parameters as they are
-spelt in Python (``epochs must be at least 1``, ``pass pretrained=False``) and lists them in
-``parameters``; the CLI writes exactly those words as its flags when it prints
-(``--epochs must be at least 1``, ``pass --no-pretrained``).
+spelt in Python (``epochs must be at least 1``, ``pass pretrained=False``); the CLI prints the
+same message with its flags (``--epochs must be at least 1``, ``pass --no-pretrained``). For
+that, a message is written as a :class:`string.Template` whose placeholders are the parameters
+it lists: ``FlowerfastError("$epochs must be at least 1", parameters=("epochs",))``. Only the
+listed names are placeholders, so ``$FLOWERFAST_CACHE`` in a message stays as written.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from string import Template
+from typing import Callable, Sequence
 
 
 class FlowerfastError(Exception):
@@ -24,9 +27,16 @@ class FlowerfastError(Exception):
     """
 
     def __init__(self, message: str, parameters: Sequence[str] = ()):
-        super().__init__(message)
-        self.message = message
+        self.template = message
         self.parameters = tuple(parameters)
+        self.message = self.spelled(lambda name: name)
+        super().__init__(self.message)
+
+    def spelled(self, spell: Callable[[str], str]) -> str:
+        """The message with each parameter written as ``spell(name)`` (a flag, for the CLI)."""
+        if not self.parameters:  # no placeholders: a path or an environment variable stays as written
+            return self.template
+        return Template(self.template).safe_substitute({name: spell(name) for name in self.parameters})
 
     def __str__(self) -> str:
         return self.message

@@ -82,7 +82,7 @@ def remove_stale_temp_files(path: Path) -> list[Path]:
     removed = []
     prefix = f".{Path(path).name}."
     for tmp in Path(path).parent.glob(f"{glob_escape(prefix)}*{TEMP_SUFFIX}"):
-        if writer_alive(tmp.name[len(prefix):]):
+        if writer_alive(tmp.name[len(prefix) :]):
             continue
         try:
             tmp.unlink()
@@ -126,8 +126,11 @@ def write_error(path: Path, exc: OSError) -> WriteError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         free = free_bytes(Path(path).parent)
         room = f" ({format_bytes(free)} free)" if free is not None else ""
-        return WriteError(f"disk full: cannot write {path}{room}; files already written are intact. "
-                          "Free some space and resume the run (flowerfast train --resume)", exc)
+        return WriteError(
+            f"disk full: cannot write {path}{room}; files already written are intact. "
+            "Free some space and resume the run (flowerfast train --resume)",
+            exc,
+        )
     reason = exc.strerror or str(exc)
     return WriteError(f"cannot write {path}: {reason}", exc)
 
@@ -155,8 +158,11 @@ def check_free_space(folder: Path, needed: int, what: str) -> None:
     """Refuse to start work whose files cannot fit: ``needed`` bytes for ``what`` in ``folder``."""
     free = free_bytes(folder)
     if free is not None and free < needed:
-        raise FlowerfastError(f"not enough free space in {folder}: {format_bytes(free)} free, {what} needs about "
-                              f"{format_bytes(needed)}. Free some space or choose another --out")
+        raise FlowerfastError(
+            f"not enough free space in {folder}: {format_bytes(free)} free, {what} needs about "
+            f"{format_bytes(needed)}. Free some space or choose another $out",
+            parameters=("out",),
+        )
 
 
 def _umask() -> int:
@@ -230,7 +236,9 @@ def check_output_dir(path: Path) -> Path:
     if path.exists() and not path.is_dir():
         raise FlowerfastError(f"output path exists and is not a folder: {path}")
     if path.is_dir() and any(path.iterdir()):
-        raise FlowerfastError(f"output folder {path} is not empty: choose a new --out so nothing there is overwritten")
+        raise FlowerfastError(
+            f"output folder {path} is not empty: choose a new $out so nothing there is overwritten", parameters=("out",)
+        )
     probe = path
     while not probe.exists():
         probe = probe.parent

@@ -61,18 +61,31 @@ def curves_png(models: Sequence[Any]) -> bytes:
         color = f"C{i}"
         prefix = f"{m.name} " if len(models) > 1 else ""
         epochs = [h.epoch for h in m.history]
-        for kind, values in (("train", [h.train_loss for h in m.history]),
-                             ("valid", [h.valid_loss for h in m.history])):
+        for kind, values in (
+            ("train", [h.train_loss for h in m.history]),
+            ("valid", [h.valid_loss for h in m.history]),
+        ):
             loss_ax.plot(epochs, values, color=color, ms=3, label=prefix + kind, **LINE_STYLES[kind])
             losses += [v for v in values if v is not None and math.isfinite(v) and v > 0]
-        acc_ax.plot(epochs, [h.train_accuracy_aug for h in m.history], color=color, ms=3,
-                    label=prefix + "train (augmented)", **LINE_STYLES["train (augmented)"])
+        acc_ax.plot(
+            epochs,
+            [h.train_accuracy_aug for h in m.history],
+            color=color,
+            ms=3,
+            label=prefix + "train (augmented)",
+            **LINE_STYLES["train (augmented)"],
+        )
         clean = [(h.epoch, h.train_accuracy_clean) for h in m.history if h.train_accuracy_clean is not None]
         if clean:
-            acc_ax.plot(*zip(*clean), color=color, ms=3, label=prefix + "train (clean)",
-                        **LINE_STYLES["train (clean)"])
-        acc_ax.plot(epochs, [h.valid_accuracy for h in m.history], color=color, ms=3, label=prefix + "valid",
-                    **LINE_STYLES["valid"])
+            acc_ax.plot(*zip(*clean), color=color, ms=3, label=prefix + "train (clean)", **LINE_STYLES["train (clean)"])
+        acc_ax.plot(
+            epochs,
+            [h.valid_accuracy for h in m.history],
+            color=color,
+            ms=3,
+            label=prefix + "valid",
+            **LINE_STYLES["valid"],
+        )
     log = bool(losses) and max(losses) / min(losses) > 20
     if log:
         loss_ax.set_yscale("log")
@@ -96,14 +109,21 @@ def per_class_png(models: Sequence[Any], classes: Sequence[str]) -> bytes:
     label_bars = len(classes) * len(models) <= 40
     for i, m in enumerate(models):
         values = [m.per_class_accuracy.get(c) or 0.0 for c in classes]
-        bars = ax.bar(x - 0.4 + width * (i + 0.5), values, width, label=m.name, color=f"C{i}",
-                      edgecolor=f"C{i}", linewidth=1.5)
+        bars = ax.bar(
+            x - 0.4 + width * (i + 0.5), values, width, label=m.name, color=f"C{i}", edgecolor=f"C{i}", linewidth=1.5
+        )
         for bar, value in zip(bars, values):
             if value == 0:  # a zero-height bar: mark it so "0%" is seen, not mistaken for "no data"
                 ax.plot([bar.get_x(), bar.get_x() + bar.get_width()], [0.004, 0.004], color=f"C{i}", lw=3)
             if label_bars:
-                ax.text(bar.get_x() + bar.get_width() / 2, value + 0.015, f"{value:.0%}", ha="center",
-                        va="bottom", fontsize=7)
+                ax.text(
+                    bar.get_x() + bar.get_width() / 2,
+                    value + 0.015,
+                    f"{value:.0%}",
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                )
     tilt = len(classes) > 8
     ax.set_xticks(x, list(classes), rotation=45 if tilt else 0, ha="right" if tilt else "center")
     ax.set(ylabel="validation accuracy", ylim=(0, 1.1), title="per-class validation accuracy")
@@ -121,15 +141,23 @@ def _draw_confusion(ax, classes: Sequence[str], data: np.ndarray, title: str, fm
         top = top or 1.0
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, fmt(data[i, j]), ha="center", va="center", fontsize=8,
-                        color="white" if data[i, j] > top / 2 else "black")
+                ax.text(
+                    j,
+                    i,
+                    fmt(data[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if data[i, j] > top / 2 else "black",
+                )
     ax.set_xticks(range(n), list(classes), rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(n), list(classes), fontsize=8)
     ax.set(xlabel="predicted", ylabel="true", title=title)
 
 
-def confusion_png(title: str, classes: Sequence[str], matrix: Sequence[Sequence[int]],
-                  normalised: bool = False) -> bytes:
+def confusion_png(
+    title: str, classes: Sequence[str], matrix: Sequence[Sequence[int]], normalised: bool = False
+) -> bytes:
     """Counts of true class (rows) against predicted class (columns), each cell labelled when
     there are at most 30 classes. Used by ``evaluate``, training runs and the comparison report.
     ``normalised`` adds a second panel with each row divided by its total (the share of each
@@ -180,8 +208,9 @@ def mistakes_png(mistakes: Sequence[Any], columns: int = 4) -> bytes:
         with Image.open(m.path) as im:
             im.thumbnail((256, 256))
             ax.imshow(im.convert("RGB"))
-        ax.set_title(f"true {m.true}, predicted {m.predicted}\nP({m.predicted}) = {m.probability:.1%}\n"
-                     f"{m.path.name}", fontsize=8)
+        ax.set_title(
+            f"true {m.true}, predicted {m.predicted}\nP({m.predicted}) = {m.probability:.1%}\n{m.path.name}", fontsize=8
+        )
     return figure_png(fig)
 
 
@@ -190,8 +219,9 @@ def _loss_at(lrs: Sequence[float], losses: Sequence[float], lr: float) -> float:
     return losses[best]
 
 
-def lr_find_png(lrs: Sequence[float], losses: Sequence[float], suggestions: Mapping[str, float],
-                title: str = "") -> bytes:
+def lr_find_png(
+    lrs: Sequence[float], losses: Sequence[float], suggestions: Mapping[str, float], title: str = ""
+) -> bytes:
     """Loss against a log-scale learning rate, each suggestion marked and labelled."""
     fig = new_figure(7, 4.5, dpi=110)
     ax = fig.subplots()
@@ -199,13 +229,19 @@ def lr_find_png(lrs: Sequence[float], losses: Sequence[float], suggestions: Mapp
     ax.set_xscale("log")
     ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel("training loss")
-    finite = [l for l in losses if math.isfinite(l)]
+    finite = [loss for loss in losses if math.isfinite(loss)]
     if finite:
         lo, hi = min(finite), min(max(finite), min(finite) + 3 * (sorted(finite)[len(finite) // 2] - min(finite) + 0.1))
         ax.set_ylim(lo - 0.05 * (hi - lo + 1e-9), hi + 0.05 * (hi - lo + 1e-9))
     for name, lr in suggestions.items():
-        ax.plot([lr], [_loss_at(lrs, losses, lr)], "o", color=LR_FIND_COLORS.get(name, "k"), ms=8,
-                label=f"{LR_FIND_LABELS.get(name, name)}: {lr:.2e}")
+        ax.plot(
+            [lr],
+            [_loss_at(lrs, losses, lr)],
+            "o",
+            color=LR_FIND_COLORS.get(name, "k"),
+            ms=8,
+            label=f"{LR_FIND_LABELS.get(name, name)}: {lr:.2e}",
+        )
     ax.legend(loc="upper left", fontsize=9)
     ax.set_title(title or "learning-rate finder")
     ax.grid(True, which="both", alpha=0.25)

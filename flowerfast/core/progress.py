@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Optional
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from flowerfast.runs.config import ResolvedConfig
     from flowerfast.runs.folder import EpochRecord
+    from flowerfast.runs.resolved import ResolvedConfig
 
 
 class Reporter:

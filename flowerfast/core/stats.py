@@ -35,11 +35,12 @@ def mcnemar_exact(b: int, c: int) -> float:
     if n == 0:
         return 1.0
     tail = sum(math.comb(n, k) for k in range(min(b, c) + 1))
-    return float(min(Fraction(1), Fraction(2 * tail, 2 ** n)))
+    return float(min(Fraction(1), Fraction(2 * tail, 2**n)))
 
 
-def paired_bootstrap_ci(correct_a: Sequence[bool], correct_b: Sequence[bool], n_resamples: int = 2000,
-                        seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+def paired_bootstrap_ci(
+    correct_a: Sequence[bool], correct_b: Sequence[bool], n_resamples: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float]:
     """Accuracy of A minus accuracy of B, with a percentile bootstrap interval.
 
     Images are resampled with replacement and each resampled image keeps both models' outcomes,
@@ -69,3 +70,15 @@ def paired_bootstrap_ci(correct_a: Sequence[bool], correct_b: Sequence[bool], n_
     alpha = 1 - level
     lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
     return diff, float(lo), float(hi)
+
+
+def confusion_counts(labels: Sequence[str], predicted: Sequence[str], classes: Sequence[str]) -> list[list[int]]:
+    """``[i][j]``: how many images of ``classes[i]`` were predicted as ``classes[j]``; a label or
+    prediction outside ``classes`` is not counted. The one confusion matrix of flowerfast: a run's
+    picture, ``evaluate``'s metrics and the comparison report all count with it."""
+    index = {c: i for i, c in enumerate(classes)}
+    matrix = [[0] * len(classes) for _ in classes]
+    for label, guess in zip(labels, predicted):
+        if label in index and guess in index:
+            matrix[index[label]][index[guess]] += 1
+    return matrix

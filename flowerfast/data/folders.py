@@ -69,8 +69,13 @@ def _class_images(parent: Path, skipped: list, seen: set, data_root: Path) -> li
         if folder.is_symlink():
             real = os.path.realpath(folder)
             if is_inside(real, data_real) or is_inside(data_real, real):
-                skipped.append(SkippedFile(folder, f"class folder is a link to {real}, inside the data folder or "
-                                                   f"holding it: not followed, so no photo is taken twice"))
+                skipped.append(
+                    SkippedFile(
+                        folder,
+                        f"class folder is a link to {real}, inside the data folder or "
+                        f"holding it: not followed, so no photo is taken twice",
+                    )
+                )
                 continue
         images, problems = find_images(folder, seen=seen, data_root=data_root)
         skipped.extend(SkippedFile(path, reason) for path, reason in problems)
@@ -78,8 +83,14 @@ def _class_images(parent: Path, skipped: list, seen: set, data_root: Path) -> li
     return groups
 
 
-def _check_classes(groups: list[tuple[Path, list[Path]]], files: list, labels: list, skipped: list, check: bool,
-                   reporter: Optional[Reporter] = None) -> list[str]:
+def _check_classes(
+    groups: list[tuple[Path, list[Path]]],
+    files: list,
+    labels: list,
+    skipped: list,
+    check: bool,
+    reporter: Optional[Reporter] = None,
+) -> list[str]:
     """Open every image's header (:func:`~flowerfast.data.imagefiles.check_image`), one progress step
     per image; readable ones go to ``files`` and ``labels``, the rest to ``skipped``. Returns the
     class names in order."""
@@ -150,7 +161,7 @@ def scan_image_folder(root: Path | str, check: bool = True, reporter: Optional[R
         train_groups = _class_images(train_dir, skipped, seen, root)
         valid_groups = _class_images(valid_dir, skipped, seen, root)
         all_classes = _check_classes(train_groups + valid_groups, files, labels, skipped, check, reporter)
-        classes, valid_classes = all_classes[:len(train_groups)], all_classes[len(train_groups):]
+        classes, valid_classes = all_classes[: len(train_groups)], all_classes[len(train_groups) :]
         train_files = {path for _, images in train_groups for path in images}
         n_train = sum(f in train_files for f in files)  # train files come first, in order
         unknown = sorted(set(valid_classes) - set(classes))
@@ -158,9 +169,13 @@ def scan_image_folder(root: Path | str, check: bool = True, reporter: Optional[R
             raise FlowerfastError(f"{valid_dir} has classes that {train_dir} lacks: {', '.join(unknown)}")
         preset = [False] * n_train + [True] * (len(files) - n_train)
     if not classes:
-        raise FlowerfastError(f"no class folders found in {root} (expected one folder per class, e.g. {root}/daisy/1.jpg)")
+        raise FlowerfastError(
+            f"no class folders found in {root} (expected one folder per class, e.g. {root}/daisy/1.jpg)"
+        )
     if len(classes) < 2:
-        raise FlowerfastError(f"only one class found in {root} ({classes[0]}): classification needs at least two class folders")
+        raise FlowerfastError(
+            f"only one class found in {root} ({classes[0]}): classification needs at least two class folders"
+        )
     return ImageFolder(root=root, classes=classes, files=files, labels=labels, skipped=skipped, preset_split=preset)
 
 

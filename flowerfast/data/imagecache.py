@@ -73,8 +73,15 @@ def reduced_size(width: int, height: int, max_side: int) -> tuple[int, int]:
 # EXIF orientation (tag 0x0112) to the transpose that shows the photo upright, as
 # PIL.ImageOps.exif_transpose maps them.
 _ORIENTATION_TAG = 0x0112
-_TRANSPOSE = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE", 6: "ROTATE_270",
-              7: "TRANSVERSE", 8: "ROTATE_90"}
+_TRANSPOSE = {
+    2: "FLIP_LEFT_RIGHT",
+    3: "ROTATE_180",
+    4: "FLIP_TOP_BOTTOM",
+    5: "TRANSPOSE",
+    6: "ROTATE_270",
+    7: "TRANSVERSE",
+    8: "ROTATE_90",
+}
 
 
 def exif_orientation(im) -> int:
@@ -222,6 +229,9 @@ class ImageCache:
         self.writable = False
         if not self._warned:
             self._warned = True
-            warnings.warn(f"the photo cache {self.root} cannot be written ({reason}): photos are decoded "
-                          f"every epoch instead (slower, same pixels); use --cache-dir or --no-cache",
-                          CacheUnavailableWarning, stacklevel=3)
+            warnings.warn(
+                f"the photo cache {self.root} cannot be written ({reason}): photos are decoded "
+                f"every epoch instead (slower, same pixels); use --cache-dir or --no-cache",
+                CacheUnavailableWarning,
+                stacklevel=3,
+            )

@@ -29,7 +29,7 @@ import warnings
 from pathlib import Path
 from typing import Iterable, Optional
 
-from flowerfast.core.errors import FlowerfastError
+from flowerfast.core.errors import FlowerfastError, first_line
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
@@ -62,15 +62,20 @@ def is_inside(real: str, top: str) -> bool:
 
 
 def _special_kind(mode: int) -> str:
-    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device")):
+    for test, kind in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
         if test(mode):
             return kind
     return "not a regular file"
 
 
-def find_images(folder: Path, seen: Optional[set] = None,
-                data_root: Optional[Path] = None) -> tuple[list[Path], list[tuple[Path, str]]]:
+def find_images(
+    folder: Path, seen: Optional[set] = None, data_root: Optional[Path] = None
+) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Image files under ``folder`` (recursively, sorted) and the ``(path, reason)`` of those skipped.
 
     Hidden files and folders are ignored, and so are files without an image extension. Links are
@@ -82,73 +87,90 @@ def find_images(folder: Path, seen: Optional[set] = None,
     entry named like an image, a special file (FIFO, socket, device) named like an image (never
     opened), a folder that cannot be listed.
     """
-    folder = Path(folder)
-    top = os.path.realpath(folder)
-    data_top = os.path.realpath(data_root) if data_root is not None else None
-    seen = set() if seen is None else seen
-    files: list[Path] = []
-    problems: list[tuple[Path, str]] = []
-    if top in seen:
-        return files, problems
-    seen.add(top)
-    folders: list[tuple[Path, str]] = [(folder, top)]  # breadth first: (path as found, its real path)
-    links: list[Path] = []  # followed only once every real path has been taken
+    walk = FolderWalk(Path(folder), seen=set() if seen is None else seen, data_root=data_root)
+    walk.run()
+    return sorted(walk.files), walk.problems
 
-    def take(path: Path, real: str, mode: int) -> None:
-        if real in seen:
+
+class FolderWalk:
+    """The state of :func:`find_images` over one folder: breadth first over real folders, links
+    followed only once every real path has been taken (so a real path wins over a link to it)."""
+
+    def __init__(self, folder: Path, seen: set, data_root: Optional[Path] = None):
+        self.folder, self.seen = folder, seen
+        self.top = os.path.realpath(folder)
+        self.data_top = os.path.realpath(data_root) if data_root is not None else None
+        self.files: list[Path] = []
+        self.problems: list[tuple[Path, str]] = []
+        self.folders: list[tuple[Path, str]] = []  # (path as found, its real path)
+        self.links: list[Path] = []
+
+    def run(self) -> None:
+        if self.top in self.seen:
+            return
+        self.seen.add(self.top)
+        self.folders.append((self.folder, self.top))
+        while self.folders or self.links:
+            if self.folders:
+                self.list_folder(*self.folders.pop(0))
+            else:
+                self.follow_link(self.links.pop(0))
+
+    def take(self, path: Path, real: str, mode: int) -> None:
+        if real in self.seen:
             return  # a loop, or a second path to a folder or file already taken
         if stat.S_ISDIR(mode):
-            seen.add(real)
-            folders.append((path, real))
+            self.seen.add(real)
+            self.folders.append((path, real))
         elif not is_image_name(path.name):
             return
         elif not stat.S_ISREG(mode):
-            problems.append((path, f"{_special_kind(mode)}, not an image file: skipped without opening it"))
+            self.problems.append((path, f"{_special_kind(mode)}, not an image file: skipped without opening it"))
         else:
-            seen.add(real)
-            files.append(path)
+            self.seen.add(real)
+            self.files.append(path)
 
-    while folders or links:
-        if folders:
-            path, real_dir = folders.pop(0)
-            try:
-                with os.scandir(path) as it:
-                    entries = sorted(it, key=lambda e: e.name)
-            except OSError as exc:
-                problems.append((path, f"folder cannot be read: {describe_error(exc)}"))
+    def list_folder(self, path: Path, real_dir: str) -> None:
+        try:
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            self.problems.append((path, f"folder cannot be read: {describe_error(exc)}"))
+            return
+        for entry in entries:
+            if is_hidden(entry.name):
                 continue
-            for entry in entries:
-                if is_hidden(entry.name):
+            child = path / entry.name
+            try:
+                if entry.is_symlink():
+                    self.links.append(child)
                     continue
-                child = path / entry.name
-                try:
-                    if entry.is_symlink():
-                        links.append(child)
-                        continue
-                    mode = entry.stat(follow_symlinks=False).st_mode
-                except OSError as exc:
-                    if is_image_name(entry.name):
-                        problems.append((child, describe_error(exc)))
-                    continue
-                take(child, os.path.join(real_dir, entry.name), mode)
-            continue
-        link = links.pop(0)
+                mode = entry.stat(follow_symlinks=False).st_mode
+            except OSError as exc:
+                if is_image_name(entry.name):
+                    self.problems.append((child, describe_error(exc)))
+                continue
+            self.take(child, os.path.join(real_dir, entry.name), mode)
+
+    def follow_link(self, link: Path) -> None:
         try:
             mode = os.stat(link).st_mode
         except OSError as exc:
             if is_image_name(link.name):
-                problems.append((link, f"broken link: {describe_error(exc)}"))
-            continue
+                self.problems.append((link, f"broken link: {describe_error(exc)}"))
+            return
         if not stat.S_ISDIR(mode) and not is_image_name(link.name):
-            continue
+            return
         real = os.path.realpath(link)
-        if stat.S_ISDIR(mode) and not is_inside(real, top):  # a linked photo may live anywhere; a folder may not
-            where = "its class folder" if data_top is not None and is_inside(real, data_top) else (
-                "the data folder" if data_top is not None else f"the folder {folder}")
-            problems.append((link, f"link leads out of {where} (to {real}): not followed"))
-            continue
-        take(link, real, mode)
-    return sorted(files), problems
+        if stat.S_ISDIR(mode) and not is_inside(real, self.top):  # a linked photo may live anywhere; a folder may not
+            where = (
+                "its class folder"
+                if self.data_top is not None and is_inside(real, self.data_top)
+                else ("the data folder" if self.data_top is not None else f"the folder {self.folder}")
+            )
+            self.problems.append((link, f"link leads out of {where} (to {real}): not followed"))
+            return
+        self.take(link, real, mode)
 
 
 def image_files_under(folder: Path) -> list[Path]:
@@ -159,7 +181,7 @@ def image_files_under(folder: Path) -> list[Path]:
 
 def describe_error(exc: BaseException) -> str:
     """An exception as one line: ``TypeName: first line of the message``."""
-    return f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+    return f"{type(exc).__name__}: {first_line(exc)}"
 
 
 def max_pixels() -> int:
@@ -178,8 +200,10 @@ def max_pixels() -> int:
 
 
 def _too_large(width: int, height: int, limit: int) -> ImageTooLargeError:
-    return ImageTooLargeError(f"{width}x{height} is {width * height / 1e6:.1f} megapixels, over the limit of "
-                              f"{limit / 1e6:g} megapixels: not decoded (set {MAX_PIXELS_ENV} to change the limit)")
+    return ImageTooLargeError(
+        f"{width}x{height} is {width * height / 1e6:.1f} megapixels, over the limit of "
+        f"{limit / 1e6:g} megapixels: not decoded (set {MAX_PIXELS_ENV} to change the limit)"
+    )
 
 
 def open_image(path):
@@ -203,8 +227,10 @@ def open_image(path):
         try:
             im = Image.open(path)
         except Image.DecompressionBombError as exc:
-            raise ImageTooLargeError(f"over the limit of {limit / 1e6:g} megapixels: not decoded "
-                                     f"(set {MAX_PIXELS_ENV} to change the limit; Pillow: {exc})") from None
+            raise ImageTooLargeError(
+                f"over the limit of {limit / 1e6:g} megapixels: not decoded "
+                f"(set {MAX_PIXELS_ENV} to change the limit; Pillow: {exc})"
+            ) from None
     if im.width * im.height > limit:
         im.close()
         raise _too_large(im.width, im.height, limit)

@@ -1,4 +1,6 @@
-"""The split's photos as fastai DataLoaders: decoding through the image cache, the training transforms, and ``load_data``, which scans, splits and builds them in one call."""
+"""The split's photos as fastai DataLoaders: decoding through the image cache, the training
+transforms, and ``load_data``, which scans, splits and builds them in one call.
+"""
 
 from __future__ import annotations
 
@@ -82,8 +84,9 @@ class ImageLoader:
             reason = describe_error(exc)
             if str(path) not in self.skipped:
                 self.skipped[str(path)] = reason
-                warnings.warn(f"{path} could not be read after the scan ({reason}): skipped",
-                              UnreadablePhotoWarning, stacklevel=2)
+                warnings.warn(
+                    f"{path} could not be read after the scan ({reason}): skipped", UnreadablePhotoWarning, stacklevel=2
+                )
             raise SkipItemException() from None
         return PILImage.create(img)
 
@@ -100,8 +103,12 @@ class UnreadablePhotoWarning(UserWarning):
     """A photo that was readable when the folder was scanned could not be read during the run."""
 
 
-def train_transforms(size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                     min_scale: float = MIN_SCALE_SCRATCH):
+def train_transforms(
+    size: int,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    min_scale: float = MIN_SCALE_SCRATCH,
+):
     """Item and batch transforms: random resized crop, flips and fastai's augmentations, the
     normalisation of the pretrained weights (``mean``, ``std``: ImageNet's for torchvision's),
     then random erasing (which expects normalised input). On the validation set
@@ -122,15 +129,26 @@ def train_transforms(size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequ
 
 def augmentation_description(size: int, min_scale: float = MIN_SCALE_SCRATCH) -> str:
     """:func:`train_transforms` in words, for reports."""
-    return (f"RandomResizedCrop({size}, min_scale={min_scale:g}); fastai aug_transforms (flips, rotation up to 10 degrees, "
-            "zoom up to 1.1, warp 0.2, lighting 0.2); the weights' normalisation; RandomErasing(p=0.25)")
+    return (
+        f"RandomResizedCrop({size}, min_scale={min_scale:g}); fastai aug_transforms (flips, rotation up to 10 degrees, "
+        "zoom up to 1.1, warp 0.2, lighting 0.2); the weights' normalisation; RandomErasing(p=0.25)"
+    )
 
 
-def build_dataloaders(rows: Sequence[SplitRow], classes: Sequence[str], size: int, bs: int,
-                      workers: int = 0, device=None, seed: int = DEFAULTS.seed,
-                      cache_dir: Optional[Path | str] = None, loader: Optional[ImageLoader] = None,
-                      mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                      min_scale: float = MIN_SCALE_SCRATCH):
+def build_dataloaders(
+    rows: Sequence[SplitRow],
+    classes: Sequence[str],
+    size: int,
+    bs: int,
+    workers: int = 0,
+    device=None,
+    seed: int = DEFAULTS.seed,
+    cache_dir: Optional[Path | str] = None,
+    loader: Optional[ImageLoader] = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    min_scale: float = MIN_SCALE_SCRATCH,
+):
     """fastai DataBlock over the split rows: one DataLoaders with train and valid, normalised
     with ``mean`` and ``std`` (those of the network's pretrained weights).
 
@@ -159,12 +177,38 @@ def build_dataloaders(rows: Sequence[SplitRow], classes: Sequence[str], size: in
     return block.dataloaders(items, bs=bs, num_workers=workers, device=device)
 
 
-def load_data(data: Optional[Path | str] = None, size: Optional[int] = DEFAULTS.size, bs: int = DEFAULTS.bs,
-              valid_pct: float = DEFAULTS.valid_pct, seed: int = DEFAULTS.seed, workers: int = 0, device=None,
-              split_file: Optional[Path] = None, cache_dir: Optional[Path | str] = None,
-              check_folder=None, stratify: bool = DEFAULTS.stratify, reporter: Optional[Reporter] = None,
-              shards: int = 1, mean: Sequence[float] = IMAGENET_MEAN,
-              std: Sequence[float] = IMAGENET_STD, min_scale: float = MIN_SCALE_SCRATCH) -> FlowerData:
+def training_batch_size(rows: Sequence[SplitRow], bs: int, shards: int = 1) -> int:
+    """``bs``, capped at each process's share of the training images, and at least 2.
+
+    fastai drops the last partial training batch, so a batch larger than the training set (or a
+    process's share of it) would leave no batch at all; BatchNorm needs two images to train."""
+    share = sum(not r.is_valid for r in rows) // max(shards, 1)
+    if share < 2:
+        each = f" for each of {shards} processes" if shards > 1 else ""
+        raise FlowerfastError(
+            f"the training set needs at least 2 images{each}: add images or lower $valid_pct", parameters=("valid_pct",)
+        )
+    return max(2, min(bs, share))
+
+
+def load_data(
+    data: Optional[Path | str] = None,
+    size: Optional[int] = DEFAULTS.size,
+    bs: int = DEFAULTS.bs,
+    valid_pct: float = DEFAULTS.valid_pct,
+    seed: int = DEFAULTS.seed,
+    workers: int = 0,
+    device=None,
+    split_file: Optional[Path] = None,
+    cache_dir: Optional[Path | str] = None,
+    check_folder=None,
+    stratify: bool = DEFAULTS.stratify,
+    reporter: Optional[Reporter] = None,
+    shards: int = 1,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    min_scale: float = MIN_SCALE_SCRATCH,
+) -> FlowerData:
     """Scan a data folder, split it and build DataLoaders. ``data=None`` uses the embedded sample.
 
     ``split_file`` reuses an earlier run's ``split.csv`` instead of splitting anew; otherwise the
@@ -186,21 +230,36 @@ def load_data(data: Optional[Path | str] = None, size: Optional[int] = DEFAULTS.
         rows = rows_from_split_file(folder, Path(split_file))
     else:
         rows = split_rows(folder, valid_pct=valid_pct, seed=seed, stratify=stratify)
-    n_train = sum(not r.is_valid for r in rows)
-    # fastai drops the last partial training batch; a batch larger than the training set (or a
-    # process's share of it) would leave no batch at all, so cap it (and keep at least 2 so
-    # BatchNorm can train).
-    share = n_train // max(shards, 1)
-    eff_bs = max(2, min(bs, share))
-    if share < 2:
-        each = f" for each of {shards} processes" if shards > 1 else ""
-        raise FlowerfastError(f"the training set needs at least 2 images{each}: add images or lower --valid-pct")
+    eff_bs = training_batch_size(rows, bs, shards)
     if size is None:
         size = natural_size(folder.files)
     loader = ImageLoader(size, cache_dir)
-    dls = build_dataloaders(rows, folder.classes, size=size, bs=eff_bs, workers=workers, device=device, seed=seed,
-                            loader=loader, mean=mean, std=std, min_scale=min_scale)
-    return FlowerData(dls=dls, classes=list(folder.classes), rows=rows, skipped=folder.skipped,
-                      root=folder.root, preset_split=folder.preset_split is not None, bs=eff_bs, cache=loader.cache,
-                      files=list(folder.files), loader=loader, mean=list(mean), std=list(std), size=size,
-                      min_scale=min_scale)
+    dls = build_dataloaders(
+        rows,
+        folder.classes,
+        size=size,
+        bs=eff_bs,
+        workers=workers,
+        device=device,
+        seed=seed,
+        loader=loader,
+        mean=mean,
+        std=std,
+        min_scale=min_scale,
+    )
+    return FlowerData(
+        dls=dls,
+        classes=list(folder.classes),
+        rows=rows,
+        skipped=folder.skipped,
+        root=folder.root,
+        preset_split=folder.preset_split is not None,
+        bs=eff_bs,
+        cache=loader.cache,
+        files=list(folder.files),
+        loader=loader,
+        mean=list(mean),
+        std=list(std),
+        size=size,
+        min_scale=min_scale,
+    )

@@ -1,4 +1,6 @@
-"""The train/validation split, computed once and written to ``split.csv`` so it can be reused exactly, and what it says about each class (counts, thin classes, balanced weights)."""
+"""The train/validation split, computed once and written to ``split.csv`` so it can be reused
+exactly, and what it says about each class (counts, thin classes, balanced weights).
+"""
 
 from __future__ import annotations
 
@@ -11,8 +13,12 @@ from flowerfast.runs.config import DEFAULTS
 from flowerfast.runs.folder import SplitRow, read_split_csv
 
 
-def split_rows(folder: ImageFolder, valid_pct: float = DEFAULTS.valid_pct, seed: int = DEFAULTS.seed,
-               stratify: bool = DEFAULTS.stratify) -> list[SplitRow]:
+def split_rows(
+    folder: ImageFolder,
+    valid_pct: float = DEFAULTS.valid_pct,
+    seed: int = DEFAULTS.seed,
+    stratify: bool = DEFAULTS.stratify,
+) -> list[SplitRow]:
     """Assign each image to train or valid: the folder's own split; else, by default, a random
     split stratified by class (:func:`stratified_valid_indices`); with ``stratify=False``,
     fastai's plain ``RandomSplitter``, as the flower report did."""
@@ -29,9 +35,9 @@ def split_rows(folder: ImageFolder, valid_pct: float = DEFAULTS.valid_pct, seed:
         is_valid = [i in valid_set for i in range(len(folder.files))]
     rows = [SplitRow(f, lbl, v) for f, lbl, v in zip(folder.files, folder.labels, is_valid)]
     if not any(r.is_valid for r in rows):
-        raise FlowerfastError("the validation set is empty: add images or raise --valid-pct")
+        raise FlowerfastError("the validation set is empty: add images or raise $valid_pct", parameters=("valid_pct",))
     if all(r.is_valid for r in rows):
-        raise FlowerfastError("the training set is empty: add images or lower --valid-pct")
+        raise FlowerfastError("the training set is empty: add images or lower $valid_pct", parameters=("valid_pct",))
     return rows
 
 
@@ -64,8 +70,10 @@ def rows_from_split_file(folder: ImageFolder, split_file: Path) -> list[SplitRow
     known = set(folder.files)
     missing = [r.file for r in rows if r.file not in known]
     if missing:
-        raise FlowerfastError(f"{len(missing)} file(s) of {split_file} are not readable images of {folder.root} "
-                              f"(e.g. {missing[0]}): the split does not belong to this data folder")
+        raise FlowerfastError(
+            f"{len(missing)} file(s) of {split_file} are not readable images of {folder.root} "
+            f"(e.g. {missing[0]}): the split does not belong to this data folder"
+        )
     unknown = sorted({r.label for r in rows} - set(folder.classes))
     if unknown:
         raise FlowerfastError(f"{split_file} names classes that {folder.root} lacks: {', '.join(unknown)}")
@@ -90,16 +98,20 @@ def thin_class_warnings(rows: Iterable[SplitRow], classes: Iterable[str]) -> lis
     train = {c: counts.get(c, {}).get("train", 0) for c in classes}
     for c, n in train.items():
         if n == 0:
-            notes.append(f"class {c} has no training image (all its images are in validation): "
-                         f"the model cannot learn it; add photos or lower --valid-pct")
+            notes.append(
+                f"class {c} has no training image (all its images are in validation): "
+                f"the model cannot learn it; add photos or lower --valid-pct"
+            )
         elif n < FEW_TRAINING_IMAGES:
             notes.append(f"class {c} has only {n} training image(s): expect it to be learnt poorly")
     present = {c: n for c, n in train.items() if n > 0}
     if present:
         big, small = max(present, key=present.get), min(present, key=present.get)
         if present[big] > IMBALANCE_RATIO * present[small]:
-            notes.append(f"classes are imbalanced: {big} has {present[big]} training images, {small} "
-                         f"{present[small]} ({present[big] / present[small]:.0f}:1); consider --class-weights balanced")
+            notes.append(
+                f"classes are imbalanced: {big} has {present[big]} training images, {small} "
+                f"{present[small]} ({present[big] / present[small]:.0f}:1); consider --class-weights balanced"
+            )
     return notes
 
 

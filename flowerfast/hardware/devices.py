@@ -31,9 +31,13 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     if name == "auto":
         return torch.device(best_device_name())
     if name == "cuda" and not torch.cuda.is_available():
-        raise FlowerfastError("--device cuda was asked for, but no CUDA GPU is available (try --device auto)")
+        raise FlowerfastError(
+            "$device=cuda was asked for, but no CUDA GPU is available (try $device=auto)", parameters=("device",)
+        )
     if name == "mps" and not mps_available():
-        raise FlowerfastError("--device mps was asked for, but Apple MPS is not available (try --device auto)")
+        raise FlowerfastError(
+            "$device=mps was asked for, but Apple MPS is not available (try $device=auto)", parameters=("device",)
+        )
     if name not in DEVICES:
         raise FlowerfastError(f"unknown device {name!r}: use auto, cpu, cuda or mps")
     return torch.device(name)
@@ -110,8 +114,7 @@ def cuda_has_bf16() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
-def choose_precision(requested: str, device_type: str, cpu_bf16: bool, cuda_bf16: bool,
-                     depthwise: bool = False) -> str:
+def choose_precision(requested: str, device_type: str, cpu_bf16: bool, cuda_bf16: bool, depthwise: bool = False) -> str:
     """The training precision for a device, as a pure decision (tested case by case).
 
     ``auto``: bf16 autocast where the hardware has bf16 (twice the throughput of fp32 on such a
@@ -131,28 +134,47 @@ def choose_precision(requested: str, device_type: str, cpu_bf16: bool, cuda_bf16
             return "fp32" if depthwise else "bf16"
         return "fp32"
     if requested == "fp16" and device_type != "cuda":
-        raise FlowerfastError("--precision fp16 needs a CUDA GPU (it trains with loss scaling there); "
-                              "use --precision bf16 or fp32")
+        raise FlowerfastError(
+            "$precision=fp16 needs a CUDA GPU (it trains with loss scaling there); use $precision=bf16 or fp32",
+            parameters=("precision",),
+        )
     if requested == "bf16":
         if device_type == "cuda" and not cuda_bf16:
-            raise FlowerfastError("--precision bf16: this GPU has no bf16; use --precision fp16 or fp32")
+            raise FlowerfastError(
+                "$precision=bf16: this GPU has no bf16; use $precision=fp16 or fp32", parameters=("precision",)
+            )
         if device_type not in ("cpu", "cuda"):
-            raise FlowerfastError(f"--precision bf16 is not supported on {device_type}; use fp32")
+            raise FlowerfastError(
+                f"$precision=bf16 is not supported on {device_type}; use fp32", parameters=("precision",)
+            )
     return requested
+
+
+AUTO_PRECISION_ENV = "FLOWERFAST_AUTO_PRECISION"
+"""What ``precision="auto"`` means when set (``fp32``, ``bf16`` or ``fp16``): one precision on
+every machine, for a CI or a test suite whose numbers must not depend on the CPU it lands on."""
 
 
 def resolve_precision(requested: str, device: torch.device, training_network=None) -> str:
     """:func:`choose_precision` with this machine's capabilities (and, for training, the network's
-    kind of convolutions)."""
-    return choose_precision(requested, device.type, cpu_bf16=device.type == "cpu" and cpu_has_native_bf16(),
-                            cuda_bf16=device.type == "cuda" and cuda_has_bf16(),
-                            depthwise=training_network is not None and has_depthwise_convolutions(training_network))
+    kind of convolutions); ``auto`` is ``$FLOWERFAST_AUTO_PRECISION`` where that is set."""
+    pinned = os.environ.get(AUTO_PRECISION_ENV)
+    if requested == "auto" and pinned:
+        if pinned not in ("fp32", "bf16", "fp16"):
+            raise FlowerfastError(f"{AUTO_PRECISION_ENV} must be fp32, bf16 or fp16 (got {pinned!r})")
+        requested = pinned
+    return choose_precision(
+        requested,
+        device.type,
+        cpu_bf16=device.type == "cpu" and cpu_has_native_bf16(),
+        cuda_bf16=device.type == "cuda" and cuda_has_bf16(),
+        depthwise=training_network is not None and has_depthwise_convolutions(training_network),
+    )
 
 
 def has_depthwise_convolutions(network) -> bool:
     """Whether ``network`` has depthwise convolutions (one group per input channel)."""
-    return any(isinstance(m, torch.nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
-               for m in network.modules())
+    return any(isinstance(m, torch.nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels for m in network.modules())
 
 
 def autocast_dtype(precision: str) -> Optional[torch.dtype]:

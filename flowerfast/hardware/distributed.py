@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
 
-from flowerfast.core.errors import FlowerfastError, ProcessLost, ReportedByRankZero
+from flowerfast.core.errors import FlowerfastError, ReportedByRankZero, first_line
+from flowerfast.hardware.peers import peer_failures
 
 TIMEOUT_ENV = "FLOWERFAST_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 600
@@ -103,8 +104,10 @@ def process_device(device, procs: Processes):
     if not procs.distributed or device.type != "cuda":
         return device
     if procs.local_rank >= torch.cuda.device_count():
-        raise FlowerfastError(f"process {procs.rank} (local rank {procs.local_rank}) has no GPU of its own: this "
-                              f"machine has {torch.cuda.device_count()}; start at most that many processes per machine")
+        raise FlowerfastError(
+            f"process {procs.rank} (local rank {procs.local_rank}) has no GPU of its own: this "
+            f"machine has {torch.cuda.device_count()}; start at most that many processes per machine"
+        )
     torch.cuda.set_device(procs.local_rank)
     return torch.device("cuda", procs.local_rank)
 
@@ -136,21 +139,36 @@ def start(device) -> Processes:
     import importlib.util
 
     if importlib.util.find_spec("accelerate") is None:  # fastai's DDP wrapper is built on it
-        raise FlowerfastError(f"training in {procs.world_size} processes needs Hugging Face Accelerate: "
-                              "pip install \"flowerfast[distributed]\"")
+        raise FlowerfastError(
+            f"training in {procs.world_size} processes needs Hugging Face Accelerate: "
+            'pip install "flowerfast[distributed]"'
+        )
     for name in ("MASTER_ADDR", "MASTER_PORT"):
         if not os.environ.get(name):
-            raise FlowerfastError(f"WORLD_SIZE is {procs.world_size} but {name} is not set: start the job with "
-                                  "torchrun or accelerate launch, which set it")
+            raise FlowerfastError(
+                f"WORLD_SIZE is {procs.world_size} but {name} is not set: start the job with "
+                "torchrun or accelerate launch, which set it"
+            )
     try:
-        dist.init_process_group(backend=backend_for(device.type), rank=procs.rank, world_size=procs.world_size,
-                                timeout=datetime.timedelta(seconds=timeout_seconds()))
+        dist.init_process_group(
+            backend=backend_for(device.type),
+            rank=procs.rank,
+            world_size=procs.world_size,
+            timeout=datetime.timedelta(seconds=timeout_seconds()),
+        )
     except (RuntimeError, ValueError) as exc:
-        raise FlowerfastError(f"process {procs.rank} of {procs.world_size} could not join the job: "
-                              f"{first_line(exc)}") from None
+        raise FlowerfastError(
+            f"process {procs.rank} of {procs.world_size} could not join the job: {first_line(exc)}"
+        ) from None
     atexit.register(stop)
-    trace("start", rank=procs.rank, world_size=procs.world_size, pid=os.getpid(), backend=backend_for(device.type),
-          device=str(device))
+    trace(
+        "start",
+        rank=procs.rank,
+        world_size=procs.world_size,
+        pid=os.getpid(),
+        backend=backend_for(device.type),
+        device=str(device),
+    )
     return procs
 
 
@@ -185,11 +203,6 @@ def unwrapped(model):
     """The network itself: DDP's wrapper (present while a fit runs in a job of several processes)
     holds it as ``.module``; a network outside a job is returned as it is."""
     return getattr(model, "module", model)
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # --- collectives ------------------------------------------------------------------------------
@@ -285,17 +298,18 @@ def agree(check: Callable[[], T]) -> T:
         try:
             result = check()
         except FlowerfastError as exc:
-            error = str(exc)
+            error = (exc.template, exc.parameters)
     error, result = broadcast_object((error, result))
     if error is not None:
-        raise (FlowerfastError(error) if current().is_main else ReportedByRankZero(error))
+        raise (FlowerfastError if current().is_main else ReportedByRankZero)(*error)
     return result
 
 
-def shared_error(message: str) -> FlowerfastError:
+def shared_error(message: str, parameters: Sequence[str] = ()) -> FlowerfastError:
     """The error every process of a job meets alike (the same curve, the same summed figures), to
     raise: rank 0 shows it, the others end quietly (:class:`ReportedByRankZero`)."""
-    return ReportedByRankZero(message) if active() and not current().is_main else FlowerfastError(message)
+    kind = ReportedByRankZero if active() and not current().is_main else FlowerfastError
+    return kind(message, parameters)
 
 
 def all_ready(error: Optional[str]) -> None:
@@ -332,48 +346,6 @@ def each_ready() -> Iterator[None]:
     except FlowerfastError as exc:
         error = str(exc)
     all_ready(error)
-
-
-class peer_failures:
-    """A collective that fails because another process died or stopped answering (gloo's
-    "Connection closed by peer", NCCL's errors, a timeout) becomes :class:`ProcessLost`: one line
-    saying so, instead of a traceback from deep inside torch."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, exc, tb):
-        if exc is None or not isinstance(exc, Exception) or isinstance(exc, FlowerfastError):
-            return False
-        if is_peer_failure(exc):
-            raise ProcessLost(describe_peer_failure(exc)) from None
-        return False
-
-
-def is_peer_failure(exc: BaseException) -> bool:
-    """Whether ``exc`` is a collective's failure (torch's ``DistError`` family, or a gloo or NCCL
-    RuntimeError) rather than a bug of this process."""
-    import torch.distributed as dist
-
-    if isinstance(exc, getattr(dist, "DistError", ())):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and any(
-        word in text for word in ("gloo", "nccl", "connection closed", "connection reset", "broken pipe",
-                                  "timed out", "timeout", "process group"))
-
-
-PEER_REASONS = ("connection reset by peer", "connection closed by peer", "broken pipe", "timed out", "timeout")
-
-
-def describe_peer_failure(exc: BaseException) -> str:
-    """One line: which process stopped and the gist of torch's message (its first words it finds
-    among :data:`PEER_REASONS`, else the start of its first line)."""
-    procs = current()
-    text = first_line(exc).lower()
-    reason = next((r for r in PEER_REASONS if r in text), None) or first_line(exc)[:120]
-    return (f"another process of this {procs.world_size}-process job stopped or stopped answering ({reason}), "
-            f"so process {procs.rank} stops too")
 
 
 # --- the record of what each process did --------------------------------------------------------

@@ -14,13 +14,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+from sklearn.metrics import precision_recall_fscore_support
 
 from flowerfast.core.errors import FlowerfastError
 from flowerfast.core.files import atomic_write_bytes, create_run_dir, write_csv, write_json
 from flowerfast.core.plots import confusion_png, mistakes_png
+from flowerfast.core.stats import confusion_counts
 from flowerfast.data.folders import SkippedFile, scan_image_folder
 from flowerfast.infer.predict import LoadedModel, as_loaded_model
+from flowerfast.runs.config import INFERENCE_BATCH_SIZE
 from flowerfast.runs.folder import CONFIG, SPLIT, RunFolder, relative_path
 
 
@@ -72,26 +74,29 @@ class EvaluationResult:
 
     def to_dict(self) -> dict:
         return {
-            "data_dir": str(self.data_dir), "classes": self.classes, "n_images": self.n_images,
-            "accuracy": self.accuracy, "macro_f1": self.macro_f1,
-            "per_class": [asdict(m) for m in self.per_class], "confusion": self.confusion,
+            "data_dir": str(self.data_dir),
+            "classes": self.classes,
+            "n_images": self.n_images,
+            "accuracy": self.accuracy,
+            "macro_f1": self.macro_f1,
+            "per_class": [asdict(m) for m in self.per_class],
+            "confusion": self.confusion,
             "mistakes": [{**asdict(m), "path": str(m.path)} for m in self.mistakes],
             "skipped": [{"path": str(s.path), "reason": s.reason} for s in self.skipped],
-            "source": self.source, "trained_on": self.trained_on,
+            "source": self.source,
+            "trained_on": self.trained_on,
         }
-
-
-def count_confusion(labels: Sequence[str], predicted: Sequence[str], classes: Sequence[str]) -> list[list[int]]:
-    """``[i][j]``: images of ``classes[i]`` predicted as ``classes[j]`` (scikit-learn's count, as plain ints)."""
-    return [[int(v) for v in row] for row in confusion_matrix(labels, predicted, labels=list(classes))]
 
 
 def score_classes(labels: Sequence[str], predicted: Sequence[str], classes: Sequence[str]) -> list[ClassMetrics]:
     """Precision, recall, F1 and support of each class (scikit-learn's; 0 where undefined)."""
-    precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=list(classes),
-                                                                     zero_division=0)
-    return [ClassMetrics(name, float(p), float(r), float(f), int(n))
-            for name, p, r, f, n in zip(classes, precision, recall, f1, support)]
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predicted, labels=list(classes), zero_division=0
+    )
+    return [
+        ClassMetrics(name, float(p), float(r), float(f), int(n))
+        for name, p, r, f, n in zip(classes, precision, recall, f1, support)
+    ]
 
 
 class TrainingOverlapWarning(UserWarning):
@@ -111,7 +116,7 @@ def run_of(model_or_path) -> Optional[RunFolder]:
 def validation_split(run: RunFolder) -> tuple[Path, list[Path], list[str], list[SkippedFile]]:
     """The run's own validation images and labels, from ``split.csv`` and the data folder in
     ``config.json``; a photo no longer there is skipped with the reason."""
-    root = Path(run.read_config().get("data", ""))
+    root = Path(run.read_config().data)
     files, labels, skipped = [], [], []
     for row in run.read_split(root):
         if row.is_valid:
@@ -130,7 +135,7 @@ def training_overlap(run: RunFolder, files: Sequence[Path]) -> int:
     import hashlib
     import os
 
-    root = Path(run.read_config().get("data", ""))
+    root = Path(run.read_config().data)
     train = [r.file for r in run.read_split(root) if not r.is_valid]
     real = {os.path.realpath(f) for f in train}
     by_size: dict[int, list[Path]] = {}
@@ -163,9 +168,47 @@ def training_overlap(run: RunFolder, files: Sequence[Path]) -> int:
     return count
 
 
-def evaluate(model_or_path, data_dir: Optional[Path | str] = None, mistakes: int = 9, bs: int = 64,
-             device: Optional[str] = None, workers: Optional[int] = None,
-             trust_pickle: bool = False, precision: str = "fp32", reporter=None) -> EvaluationResult:
+def images_to_score(run: Optional[RunFolder], data_dir: Optional[Path | str]):
+    """``(root, files, labels, skipped, source)``: the labelled folder's images, or without one
+    the run's own validation split."""
+    if data_dir is None:
+        if run is None:
+            raise FlowerfastError(
+                "give a folder of labelled images to evaluate on; only a run folder (or a model "
+                "in one) can be scored on its own validation split without one"
+            )
+        root, files, labels, skipped = validation_split(run)
+        return root, files, labels, skipped, f"validation split of {run.path}"
+    folder = scan_image_folder(data_dir)
+    return folder.root, folder.files, folder.labels, folder.skipped, "folder"
+
+
+def warn_of_training_overlap(run: RunFolder, files: Sequence[Path]) -> int:
+    """How many of ``files`` the run trained on (:func:`training_overlap`), warned about when
+    any: they make the accuracy optimistic."""
+    trained_on = training_overlap(run, files)
+    if trained_on:
+        warnings.warn(
+            f"{trained_on} of {len(files)} images ({trained_on / len(files):.0%}) were in the "
+            f"model's training set (same file or same content): the accuracy is optimistic. "
+            f"`flowerfast evaluate {run.path}` scores its validation split",
+            TrainingOverlapWarning,
+            stacklevel=3,
+        )
+    return trained_on
+
+
+def evaluate(
+    model_or_path,
+    data_dir: Optional[Path | str] = None,
+    mistakes: int = 9,
+    bs: int = INFERENCE_BATCH_SIZE,
+    device: Optional[str] = None,
+    workers: Optional[int] = None,
+    trust_pickle: bool = False,
+    precision: str = "fp32",
+    reporter=None,
+) -> EvaluationResult:
     """Predict every image of a labelled folder and score the predictions.
 
     Without ``data_dir``, a run's model is scored on the run's own validation split (the images
@@ -175,29 +218,17 @@ def evaluate(model_or_path, data_dir: Optional[Path | str] = None, mistakes: int
     right); classes the model knows but the folder lacks are fine (they simply have no support).
     """
     if mistakes < 0:
-        raise FlowerfastError(f"--mistakes must be 0 or more, not {mistakes}")
+        raise FlowerfastError(f"$mistakes must be 0 or more, not {mistakes}", parameters=("mistakes",))
     run = run_of(model_or_path)
-    if data_dir is None:
-        if run is None:
-            raise FlowerfastError("give a folder of labelled images to evaluate on; only a run folder (or a model "
-                                  "in one) can be scored on its own validation split without one")
-        root, all_files, all_labels, scan_skipped = validation_split(run)
-        source = f"validation split of {run.path}"
-    else:
-        folder = scan_image_folder(data_dir)
-        root, all_files, all_labels, scan_skipped = folder.root, folder.files, folder.labels, folder.skipped
-        source = "folder"
+    root, all_files, all_labels, scan_skipped, source = images_to_score(run, data_dir)
     model: LoadedModel = as_loaded_model(model_or_path, device=device, trust_pickle=trust_pickle, precision=precision)
     unknown = sorted(set(all_labels) - set(model.classes))
     if unknown:
-        raise FlowerfastError(f"{root} has class folder(s) the model does not know: {', '.join(unknown)} "
-                              f"(model classes: {', '.join(model.classes)})")
-    trained_on = training_overlap(run, all_files) if data_dir is not None and run is not None else 0
-    if trained_on:
-        warnings.warn(f"{trained_on} of {len(all_files)} images ({trained_on / len(all_files):.0%}) were in the "
-                      f"model's training set (same file or same content): the accuracy is optimistic. "
-                      f"`flowerfast evaluate {run.path}` scores its validation split", TrainingOverlapWarning,
-                      stacklevel=2)
+        raise FlowerfastError(
+            f"{root} has class folder(s) the model does not know: {', '.join(unknown)} "
+            f"(model classes: {', '.join(model.classes)})"
+        )
+    trained_on = warn_of_training_overlap(run, all_files) if data_dir is not None and run is not None else 0
     paths, probs, errors = model.probabilities(all_files, bs=bs, workers=workers, reporter=reporter)
     skipped = list(scan_skipped) + [SkippedFile(paths[i], reason) for i, reason in sorted(errors.items())]
     keep = [i for i in range(len(paths)) if i not in errors]
@@ -208,15 +239,25 @@ def evaluate(model_or_path, data_dir: Optional[Path | str] = None, mistakes: int
     conf, idx = probs.max(dim=1)
     predicted = [model.classes[int(j)] for j in idx]
     confidence = [float(c) for c in conf]
-    confusion = count_confusion(labels, predicted, model.classes)
+    confusion = confusion_counts(labels, predicted, model.classes)
     correct = sum(t == p for t, p in zip(labels, predicted))
     wrong = sorted((i for i in range(len(files)) if labels[i] != predicted[i]), key=lambda i: -confidence[i])
     return EvaluationResult(
-        data_dir=root, classes=model.classes, n_images=len(files), accuracy=correct / len(files),
-        per_class=score_classes(labels, predicted, model.classes), confusion=confusion,
+        data_dir=root,
+        classes=model.classes,
+        n_images=len(files),
+        accuracy=correct / len(files),
+        per_class=score_classes(labels, predicted, model.classes),
+        confusion=confusion,
         mistakes=[Mistake(files[i], labels[i], predicted[i], confidence[i]) for i in wrong[:mistakes]],
-        files=files, labels=labels, predicted=predicted, confidence=confidence, skipped=skipped, source=source,
-        trained_on=trained_on)
+        files=files,
+        labels=labels,
+        predicted=predicted,
+        confidence=confidence,
+        skipped=skipped,
+        source=source,
+        trained_on=trained_on,
+    )
 
 
 def confusion_title(result: EvaluationResult) -> str:
@@ -239,11 +280,16 @@ def save_report(result: EvaluationResult, out_dir: Path) -> EvaluationFiles:
     """Write ``metrics.json``, ``predictions.csv``, ``confusion.png`` and ``mistakes.png`` into a new folder."""
     out_dir = create_run_dir(out_dir)
     metrics = write_json(out_dir / "metrics.json", result.to_dict())
-    predictions = write_csv(out_dir / "predictions.csv", ["file", "label", "predicted", "confidence"],
-                            [[relative_path(f, result.data_dir), t, p, round(c, 6)] for f, t, p, c in
-                             zip(result.files, result.labels, result.predicted, result.confidence)])
-    confusion = atomic_write_bytes(out_dir / "confusion.png",
-                                   confusion_png(confusion_title(result), result.classes, result.confusion))
-    mistakes = (atomic_write_bytes(out_dir / "mistakes.png", mistakes_png(result.mistakes))
-                if result.mistakes else None)
+    predictions = write_csv(
+        out_dir / "predictions.csv",
+        ["file", "label", "predicted", "confidence"],
+        [
+            [relative_path(f, result.data_dir), t, p, round(c, 6)]
+            for f, t, p, c in zip(result.files, result.labels, result.predicted, result.confidence)
+        ],
+    )
+    confusion = atomic_write_bytes(
+        out_dir / "confusion.png", confusion_png(confusion_title(result), result.classes, result.confusion)
+    )
+    mistakes = atomic_write_bytes(out_dir / "mistakes.png", mistakes_png(result.mistakes)) if result.mistakes else None
     return EvaluationFiles(out_dir, metrics, predictions, confusion, mistakes)

@@ -60,8 +60,9 @@ class FastaiExportPreprocessing(Preprocessing):
     ``std`` the export's Normalize statistics (0 and 1 without one).
     """
 
-    def __init__(self, item: FastaiItemTransform, batch: FastaiBatchTransform, size: int,
-                 mean: list[float], std: list[float]):
+    def __init__(
+        self, item: FastaiItemTransform, batch: FastaiBatchTransform, size: int, mean: list[float], std: list[float]
+    ):
         self.item = item
         self.batch = batch
         self.size = int(size)
@@ -89,10 +90,11 @@ class FastaiExportPreprocessing(Preprocessing):
             "scale": 1 / 255,
             "mean": list(self.mean),
             "std": list(self.std),
-            "steps": ["open the image as the fastai export does",
-                      "apply the fastai item transforms listed, as in validation",
-                      "apply the fastai batch transforms listed, as in validation "
-                      "(they scale to floats and normalise)"],
+            "steps": [
+                "open the image as the fastai export does",
+                "apply the fastai item transforms listed, as in validation",
+                "apply the fastai batch transforms listed, as in validation (they scale to floats and normalise)",
+            ],
         }
 
 
@@ -117,7 +119,9 @@ def blank_png(width: int, height: int) -> bytes:
     return buf.getvalue()
 
 
-def load_fastai_export(path: Path, device: torch.device) -> tuple[torch.nn.Module, ModelSpec, FastaiExportPreprocessing]:
+def load_fastai_export(
+    path: Path, device: torch.device
+) -> tuple[torch.nn.Module, ModelSpec, FastaiExportPreprocessing]:
     """A fastai ``learn.export()`` pickle, read with fastai's ``load_learner`` (unpickles: trusted only).
 
     Returns ``(network, spec, preprocessing)``: the network in eval mode on ``device``, a spec
@@ -128,7 +132,10 @@ def load_fastai_export(path: Path, device: torch.device) -> tuple[torch.nn.Modul
     if not path.exists():
         raise FlowerfastError(f"model not found: {path}")
     if path.suffix.lower() != ".pkl":
-        raise FlowerfastError(f"{path}: only fastai learn.export() .pkl files can be loaded with --trust-pickle")
+        raise FlowerfastError(
+            f"{path}: only fastai learn.export() .pkl files can be loaded with $trust_pickle=True",
+            parameters=("trust_pickle",),
+        )
     from fastai.learner import load_learner
 
     try:
@@ -154,6 +161,13 @@ def load_fastai_export(path: Path, device: torch.device) -> tuple[torch.nn.Modul
             mean, std = [float(v) for v in tfm.mean.flatten()], [float(v) for v in tfm.std.flatten()]
     preprocessing = FastaiExportPreprocessing(item, batch, size=int(probe.shape[-1]), mean=mean, std=std)
     classes = [str(c) for c in learn.dls.vocab]
-    spec = ModelSpec(arch="fastai-export", classes=classes, size=preprocessing.size, cut=0, num_features=0,
-                     mean=preprocessing.mean, std=preprocessing.std)
+    spec = ModelSpec(
+        arch="fastai-export",
+        classes=classes,
+        size=preprocessing.size,
+        cut=0,
+        num_features=0,
+        mean=preprocessing.mean,
+        std=preprocessing.std,
+    )
     return learn.model.eval().to(device), spec, preprocessing

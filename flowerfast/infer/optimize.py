@@ -31,9 +31,14 @@ def fold_batch_norms(network: torch.nn.Module) -> torch.nn.Module:
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     def foldable(conv, bn) -> bool:
-        return (isinstance(conv, torch.nn.Conv2d) and type(bn) is torch.nn.BatchNorm2d
-                and not conv.training and not bn.training  # a training batch norm is not fixed yet
-                and bn.track_running_stats and bn.num_features == conv.out_channels)
+        return (
+            isinstance(conv, torch.nn.Conv2d)
+            and type(bn) is torch.nn.BatchNorm2d
+            and not conv.training
+            and not bn.training  # a training batch norm is not fixed yet
+            and bn.track_running_stats
+            and bn.num_features == conv.out_channels
+        )
 
     for module in list(network.modules()):
         if isinstance(module, torch.nn.Sequential):

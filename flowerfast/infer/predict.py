@@ -26,7 +26,7 @@ from flowerfast.hardware.devices import autocast_dtype, resolve_device, resolve_
 from flowerfast.infer.optimize import for_inference, inference_layout
 from flowerfast.infer.preprocessing import FlowerfastPreprocessing, Preprocessing
 from flowerfast.models.classifier import ModelSpec, load_classifier
-from flowerfast.runs.config import MAX_LOADER_WORKERS, PRECISIONS
+from flowerfast.runs.config import INFERENCE_BATCH_SIZE, MAX_LOADER_WORKERS, PRECISIONS
 
 PICKLE_SUFFIXES = (".pkl", ".pth", ".pt", ".pickle")
 
@@ -93,13 +93,20 @@ class Prediction:
         return self.error is None
 
     def to_dict(self) -> dict:
-        return {"path": str(self.path), "predicted": self.predicted, "probability": self.probability,
-                "top_k": [{"class": name, "probability": p} for name, p in self.top_k], "error": self.error}
+        return {
+            "path": str(self.path),
+            "predicted": self.predicted,
+            "probability": self.probability,
+            "top_k": [{"class": name, "probability": p} for name, p in self.top_k],
+            "error": self.error,
+        }
 
 
 def check_top_k(top_k: int, n_classes: int) -> int:
     if top_k < 1 or top_k > n_classes:
-        raise FlowerfastError(f"--top-k must be between 1 and {n_classes} (the model's classes), not {top_k}")
+        raise FlowerfastError(
+            f"$top_k must be between 1 and {n_classes} (the model's classes), not {top_k}", parameters=("top_k",)
+        )
     return top_k
 
 
@@ -129,8 +136,9 @@ class LoadedModel:
     def classes(self) -> list[str]:
         return list(self.spec.classes)
 
-    def probabilities(self, paths: Sequence[Path | str], bs: int = 64, workers: Optional[int] = None,
-                      reporter=None) -> tuple[list[Path], torch.Tensor, dict[int, str]]:
+    def probabilities(
+        self, paths: Sequence[Path | str], bs: int = INFERENCE_BATCH_SIZE, workers: Optional[int] = None, reporter=None
+    ) -> tuple[list[Path], torch.Tensor, dict[int, str]]:
         """Softmax probabilities ``(n_readable, n_classes)`` in input order, plus the unreadable files.
 
         Returns ``(paths, probs, errors)`` with ``errors`` mapping an index of ``paths`` to its
@@ -138,12 +146,17 @@ class LoadedModel:
         :class:`~flowerfast.core.progress.Reporter`) hears of each batch, as ``"predict"``.
         """
         if bs < 1:
-            raise FlowerfastError(f"--bs must be at least 1, not {bs}")
+            raise FlowerfastError(f"$bs must be at least 1, not {bs}", parameters=("bs",))
         paths = [Path(p) for p in paths]
         workers = default_workers(len(paths), bs, self.device) if workers is None else workers
         loader = torch.utils.data.DataLoader(
-            ImageFileDataset(paths, self.preprocessing.load), batch_size=bs, shuffle=False, num_workers=workers,
-            collate_fn=collate_images, pin_memory=self.device.type == "cuda")
+            ImageFileDataset(paths, self.preprocessing.load),
+            batch_size=bs,
+            shuffle=False,
+            num_workers=workers,
+            collate_fn=collate_images,
+            pin_memory=self.device.type == "cuda",
+        )
         rows: list[torch.Tensor] = []
         errors: dict[int, str] = {}
         if reporter is not None:
@@ -181,16 +194,23 @@ class LoadedModel:
         with torch.autocast(device_type=self.device.type, dtype=dtype):
             return self.network(x)
 
-    def predict(self, paths: Sequence[Path | str], top_k: int = 1, bs: int = 64,
-                workers: Optional[int] = None, reporter=None) -> list[Prediction]:
+    def predict(
+        self,
+        paths: Sequence[Path | str],
+        top_k: int = 1,
+        bs: int = INFERENCE_BATCH_SIZE,
+        workers: Optional[int] = None,
+        reporter=None,
+    ) -> list[Prediction]:
         """One :class:`Prediction` per path, in order; unreadable files carry their ``error``."""
         check_top_k(top_k, self.spec.n_classes)
         paths, probs, errors = self.probabilities(paths, bs=bs, workers=workers, reporter=reporter)
         return predictions_from(paths, probs, errors, self.classes, top_k)
 
 
-def predictions_from(paths: Sequence[Path], probs: torch.Tensor, errors: dict[int, str],
-                     classes: Sequence[str], top_k: int) -> list[Prediction]:
+def predictions_from(
+    paths: Sequence[Path], probs: torch.Tensor, errors: dict[int, str], classes: Sequence[str], top_k: int
+) -> list[Prediction]:
     values, indices = probs.topk(min(top_k, len(classes)), dim=1) if len(probs) else (probs, probs.long())
     out, row = [], 0
     for i, path in enumerate(paths):
@@ -214,8 +234,10 @@ def is_pickle_file(path: Path | str) -> bool:
 def refuse_pickle(path: Path) -> FlowerfastError:
     return FlowerfastError(
         f"refusing to load {path}: it is a pickle file, and unpickling can run arbitrary code. "
-        f"flowerfast models are .safetensors + .json; pass --trust-pickle (trust_pickle=True) only for "
-        f"a fastai export you trust")
+        f"flowerfast models are .safetensors + .json; pass $trust_pickle=True only for "
+        f"a fastai export you trust",
+        parameters=("trust_pickle",),
+    )
 
 
 def check_pickle_allowed(model_or_path, trust_pickle: bool = False) -> None:
@@ -228,8 +250,9 @@ def check_pickle_allowed(model_or_path, trust_pickle: bool = False) -> None:
         raise refuse_pickle(path)
 
 
-def load_model(path: Path | str, device: Optional[str | torch.device] = None,
-               trust_pickle: bool = False, precision: str = "fp32") -> LoadedModel:
+def load_model(
+    path: Path | str, device: Optional[str | torch.device] = None, trust_pickle: bool = False, precision: str = "fp32"
+) -> LoadedModel:
     """Load a model for inference from a run folder, a ``.safetensors``/``.json`` model file, or
     (only with ``trust_pickle=True``) a fastai ``learn.export()`` ``.pkl``.
 
@@ -245,28 +268,40 @@ def load_model(path: Path | str, device: Optional[str | torch.device] = None,
 
         network, spec, preprocessing = load_fastai_export(path, dev)
         # as fastai runs it: a fastai export's custom layers may not accept NHWC or folded norms
-        return LoadedModel(network=network, spec=spec, device=dev, source=path, preprocessing=preprocessing,
-                           precision=precision)
+        return LoadedModel(
+            network=network, spec=spec, device=dev, source=path, preprocessing=preprocessing, precision=precision
+        )
     if not path.exists() and not path.with_name(path.name + ".safetensors").exists():
         raise FlowerfastError(f"model not found: {path}")
     network, spec = load_classifier(path, device=dev)
-    return LoadedModel(network=for_inference(network, dev), spec=spec, device=dev, source=path,
-                       preprocessing=FlowerfastPreprocessing(spec.size, spec.mean, spec.std),
-                       memory_format=inference_layout(dev), precision=precision)
+    return LoadedModel(
+        network=for_inference(network, dev),
+        spec=spec,
+        device=dev,
+        source=path,
+        preprocessing=FlowerfastPreprocessing(spec.size, spec.mean, spec.std),
+        memory_format=inference_layout(dev),
+        precision=precision,
+    )
 
 
 def check_finite(outputs: torch.Tensor, source) -> torch.Tensor:
     """A model whose outputs are NaN or infinite has damaged weights (or diverged in training): its
     answers mean nothing, so it is an error rather than a "daisy nan%" prediction."""
     if not bool(torch.isfinite(outputs).all()):
-        raise FlowerfastError(f"the model {source} gives NaN or infinite outputs: its weights are damaged or its "
-                              f"training diverged (retrain with a lower --lr)")
+        raise FlowerfastError(
+            f"the model {source} gives NaN or infinite outputs: its weights are damaged or its "
+            f"training diverged (retrain with a lower $lr)",
+            parameters=("lr",),
+        )
     return outputs
 
 
 def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
-        raise FlowerfastError(f"--precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+        raise FlowerfastError(
+            f"$precision must be one of {', '.join(PRECISIONS)} (got {precision!r})", parameters=("precision",)
+        )
     return precision
 
 

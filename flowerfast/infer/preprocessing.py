@@ -120,10 +120,14 @@ class FlowerfastPreprocessing(Preprocessing):
         big = resize_size(self.size)
         bound = load_size(self.size)
         return {
-            "reduce": {"shorter_side": bound, "only_if_larger": True, "keep_aspect_ratio": True,
-                       "longer_side": f"round(longer * {bound} / shorter), Python's round",
-                       "jpeg_draft": "PIL's Image.draft(None, reduced_size) before decoding",
-                       "interpolation": "bilinear (PIL)"},
+            "reduce": {
+                "shorter_side": bound,
+                "only_if_larger": True,
+                "keep_aspect_ratio": True,
+                "longer_side": f"round(longer * {bound} / shorter), Python's round",
+                "jpeg_draft": "PIL's Image.draft(None, reduced_size) before decoding",
+                "interpolation": "bilinear (PIL)",
+            },
             "resize": {"width": big, "height": big, "keep_aspect_ratio": False, "interpolation": "bilinear (PIL)"},
             "center_crop": {"width": self.size, "height": self.size},
             "color": colour_mode(self.channels),

@@ -119,7 +119,7 @@ def resolve_arch(name: str, source: Optional[str] = None) -> ArchRef:
     """
     name = str(name).strip()
     if source == TIMM or name.startswith(TIMM_PREFIX):
-        model_name = name[len(TIMM_PREFIX):] if name.startswith(TIMM_PREFIX) else name
+        model_name = name[len(TIMM_PREFIX) :] if name.startswith(TIMM_PREFIX) else name
         if model_name not in set(timm_names()):
             _unknown(name)
         tv = model_name in set(torchvision_names())
@@ -211,6 +211,7 @@ def cuttable(backbone, ref: ArchRef):
 
 # --- the body cut: feature layers kept, ImageNet classifier dropped ----------------------------
 
+
 def _is_classifier_tail(module) -> bool:
     """Layers at the end of a torchvision model that belong to its ImageNet classifier."""
     import torch.nn as nn
@@ -221,7 +222,8 @@ def _is_classifier_tail(module) -> bool:
     if isinstance(module, nn.Sequential):
         parts = list(module.children())
         return any(isinstance(p, nn.Linear) for p in parts) or (
-            bool(parts) and isinstance(parts[-1], (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)))
+            bool(parts) and isinstance(parts[-1], (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d))
+        )
     return False
 
 
@@ -252,7 +254,7 @@ def classifier_prefixes(model, ref: Optional[ArchRef] = None) -> tuple[str, ...]
         names = model.pretrained_cfg.get("classifier") or "classifier"
         return tuple(f"{name}." for name in ([names] if isinstance(names, str) else names))
     names = [name for name, _ in model.named_children()]
-    return tuple(f"{name}." for name in names[body_cut(model):])
+    return tuple(f"{name}." for name in names[body_cut(model) :])
 
 
 def check_feature_map(model, ref: ArchRef, out) -> None:
@@ -263,5 +265,6 @@ def check_feature_map(model, ref: ArchRef, out) -> None:
     if ref.is_timm:
         channels = getattr(model, "num_features", None)  # timm: the channels forward_features yields
         if channels is not None and int(out.shape[1]) != int(channels):
-            raise FlowerfastError(f"architecture {ref.name!r} is not supported: its features are not a "
-                                  "channels-first feature map")
+            raise FlowerfastError(
+                f"architecture {ref.name!r} is not supported: its features are not a channels-first feature map"
+            )

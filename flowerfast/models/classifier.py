@@ -109,8 +109,12 @@ def library_versions() -> dict[str, str]:
 
     from flowerfast import __version__
 
-    versions = {"flowerfast": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-                "python": platform.python_version()}
+    versions = {
+        "flowerfast": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+    }
     try:
         from importlib.metadata import version
 
@@ -189,8 +193,12 @@ def save_model(model, spec: ModelSpec, path: Path) -> tuple[Path, Path]:
     if not spec.versions:
         spec.versions = library_versions()
     described = {**asdict(spec), "sha256": weights_sha256(state)}
-    metadata = {"format": spec.format, "arch": spec.arch, SPEC_KEY: json.dumps(asdict(spec)),
-                CHECKSUM_KEY: described["sha256"]}
+    metadata = {
+        "format": spec.format,
+        "arch": spec.arch,
+        SPEC_KEY: json.dumps(asdict(spec)),
+        CHECKSUM_KEY: described["sha256"],
+    }
     atomic_write_bytes(weights_path, st_save(state, metadata=metadata))
     write_json(json_path, described)
     return weights_path, json_path
@@ -269,10 +277,12 @@ def check_description_agrees(spec: ModelSpec, json_path: Path) -> None:
     differ = [f for f in DESCRIBING_FIELDS if getattr(beside, f) != getattr(spec, f)]
     if differ:
         name, weights = differ[0], Path(json_path).with_suffix(".safetensors")
-        raise FlowerfastError(f"{json_path} contradicts the description inside {weights}: {name} is "
-                              f"{getattr(beside, name)!r} there and {getattr(spec, name)!r} inside ({len(differ)} "
-                              "field(s) differ); restore the JSON or delete it (the weights file is complete on its "
-                              "own)")
+        raise FlowerfastError(
+            f"{json_path} contradicts the description inside {weights}: {name} is "
+            f"{getattr(beside, name)!r} there and {getattr(spec, name)!r} inside ({len(differ)} "
+            "field(s) differ); restore the JSON or delete it (the weights file is complete on its "
+            "own)"
+        )
 
 
 def load_classifier(path: Path, device: Optional[str] = None):
@@ -296,8 +306,10 @@ def load_classifier(path: Path, device: Optional[str] = None):
         check_description_agrees(spec, json_path)
     expected = metadata.get(CHECKSUM_KEY)
     if expected is not None and weights_sha256(state) != expected:
-        raise FlowerfastError(f"{weights_path} is damaged: its weights do not match the checksum saved with them; "
-                              "use another copy or train again")
+        raise FlowerfastError(
+            f"{weights_path} is damaged: its weights do not match the checksum saved with them; "
+            "use another copy or train again"
+        )
     model = build_classifier(spec)
     load_state_into(model, state, f"model weights {weights_path}", spec.arch)
     model.eval()

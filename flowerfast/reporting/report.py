@@ -23,8 +23,6 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from sklearn.metrics import confusion_matrix
-
 from flowerfast.core.errors import FlowerfastError
 from flowerfast.core.files import (
     atomic_write_bytes,
@@ -36,11 +34,12 @@ from flowerfast.core.files import (
 )
 from flowerfast.core.plots import confusion_png, curves_png, per_class_png
 from flowerfast.core.progress import NullReporter, Reporter
-from flowerfast.core.stats import mcnemar_exact, paired_bootstrap_ci
+from flowerfast.core.stats import confusion_counts, mcnemar_exact, paired_bootstrap_ci
 from flowerfast.infer.latency import default_device, measure_inference
 from flowerfast.reporting.render import format_p_value, render_html, render_markdown
 from flowerfast.runs.finished import RunRecord, load_runs
 from flowerfast.runs.folder import EpochRecord
+from flowerfast.runs.resolved import ResolvedConfig
 
 FORMAT_VERSION = 1
 ALPHA = 0.05
@@ -146,9 +145,15 @@ class ComparisonReport:
     files: list[Path] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": "flowerfast-comparison", "format_version": FORMAT_VERSION, "split": self.split,
-                "settings": self.settings, "models": [m.to_dict() for m in self.models],
-                "pairs": [p.to_dict() for p in self.pairs], "plots": self.plots}
+        return {
+            "format": "flowerfast-comparison",
+            "format_version": FORMAT_VERSION,
+            "split": self.split,
+            "settings": self.settings,
+            "models": [m.to_dict() for m in self.models],
+            "pairs": [p.to_dict() for p in self.pairs],
+            "plots": self.plots,
+        }
 
     @property
     def verdicts(self) -> list[str]:
@@ -163,15 +168,23 @@ def verdict(a: str, b: str, difference: float, p: float, alpha: float = ALPHA) -
     return f"no significant difference between {a} and {b} on this split ({format_p_value(p)})"
 
 
-def compare_pair(a: RunRecord, b: RunRecord, n_resamples: int = N_RESAMPLES, seed: int = BOOTSTRAP_SEED,
-                 level: float = CI_LEVEL, alpha: float = ALPHA) -> PairResult:
+def compare_pair(
+    a: RunRecord,
+    b: RunRecord,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    level: float = CI_LEVEL,
+    alpha: float = ALPHA,
+) -> PairResult:
     """The paired comparison of two runs on their common validation images (matched by file)."""
     pa = {p.file: p for p in a.predictions}
     pb = {p.file: p for p in b.predictions}
     if set(pa) != set(pb):
         missing = sorted(set(pa) ^ set(pb))
-        raise FlowerfastError(f"valid_predictions.csv of {a.name} and {b.name} cover different images "
-                              f"({len(missing)} differ, e.g. {missing[0]})")
+        raise FlowerfastError(
+            f"valid_predictions.csv of {a.name} and {b.name} cover different images "
+            f"({len(missing)} differ, e.g. {missing[0]})"
+        )
     files = sorted(pa)
     correct_a = [pa[f].correct for f in files]
     correct_b = [pb[f].correct for f in files]
@@ -180,11 +193,23 @@ def compare_pair(a: RunRecord, b: RunRecord, n_resamples: int = N_RESAMPLES, see
     only_b = sum(y and not x for x, y in pairs)
     diff, lo, hi = paired_bootstrap_ci(correct_a, correct_b, n_resamples=n_resamples, seed=seed, level=level)
     p = mcnemar_exact(only_a, only_b)
-    return PairResult(a=a.name, b=b.name, n_images=len(files), accuracy_a=sum(correct_a) / len(files),
-                      accuracy_b=sum(correct_b) / len(files), difference=diff, ci_low=lo, ci_high=hi,
-                      both_correct=sum(x and y for x, y in pairs), only_a_correct=only_a, only_b_correct=only_b,
-                      both_wrong=sum(not x and not y for x, y in pairs), p_value=p, significant=p < alpha,
-                      verdict=verdict(a.name, b.name, diff, p, alpha))
+    return PairResult(
+        a=a.name,
+        b=b.name,
+        n_images=len(files),
+        accuracy_a=sum(correct_a) / len(files),
+        accuracy_b=sum(correct_b) / len(files),
+        difference=diff,
+        ci_low=lo,
+        ci_high=hi,
+        both_correct=sum(x and y for x, y in pairs),
+        only_a_correct=only_a,
+        only_b_correct=only_b,
+        both_wrong=sum(not x and not y for x, y in pairs),
+        p_value=p,
+        significant=p < alpha,
+        verdict=verdict(a.name, b.name, diff, p, alpha),
+    )
 
 
 def confusion_plot_name(name: str) -> str:
@@ -196,31 +221,55 @@ def model_entry(run: RunRecord, inference: dict[str, Any]) -> ModelEntry:
     """A run's entry in the report, from its files and its measured inference speed."""
     s = run.summary
     classes = run.classes
-    matrix = confusion_matrix([p.label for p in run.predictions], [p.predicted for p in run.predictions],
-                              labels=classes).tolist()
+    matrix = confusion_counts([p.label for p in run.predictions], [p.predicted for p in run.predictions], classes)
     per_class = {c: (matrix[i][i] / sum(matrix[i]) if sum(matrix[i]) else None) for i, c in enumerate(classes)}
     figures = ModelSummary(
-        best_valid_accuracy=s.best_valid_accuracy, best_epoch=s.best_epoch, final_valid_accuracy=s.final_valid_accuracy,
-        seconds=s.seconds, seconds_per_epoch=s.seconds_per_epoch, train_images_per_second=s.train_images_per_second,
-        parameters=s.parameters, model_bytes=run.folder.best_model.stat().st_size, device=s.device)
-    return ModelEntry(name=run.name, arch=s.arch, run_dir=str(run.run_dir), pretrained=s.pretrained,
-                      weights_source=s.weights_source, lr=s.lr, epochs=len(run.history), summary=figures,
-                      inference=inference, history=run.history, per_class_accuracy=per_class,
-                      confusion_matrix=matrix, confusion_plot=confusion_plot_name(run.name),
-                      training=training_settings(run.config, s), published_parameters=published_parameters(s.arch))
+        best_valid_accuracy=s.best_valid_accuracy,
+        best_epoch=s.best_epoch,
+        final_valid_accuracy=s.final_valid_accuracy,
+        seconds=s.seconds,
+        seconds_per_epoch=s.seconds_per_epoch,
+        train_images_per_second=s.train_images_per_second,
+        parameters=s.parameters,
+        model_bytes=run.folder.best_model.stat().st_size,
+        device=s.device,
+    )
+    return ModelEntry(
+        name=run.name,
+        arch=s.arch,
+        run_dir=str(run.run_dir),
+        pretrained=s.pretrained,
+        weights_source=s.weights_source,
+        lr=s.lr,
+        epochs=len(run.history),
+        summary=figures,
+        inference=inference,
+        history=run.history,
+        per_class_accuracy=per_class,
+        confusion_matrix=matrix,
+        confusion_plot=confusion_plot_name(run.name),
+        training=training_settings(run.config, s),
+        published_parameters=published_parameters(s.arch),
+    )
 
 
-def training_settings(config: dict[str, Any], summary) -> dict[str, Any]:
+def training_settings(config: ResolvedConfig, summary) -> dict[str, Any]:
     """What a run was trained with, as the report shows it: image size, batch size, epochs
     (frozen + full, and where it stopped early), learning rate, precision and the augmentation."""
     from flowerfast.data.loaders import augmentation_description
 
-    size = config.get("size")
-    return {"image size": size, "batch size": config.get("bs"), "epochs": summary.epochs,
-            "frozen epochs": config.get("freeze_epochs"), "peak lr": config.get("lr"),
-            "body lr": config.get("body_lr") if config.get("pretrained") else None,
-            "precision": config.get("precision"), "split": "stratified" if config.get("stratify", False) else "random",
-            "augmentation": augmentation_description(size, config.get("min_scale", 0.35)) if size else None}
+    size = config.size
+    return {
+        "image size": size,
+        "batch size": config.bs,
+        "epochs": summary.epochs,
+        "frozen epochs": config.freeze_epochs,
+        "peak lr": config.lr,
+        "body lr": config.body_lr if config.pretrained else None,
+        "precision": config.precision,
+        "split": "stratified" if config.options.stratify else "random",
+        "augmentation": augmentation_description(size, config.min_scale) if size else None,
+    }
 
 
 def published_parameters(arch: str) -> Optional[int]:
@@ -236,13 +285,21 @@ def split_facts(run: RunRecord) -> dict[str, Any]:
     classes = run.classes
     valid = run.valid_rows
     cfg = run.config
-    return {"data": cfg.get("data"), "classes": classes, "n_train": len(run.split) - len(valid),
-            "n_valid": len(valid), "valid_per_class": {c: sum(row.label == c for row in valid) for c in classes},
-            "seed": cfg.get("seed"), "preset_split": cfg.get("preset_split"), "stratify": cfg.get("stratify", False)}
+    return {
+        "data": cfg.data,
+        "classes": classes,
+        "n_train": len(run.split) - len(valid),
+        "n_valid": len(valid),
+        "valid_per_class": {c: sum(row.label == c for row in valid) for c in classes},
+        "seed": cfg.options.seed,
+        "preset_split": cfg.preset_split,
+        "stratify": cfg.options.stratify,
+    }
 
 
-def build_report(run_dirs: Sequence[Path | str], reporter: Optional[Reporter] = None,
-                 precision: str = "fp32") -> ComparisonReport:
+def build_report(
+    run_dirs: Sequence[Path | str], reporter: Optional[Reporter] = None, precision: str = "fp32"
+) -> ComparisonReport:
     """Read, check and compare the runs; writes nothing but the runs' ``latency.json`` cache.
     ``precision`` is the one inference speed is measured in (``fp32`` unless asked)."""
     reporter = reporter or NullReporter()
@@ -254,10 +311,18 @@ def build_report(run_dirs: Sequence[Path | str], reporter: Optional[Reporter] = 
         models.append(model_entry(r, measure_inference(r.run_dir, device=device, precision=precision)))
     reporter.stage("comparing predictions on the validation images")
     pairs = [compare_pair(a, b) for a, b in combinations(runs, 2)]
-    settings = {"alpha": ALPHA, "ci_level": CI_LEVEL, "bootstrap_resamples": N_RESAMPLES,
-                "bootstrap_seed": BOOTSTRAP_SEED, "test": MCNEMAR_TEST}
-    plots = {"curves": CURVES_PLOT, "per_class_accuracy": PER_CLASS_PLOT,
-             "confusion": {m.name: m.confusion_plot for m in models}}
+    settings = {
+        "alpha": ALPHA,
+        "ci_level": CI_LEVEL,
+        "bootstrap_resamples": N_RESAMPLES,
+        "bootstrap_seed": BOOTSTRAP_SEED,
+        "test": MCNEMAR_TEST,
+    }
+    plots = {
+        "curves": CURVES_PLOT,
+        "per_class_accuracy": PER_CLASS_PLOT,
+        "confusion": {m.name: m.confusion_plot for m in models},
+    }
     return ComparisonReport(models=models, pairs=pairs, split=split_facts(runs[0]), settings=settings, plots=plots)
 
 
@@ -283,8 +348,12 @@ def write_report(rep: ComparisonReport, out: Path) -> ComparisonReport:
     return rep
 
 
-def report(run_dirs: Sequence[Path | str], out: Optional[Path | str] = None,
-           reporter: Optional[Reporter] = None, precision: str = "fp32") -> ComparisonReport:
+def report(
+    run_dirs: Sequence[Path | str],
+    out: Optional[Path | str] = None,
+    reporter: Optional[Reporter] = None,
+    precision: str = "fp32",
+) -> ComparisonReport:
     """Compare finished runs made on the same split and write the report into a new folder ``out``
     (default ``runs/report-<timestamp>``). Refuses runs whose ``split.csv`` differ."""
     out_dir = check_output_dir(Path(out) if out is not None else default_run_dir("report"))

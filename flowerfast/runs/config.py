@@ -22,12 +22,14 @@ LR_AUTO = "auto"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CLASS_WEIGHTS = ("none", "balanced")
 LR_FIND_ITERATIONS = 100
-TRACKERS = ("tensorboard", "mlflow", "wandb")
 DEFAULT_LR_PRETRAINED = 2e-3
 DEFAULT_LR_SCRATCH = 3e-3
 BODY_LR_DIVISOR = 40
 MIN_SCALE_PRETRAINED = 0.7
 MIN_SCALE_SCRATCH = 0.35
+INFERENCE_BATCH_SIZE = 64
+"""Images per forward pass when a trained model predicts (predict, evaluate): large enough to keep a
+GPU or the CPU's cores busy, small enough for a CPU's memory at 224 px."""
 PATH_OPTIONS = ("data", "weights", "out", "split_file", "cache_dir")
 
 
@@ -114,38 +116,48 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Check every option a user can get wrong; raise FlowerfastError naming the option."""
         if self.epochs < 1:
-            raise FlowerfastError(f"--epochs must be at least 1 (got {self.epochs})")
+            raise FlowerfastError(f"$epochs must be at least 1 (got {self.epochs})", parameters=("epochs",))
         if self.freeze_epochs is not None and self.freeze_epochs < 0:
-            raise FlowerfastError(f"--freeze-epochs must be 0 or more (got {self.freeze_epochs})")
+            raise FlowerfastError(
+                f"$freeze_epochs must be 0 or more (got {self.freeze_epochs})", parameters=("freeze_epochs",)
+            )
         if not 0 < self.valid_pct < 1:
-            raise FlowerfastError(f"--valid-pct must be between 0 and 1, exclusive (got {self.valid_pct})")
+            raise FlowerfastError(
+                f"$valid_pct must be between 0 and 1, exclusive (got {self.valid_pct})", parameters=("valid_pct",)
+            )
         if self.size is not None and self.size < 32:
-            raise FlowerfastError(f"--size must be at least 32 pixels (got {self.size})")
+            raise FlowerfastError(f"$size must be at least 32 pixels (got {self.size})", parameters=("size",))
         if self.min_scale is not None and not 0 < self.min_scale <= 1:
-            raise FlowerfastError(f"--min-scale must be above 0 and at most 1 (got {self.min_scale})")
+            raise FlowerfastError(
+                f"$min_scale must be above 0 and at most 1 (got {self.min_scale})", parameters=("min_scale",)
+            )
         if self.body_lr is not None and not self.body_lr > 0:
-            raise FlowerfastError(f"--body-lr must be a positive number (got {self.body_lr})")
+            raise FlowerfastError(f"$body_lr must be a positive number (got {self.body_lr})", parameters=("body_lr",))
         if self.bs < 1:
-            raise FlowerfastError(f"--bs must be at least 1 (got {self.bs})")
+            raise FlowerfastError(f"$bs must be at least 1 (got {self.bs})", parameters=("bs",))
         if self.workers is not None and self.workers < 0:
-            raise FlowerfastError(f"--workers must be 0 or more (got {self.workers})")
+            raise FlowerfastError(f"$workers must be 0 or more (got {self.workers})", parameters=("workers",))
         if self.device not in DEVICES:
-            raise FlowerfastError(f"--device must be one of {', '.join(DEVICES)} (got {self.device!r})")
+            raise FlowerfastError(
+                f"$device must be one of {', '.join(DEVICES)} (got {self.device!r})", parameters=("device",)
+            )
         if self.precision not in PRECISIONS:
-            raise FlowerfastError(f"--precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
+            raise FlowerfastError(
+                f"$precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})", parameters=("precision",)
+            )
         if self.threads is not None and self.threads < 1:
-            raise FlowerfastError(f"--threads must be at least 1 (got {self.threads})")
+            raise FlowerfastError(f"$threads must be at least 1 (got {self.threads})", parameters=("threads",))
         if self.class_weights not in CLASS_WEIGHTS:
-            raise FlowerfastError(f"--class-weights must be one of {', '.join(CLASS_WEIGHTS)} (got {self.class_weights!r})")
+            raise FlowerfastError(
+                f"$class_weights must be one of {', '.join(CLASS_WEIGHTS)} (got {self.class_weights!r})",
+                parameters=("class_weights",),
+            )
         if self.patience is not None and self.patience < 1:
-            raise FlowerfastError(f"--patience must be at least 1 (got {self.patience})")
+            raise FlowerfastError(f"$patience must be at least 1 (got {self.patience})", parameters=("patience",))
         if self.save_every < 0:
-            raise FlowerfastError(f"--save-every must be 0 or more (got {self.save_every})")
+            raise FlowerfastError(f"$save_every must be 0 or more (got {self.save_every})", parameters=("save_every",))
         if self.keep is not None and self.keep < 1:
-            raise FlowerfastError(f"--keep must be at least 1 (got {self.keep})")
-        unknown = [t for t in self.trackers if t not in TRACKERS]
-        if unknown:
-            raise FlowerfastError(f"--tracker must be one of {', '.join(TRACKERS)} (got {unknown[0]!r})")
+            raise FlowerfastError(f"$keep must be at least 1 (got {self.keep})", parameters=("keep",))
         if self.clean_train_sample < 0:
             raise FlowerfastError(f"clean_train_sample must be 0 or more (got {self.clean_train_sample})")
         if self.split_file is not None and not Path(self.split_file).is_file():
@@ -153,7 +165,10 @@ class TrainConfig:
         self.lr = parse_lr(self.lr)
         if self.weights is not None:
             if self.pretrained is False:
-                raise FlowerfastError("--weights and --no-pretrained contradict each other: pick one")
+                raise FlowerfastError(
+                    "$weights and $pretrained=False contradict each other: pick one",
+                    parameters=("weights", "pretrained"),
+                )
             if not Path(self.weights).is_file():
                 raise FlowerfastError(f"weights file not found: {self.weights}")
         return self
@@ -198,14 +213,22 @@ def read_options(path: Path | str) -> TrainConfig:
         raise FlowerfastError(f"cannot read config file {path}: {exc}") from None
     if not isinstance(data, dict):
         raise FlowerfastError(f"{path} is not a flowerfast config (expected a JSON object)")
-    given = data.get("options") if isinstance(data.get("options"), dict) else {
-        **data, "pretrained": data.get("pretrained_requested", data.get("pretrained")),
-        "precision": data.get("precision_requested", data.get("precision", "auto"))}
+    given = (
+        data.get("options")
+        if isinstance(data.get("options"), dict)
+        else {
+            **data,
+            "pretrained": data.get("pretrained_requested", data.get("pretrained")),
+            "precision": data.get("precision_requested", data.get("precision", "auto")),
+        }
+    )
     names = {f.name for f in dataclasses.fields(TrainConfig)} - {"out", "extra"}
     try:
         return make_config(None, **{k: v for k, v in given.items() if k in names})
     except (TypeError, ValueError) as exc:
         raise FlowerfastError(f"{path} holds an option flowerfast cannot use: {exc}") from None
+
+
 """The defaults of every option, for the CLI and the library functions that take single options."""
 
 
@@ -253,128 +276,11 @@ def crop_min_scale(options: TrainConfig) -> float:
     return options.min_scale if options.min_scale is not None else default_min_scale(options.pretrained)
 
 
-@dataclass
-class ResolvedConfig:
-    """What a run's options became on this machine and this data: ``config.json``.
-
-    ``options`` is what was asked for; every other field is decided by :func:`resolve`. ``lr`` is
-    ``None`` only for an lr-find run (which chooses no learning rate). ``bs`` is each process's
-    batch; ``processes`` train together (``torchrun``), so a step averages ``effective_bs`` images.
-    """
-
-    options: TrainConfig
-    data: str
-    out: str
-    size: int
-    classes: list[str]
-    n_train: int
-    n_valid: int
-    preset_split: bool
-    skipped: list[dict[str, str]]
-    bs: int
-    device: str
-    workers: int
-    threads: int
-    precision: str
-    channels_last: bool
-    compile: bool
-    cache_dir: Optional[str]
-    pretrained: bool
-    weights_source: str
-    warnings: list[str]
-    versions: dict[str, str]
-    clean_train_images: int = 0
-    class_counts: dict[str, dict[str, int]] = field(default_factory=dict)
-    class_weights: Optional[dict[str, float]] = None
-    lr: Optional[float] = None
-    lr_find: Optional[dict[str, float]] = None
-    freeze_epochs: Optional[int] = None
-    body_lr: Optional[float] = None
-    processes: int = 1
-    effective_bs: int = 0
-    fixed_bn: bool = False
-    min_scale: float = MIN_SCALE_SCRATCH
-
-    @property
-    def mixed_precision(self) -> bool:
-        return self.precision != "fp32"
-
-    @property
-    def phases(self) -> list[tuple[str, int]]:
-        """``[("frozen", n), ("full", epochs)]``: the one-cycle fits a training run makes, in order."""
-        frozen = [("frozen", self.freeze_epochs)] if self.freeze_epochs else []
-        return frozen + [("full", self.options.epochs)]
-
-    def to_dict(self) -> dict[str, Any]:
-        """``config.json``: the options as given, overlaid with what they resolved to (one flat dict)."""
-        out = self.options.to_dict()
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name != "options" and not (value is None and f.name in out):  # lr-find resolves no lr
-                out[f.name] = value
-        out["mixed_precision"] = self.mixed_precision
-        out["pretrained_requested"] = self.options.pretrained
-        out["precision_requested"] = self.options.precision
-        out["options"] = self.options.to_dict()  # exactly as given: what --config replays
-        return out
-
-
-def resolve(options: TrainConfig, *, data, run_dir: Path, device, workers: int, threads: int, precision: str,
-            channels_last: bool, cache_dir: Optional[Path], weights, versions: dict[str, str], training: bool = True,
-            lr_finder=None, class_counts: Optional[dict] = None,
-            class_weights: Optional[list[float]] = None, processes: int = 1,
-            fixed_bn: bool = False) -> ResolvedConfig:
-    """Decide everything the options left open, in one place, before the first epoch.
-
-    ``data`` is the :class:`flowerfast.data.loaders.FlowerData`, ``weights`` the backbone's
-    :class:`flowerfast.models.archs.WeightsInfo`. For a training run the learning rate is the one given,
-    the default for the weights in use, or (``lr="auto"``) the valley suggestion of ``lr_finder``,
-    a function that runs lr-find and returns its suggestions. An lr-find run (``training=False``)
-    resolves no learning rate and no phases. ``processes``: how many processes train together.
-    """
-    pretrained = weights.pretrained
-    lr = found = freeze = lower = None
-    if training:
-        if options.lr == LR_AUTO:
-            if lr_finder is None:
-                raise ValueError("lr='auto' needs an lr_finder")
-            found = dict(lr_finder())
-            lr = float(found["valley"])
-        else:
-            lr = float(options.lr) if options.lr is not None else default_lr(pretrained)
-        freeze = options.freeze_epochs if options.freeze_epochs is not None else default_freeze_epochs(pretrained)
-        lower = body_lr(lr, pretrained) if options.body_lr is None or not pretrained else float(options.body_lr)
-    return ResolvedConfig(
-        options=options, data=str(data.root), out=str(run_dir), size=data.size, classes=list(data.classes),
-        n_train=data.n_train,
-        n_valid=data.n_valid, preset_split=data.preset_split,
-        skipped=[{"file": str(s.path), "reason": s.reason} for s in data.skipped], bs=data.bs, device=str(device),
-        workers=workers, threads=threads, precision=precision, channels_last=channels_last, compile=options.compile,
-        cache_dir=str(cache_dir) if cache_dir is not None else None, pretrained=pretrained,
-        weights_source=weights.source,
-        warnings=[weights.note] if weights.note else [], versions=versions,
-        clean_train_images=clean_sample_size(options.clean_train_sample, data.n_train),
-        class_counts=dict(class_counts or {}),
-        class_weights=dict(zip(data.classes, class_weights)) if class_weights else None,
-        lr=lr, lr_find=found, freeze_epochs=freeze, body_lr=lower,
-        processes=processes, effective_bs=data.bs * processes, fixed_bn=fixed_bn,
-        min_scale=data.min_scale,
-    )
-
-
-def clean_sample_size(requested: int, n_train: int) -> int:
-    """How many training images are scored each epoch for the clean train accuracy: as asked, but
-    at most a quarter of the training set. Scoring is a forward pass, about a third of a training
-    step, so a quarter of the images costs under a tenth of an epoch; 256 images already pin an
-    accuracy to a few points."""
-    return min(requested, n_train // 4) if requested > 0 else 0
-
-
 def parse_lr(value: Union[float, str, None]) -> Union[float, str, None]:
     """Accept a float, a numeric string such as ``"3e-4"``, ``"auto"`` or ``None``."""
     if value is None or isinstance(value, float):
         if isinstance(value, float) and not value > 0:
-            raise FlowerfastError(f"--lr must be a positive number or 'auto' (got {value})")
+            raise FlowerfastError(f"$lr must be a positive number or 'auto' (got {value})", parameters=("lr",))
         return value
     if isinstance(value, int):
         return parse_lr(float(value))
@@ -384,5 +290,5 @@ def parse_lr(value: Union[float, str, None]) -> Union[float, str, None]:
     try:
         number = float(text)
     except ValueError:
-        raise FlowerfastError(f"--lr must be a positive number or 'auto' (got {value!r})") from None
+        raise FlowerfastError(f"$lr must be a positive number or 'auto' (got {value!r})", parameters=("lr",)) from None
     return parse_lr(number)

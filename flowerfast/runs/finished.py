@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 from flowerfast.core.errors import FlowerfastError
-from flowerfast.runs.folder import HISTORY, EpochRecord, RunFolder, RunSummary, SplitRow, ValidPrediction
+from flowerfast.runs.folder import CONFIG, HISTORY, EpochRecord, RunFolder, RunSummary, SplitRow, ValidPrediction
+from flowerfast.runs.resolved import ResolvedConfig
 
 
 @dataclass
@@ -23,7 +24,7 @@ class RunRecord:
 
     name: str
     folder: RunFolder
-    config: dict[str, Any]
+    config: ResolvedConfig
     summary: RunSummary
     history: list[EpochRecord]
     split: list[SplitRow]
@@ -50,14 +51,23 @@ def load_run(run_dir: Path | str, name: Optional[str] = None) -> RunRecord:
         history = folder.read_history()
         summary = folder.read_summary()
         config = folder.read_config()
+        if config is None:
+            raise FileNotFoundError(f"{folder.file(CONFIG)} is missing")
         split = folder.read_split()
         predictions = folder.read_valid_predictions()
     except (OSError, ValueError, KeyError) as exc:
         raise FlowerfastError(f"cannot read run folder {folder.path}: {type(exc).__name__}: {exc}") from None
     if not history:
         raise FlowerfastError(f"{folder.file(HISTORY)} has no epochs")
-    return RunRecord(name=name or str(summary.arch), folder=folder, config=config, summary=summary,
-                     history=history, split=split, predictions=predictions)
+    return RunRecord(
+        name=name or str(summary.arch),
+        folder=folder,
+        config=config,
+        summary=summary,
+        history=history,
+        split=split,
+        predictions=predictions,
+    )
 
 
 def name_uniquely(runs: Sequence[RunRecord]) -> None:
@@ -103,7 +113,8 @@ def check_same_split(runs: Sequence[RunRecord], show: int = 3) -> None:
             more = f" and {len(diffs) - show} more" if len(diffs) > show else ""
             raise FlowerfastError(
                 f"runs {first.name} ({first.run_dir}) and {other.name} ({other.run_dir}) were not trained on the "
-                f"same split: {len(diffs)} row(s) of split.csv differ: {'; '.join(diffs[:show])}{more}")
+                f"same split: {len(diffs)} row(s) of split.csv differ: {'; '.join(diffs[:show])}{more}"
+            )
 
 
 def check_same_classes(runs: Sequence[RunRecord]) -> None:

@@ -5,7 +5,7 @@ Training, lr-find, reporting, predict and evaluate all reach a run's files throu
 parsed the same way everywhere (``is_valid`` in ``split.csv``, the columns of ``history.csv``).
 Writes go through :mod:`flowerfast.core.files`, so each file appears whole or not at all.
 
-    config.json            the resolved configuration (:class:`flowerfast.runs.config.ResolvedConfig`)
+    config.json            the resolved configuration (:class:`flowerfast.runs.resolved.ResolvedConfig`)
     split.csv              file,label,is_valid: the exact split (:class:`SplitRow`)
     history.csv            one row per epoch, rewritten as each epoch ends (:class:`EpochRecord`)
     best.safetensors/.json the model with the best validation accuracy (:mod:`flowerfast.models.classifier`)
@@ -15,7 +15,8 @@ Writes go through :mod:`flowerfast.core.files`, so each file appears whole or no
     latency.json           inference speed, measured once for a report (:mod:`flowerfast.infer.latency`)
     lr_find.png/.csv/.json the learning-rate finder's plot, curve and suggestions
     checkpoint.pt          the resumable state while the run goes on (:mod:`flowerfast.training.checkpoint`)
-    checkpoints/epoch-NNN.safetensors/.json  the model every --save-every epochs
+    checkpoints/epoch-NNN.safetensors/.json  the model every save_every epochs
+    curves.png, confusion.png, mistakes.png, batch.png  the run's pictures (:mod:`flowerfast.training.pictures`)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 from flowerfast.core.errors import FlowerfastError
 from flowerfast.core.files import check_output_dir, create_run_dir, read_csv, read_json, write_csv, write_json
+from flowerfast.runs.resolved import ResolvedConfig
 
 CONFIG = "config.json"
 SPLIT = "split.csv"
@@ -40,6 +42,11 @@ LR_FIND_PLOT = "lr_find.png"
 LR_FIND_CSV = "lr_find.csv"
 LR_FIND_JSON = "lr_find.json"
 SNAPSHOTS = "checkpoints"
+CHECKPOINT = "checkpoint.pt"
+CURVES = "curves.png"
+CONFUSION = "confusion.png"
+MISTAKES = "mistakes.png"
+BATCH = "batch.png"
 MODEL_SUFFIXES = (".safetensors", ".json")
 
 FINISHED_FILES = (SPLIT, HISTORY, SUMMARY, VALID_PREDICTIONS, BEST + ".safetensors", BEST + ".json")
@@ -101,8 +108,17 @@ class EpochRecord:
     seconds: float
     train_accuracy_clean: Optional[float] = None
 
-    FIELDS = ("epoch", "phase", "train_loss", "train_accuracy_aug", "train_accuracy_clean", "valid_loss",
-              "valid_accuracy", "lr", "seconds")
+    FIELDS = (
+        "epoch",
+        "phase",
+        "train_loss",
+        "train_accuracy_aug",
+        "train_accuracy_clean",
+        "valid_loss",
+        "valid_accuracy",
+        "lr",
+        "seconds",
+    )
 
     def as_row(self) -> list:
         """Values for ``history.csv``, floats to 6 significant digits."""
@@ -110,10 +126,17 @@ class EpochRecord:
 
     @classmethod
     def from_row(cls, row: dict[str, str]) -> "EpochRecord":
-        return cls(epoch=int(row["epoch"]), phase=row["phase"], train_loss=_float(row["train_loss"]),
-                   train_accuracy_aug=_float(row["train_accuracy_aug"]), valid_loss=_float(row["valid_loss"]),
-                   valid_accuracy=_float(row["valid_accuracy"]), lr=_float(row["lr"]),
-                   seconds=_float(row["seconds"]), train_accuracy_clean=_float(row.get("train_accuracy_clean")))
+        return cls(
+            epoch=int(row["epoch"]),
+            phase=row["phase"],
+            train_loss=_float(row["train_loss"]),
+            train_accuracy_aug=_float(row["train_accuracy_aug"]),
+            valid_loss=_float(row["valid_loss"]),
+            valid_accuracy=_float(row["valid_accuracy"]),
+            lr=_float(row["lr"]),
+            seconds=_float(row["seconds"]),
+            train_accuracy_clean=_float(row.get("train_accuracy_clean")),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in self.FIELDS}
@@ -241,13 +264,14 @@ class RunFolder:
     # --- config.json --------------------------------------------------------------------------
 
     def write_config(self, config) -> Path:
-        """``config`` is a :class:`flowerfast.runs.config.ResolvedConfig` (or its dict)."""
+        """``config`` is a :class:`flowerfast.runs.resolved.ResolvedConfig` (or its dict)."""
         return write_json(self.path / CONFIG, config if isinstance(config, dict) else config.to_dict())
 
-    def read_config(self) -> dict[str, Any]:
-        """The resolved configuration as written; ``{}`` for a folder without one."""
+    def read_config(self) -> Optional[ResolvedConfig]:
+        """The resolved configuration as written (:meth:`ResolvedConfig.from_dict`); ``None`` for
+        a folder without one."""
         path = self.path / CONFIG
-        return read_json(path) if path.is_file() else {}
+        return ResolvedConfig.from_dict(read_json(path)) if path.is_file() else None
 
     # --- split.csv ----------------------------------------------------------------------------
 
@@ -279,18 +303,33 @@ class RunFolder:
     def write_valid_predictions(self, predictions: Sequence[ValidPrediction], classes: Sequence[str]) -> Path:
         """One row per validation image: ``file,label,predicted,confidence`` and ``p_<class>`` for each
         class, probabilities to 6 decimals."""
-        rows = [[p.file, p.label, p.predicted, round(p.confidence, 6),
-                 *[round(p.probabilities[c], 6) for c in classes]] for p in predictions]
-        return write_csv(self.path / VALID_PREDICTIONS,
-                         ["file", "label", "predicted", "confidence", *[f"p_{c}" for c in classes]], rows)
+        rows = [
+            [p.file, p.label, p.predicted, round(p.confidence, 6), *[round(p.probabilities[c], 6) for c in classes]]
+            for p in predictions
+        ]
+        return write_csv(
+            self.path / VALID_PREDICTIONS,
+            ["file", "label", "predicted", "confidence", *[f"p_{c}" for c in classes]],
+            rows,
+        )
 
     def read_valid_predictions(self) -> list[ValidPrediction]:
         out = []
         for r in read_csv(self.path / VALID_PREDICTIONS):
-            probs = {k[2:]: float(v) for k, v in r.items()
-                     if isinstance(k, str) and k.startswith("p_") and v not in ("", None)}
-            out.append(ValidPrediction(file=r["file"], label=r["label"], predicted=r["predicted"],
-                                       confidence=float(r["confidence"]), probabilities=probs))
+            probs = {
+                k[2:]: float(v)
+                for k, v in r.items()
+                if isinstance(k, str) and k.startswith("p_") and v not in ("", None)
+            }
+            out.append(
+                ValidPrediction(
+                    file=r["file"],
+                    label=r["label"],
+                    predicted=r["predicted"],
+                    confidence=float(r["confidence"]),
+                    probabilities=probs,
+                )
+            )
         return out
 
     # --- latency.json -------------------------------------------------------------------------
@@ -311,7 +350,9 @@ class RunFolder:
 
     # --- lr_find.* ----------------------------------------------------------------------------
 
-    def write_lr_find(self, lrs: Sequence[float], losses: Sequence[float], suggestions: dict[str, float]) -> tuple[Path, Path]:
+    def write_lr_find(
+        self, lrs: Sequence[float], losses: Sequence[float], suggestions: dict[str, float]
+    ) -> tuple[Path, Path]:
         """The curve (``lr_find.csv``) and the suggestions (``lr_find.json``); the plot is drawn by
         :mod:`flowerfast.core.plots` into :attr:`lr_find_plot`."""
         csv_path = write_csv(self.path / LR_FIND_CSV, ["lr", "loss"], zip(lrs, losses))
@@ -325,8 +366,9 @@ class RunFolder:
 
 def write_split_csv(rows: Sequence[SplitRow], path: Path, root: Path) -> Path:
     """Write ``file,label,is_valid`` with files relative to the data root (portable across machines)."""
-    return write_csv(path, ["file", "label", "is_valid"],
-                     ([relative_path(r.file, root), r.label, int(r.is_valid)] for r in rows))
+    return write_csv(
+        path, ["file", "label", "is_valid"], ([relative_path(r.file, root), r.label, int(r.is_valid)] for r in rows)
+    )
 
 
 def read_split_csv(path: Path, root: Optional[Path] = None) -> list[SplitRow]:

@@ -1,13 +1,14 @@
 """fastai callbacks, one concern each: epoch statistics, clean train accuracy, progress reporting,
-best-model saving. (The precision and memory-layout callbacks are in :mod:`flowerfast.training.precision`,
-the fine-tuning one in :mod:`flowerfast.training.finetune`.)"""
+the lr-find range test. (What the run keeps at each epoch's end is in
+:mod:`flowerfast.training.keeping`, the precision and memory-layout callbacks in
+:mod:`flowerfast.training.precision`, the fine-tuning one in :mod:`flowerfast.training.finetune`.)"""
 
 from __future__ import annotations
 
 import copy
 import math
 import time
-from typing import Callable, Optional
+from typing import Optional
 
 from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.schedule import LRFinder, ParamScheduler
@@ -32,9 +33,11 @@ class EpochStats(Callback):
     def __init__(self, phase: str = "train", epoch_offset: int = 0, start_epoch: int = 0):
         self.phase, self.epoch_offset, self.start_epoch = phase, epoch_offset, start_epoch
         self.records: list[EpochRecord] = []
-        self.listeners: list[Callable[[EpochRecord], None]] = []
+        self.record: Optional[EpochRecord] = None  # this epoch's, for the callbacks after this one
+        self.diverged_at: Optional[int] = None
 
     def before_epoch(self):
+        self.record = None
         self._t0 = time.perf_counter()
         self._sums = {True: [0.0, 0, 0], False: [0.0, 0, 0]}  # training? -> [loss*n, correct, n]
 
@@ -49,6 +52,7 @@ class EpochStats(Callback):
     def after_epoch(self):
         if self.epoch < self.start_epoch:  # done before a resume: fastai skipped it
             return
+        clean = getattr(self.learn, "clean_train_accuracy", None)  # that callback, when the fit has it
         tl, tc, tn, vl, vc, vn = sum_counts([float(v) for side in (True, False) for v in self._sums[side]])
         record = EpochRecord(
             epoch=self.epoch_offset + self.epoch + 1,
@@ -59,15 +63,14 @@ class EpochStats(Callback):
             valid_accuracy=vc / max(vn, 1),
             lr=float(self.opt.hypers[-1]["lr"]),
             seconds=time.perf_counter() - self._t0,
-            train_accuracy_clean=getattr(self.learn, "clean_train_accuracy", None),
+            train_accuracy_clean=clean.accuracy if clean is not None else None,
         )
         if not (math.isfinite(record.train_loss) and math.isfinite(record.valid_loss)):
             # the weights are now NaN or infinite: record nothing, keep the last good best model
-            self.learn.diverged_at = record.epoch
+            self.diverged_at = record.epoch
             raise CancelFitException()
         self.records.append(record)
-        for listener in self.listeners:
-            listener(record)
+        self.record = record
 
 
 class CleanTrainAccuracy(Callback):
@@ -75,7 +78,7 @@ class CleanTrainAccuracy(Callback):
 
     The accuracy on augmented batches in training mode (dropout on) understates how well the model
     fits its training data; this figure is the one to compare with validation accuracy. It runs
-    before :class:`EpochStats` and leaves its value on the learner for it.
+    before :class:`EpochStats`, which reads its ``accuracy`` (``None`` before the first epoch).
     """
 
     order = 55
@@ -84,7 +87,7 @@ class CleanTrainAccuracy(Callback):
         self.dl, self.precision, self.start_epoch, self.reporter = dl, precision, start_epoch, reporter
 
     def before_fit(self):
-        self.learn.clean_train_accuracy = None
+        self.accuracy: Optional[float] = None
 
     def after_epoch(self):
         from flowerfast.training.learner import predict_batches
@@ -93,11 +96,12 @@ class CleanTrainAccuracy(Callback):
             return
         correct, n = 0, 0
         if self.dl is not None:  # in a job of several processes, this one's share of the sample
-            probs, targets = predict_batches(unwrapped(self.learn.model), self.dl,
-                                             self.precision, reporter=self.reporter, kind="clean-train")
+            probs, targets = predict_batches(
+                unwrapped(self.learn.model), self.dl, self.precision, reporter=self.reporter, kind="clean-train"
+            )
             correct, n = int((probs.argmax(dim=-1) == targets).sum()), len(targets)
         correct, n = sum_counts([correct, n])
-        self.learn.clean_train_accuracy = correct / n if n else None
+        self.accuracy = correct / n if n else None
 
 
 class ReportProgress(Callback):
@@ -118,20 +122,6 @@ class ReportProgress(Callback):
         self.reporter.batch_done("train" if self.training else "valid")
 
 
-class SaveBestModel:
-    """Listener for :class:`EpochStats`: saves the model whenever validation accuracy improves."""
-
-    def __init__(self, save: Callable[[], None], best_accuracy: Optional[float] = None,
-                 best_epoch: Optional[int] = None):
-        self.save = save
-        self.best_accuracy, self.best_epoch = best_accuracy, best_epoch  # a resumed run's best so far
-
-    def __call__(self, record: EpochRecord) -> None:
-        if self.best_accuracy is None or record.valid_accuracy > self.best_accuracy:
-            self.best_accuracy, self.best_epoch = record.valid_accuracy, record.epoch
-            self.save()
-
-
 class LRFindProgress(Callback):
     """Progress for ``lr_find``: one bar over its iterations."""
 
@@ -146,7 +136,6 @@ class LRFindProgress(Callback):
     def after_batch(self):
         if self.training:
             self.reporter.batch_done("lr-find")
-
 
 
 class KeepWeightsLRFinder(LRFinder):

@@ -30,7 +30,6 @@ from flowerfast.core.errors import FlowerfastError, first_line
 from flowerfast.core.files import atomic_write
 from flowerfast.runs.folder import EpochRecord, SplitRow, relative_path
 
-CHECKPOINT = "checkpoint.pt"
 FORMAT = "flowerfast-checkpoint"
 FORMAT_VERSION = 1
 
@@ -65,14 +64,17 @@ class Checkpoint:
     def to_dict(self) -> dict[str, Any]:
         """What ``torch.save`` writes: tensors, and plain values for the rest (a NumPy float in
         the history would make the file unreadable with ``weights_only``)."""
-        plain = {k: plain_values(getattr(self, k)) for k in ("options", "config", "data_files", "history",
-                                                              "best_epoch", "best_accuracy", "seconds")}
+        plain = {
+            k: plain_values(getattr(self, k))
+            for k in ("options", "config", "data_files", "history", "best_epoch", "best_accuracy", "seconds")
+        }
         optimizer = None
         if self.optimizer is not None:  # fastai's scheduler leaves NumPy floats in the param groups
-            optimizer = {"state": self.optimizer["state"],
-                         "param_groups": [plain_numbers(g) for g in self.optimizer["param_groups"]]}
-        return {"format": FORMAT, "format_version": FORMAT_VERSION, **self.__dict__, **plain,
-                "optimizer": optimizer}
+            optimizer = {
+                "state": self.optimizer["state"],
+                "param_groups": [plain_numbers(g) for g in self.optimizer["param_groups"]],
+            }
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, **self.__dict__, **plain, "optimizer": optimizer}
 
 
 def plain_numbers(value):
@@ -120,8 +122,10 @@ def load_checkpoint(path: Path) -> Checkpoint:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise FlowerfastError(f"{path} is not a flowerfast checkpoint")
     if data.get("format_version") != FORMAT_VERSION:
-        raise FlowerfastError(f"{path} is a checkpoint of format version {data.get('format_version')}, "
-                              f"this flowerfast reads version {FORMAT_VERSION}")
+        raise FlowerfastError(
+            f"{path} is a checkpoint of format version {data.get('format_version')}, "
+            f"this flowerfast reads version {FORMAT_VERSION}"
+        )
     names = set(Checkpoint.__dataclass_fields__)
     return Checkpoint(**{k: v for k, v in data.items() if k in names})
 
@@ -138,8 +142,13 @@ def capture_rng(loaders: Sequence = ()) -> dict:
     name, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
         "torch": torch.get_rng_state(),
         "loaders": [dl.rng.getstate() for dl in loaders],
     }
@@ -197,9 +206,11 @@ def describe_data_change(before: dict[str, int], now: dict[str, int]) -> Optiona
     added = sorted(set(now) - set(before))
     removed = sorted(set(before) - set(now))
     changed = sorted(f for f in set(before) & set(now) if before[f] != now[f])
-    parts = [f"{len(names)} photo(s) {what} (e.g. {names[0]})"
-             for names, what in ((added, "added"), (removed, "removed or unreadable"), (changed, "changed"))
-             if names]
+    parts = [
+        f"{len(names)} photo(s) {what} (e.g. {names[0]})"
+        for names, what in ((added, "added"), (removed, "removed or unreadable"), (changed, "changed"))
+        if names
+    ]
     return "; ".join(parts) if parts else None
 
 
@@ -207,9 +218,22 @@ RESUME_MAY_CHANGE = ("data", "device", "workers", "threads", "cache", "cache_dir
 """Options that say where and how a run computes, not what: a resumed run may change them (the
 data folder may move, as long as its photos are the same)."""
 
-RESOLVED_MUST_MATCH = ("size", "classes", "n_train", "n_valid", "bs", "lr", "freeze_epochs", "body_lr", "pretrained",
-                       "clean_train_images", "class_weights", "processes", "fixed_bn",
-                       "min_scale")
+RESOLVED_MUST_MATCH = (
+    "size",
+    "classes",
+    "n_train",
+    "n_valid",
+    "bs",
+    "lr",
+    "freeze_epochs",
+    "body_lr",
+    "pretrained",
+    "clean_train_images",
+    "class_weights",
+    "processes",
+    "fixed_bn",
+    "min_scale",
+)
 """Resolved values that decide the run's arithmetic: a resume that resolves any of them
 differently is refused (``processes``: the number of processes shares out every epoch and sets
 the effective batch size, so a run resumes with as many as it started with)."""

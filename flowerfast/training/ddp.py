@@ -11,6 +11,7 @@ from fastai.distributed import DistributedDL, DistributedTrainer
 
 from flowerfast.hardware import distributed
 from flowerfast.hardware.distributed import Processes, shard_bounds
+from flowerfast.hardware.peers import peer_failures
 
 
 class ShardedDL(DistributedDL):
@@ -29,7 +30,7 @@ class ShardedDL(DistributedDL):
 
     def _broadcast(self, t, rank):
         buf = torch.tensor(list(t), dtype=torch.long, device=distributed.comm_device())
-        with distributed.peer_failures():
+        with peer_failures():
             torch.distributed.broadcast(buf, rank)
         return buf.cpu().tolist()
 
@@ -76,7 +77,7 @@ class DataParallel(DistributedTrainer):
         super().before_validate()
 
     def before_fit(self):
-        with distributed.peer_failures():
+        with peer_failures():
             super().before_fit()
         self.ddp = self.learn.model
 

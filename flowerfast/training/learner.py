@@ -58,56 +58,12 @@ class LearnerBundle:
         return self.precision != "fp32"
 
 
-def create_learner(data: FlowerData, arch: str = DEFAULTS.arch, size: Optional[int] = None,
-                   pretrained: Optional[bool] = DEFAULTS.pretrained, weights: Optional[Path] = None,
-                   device: Optional[torch.device] = None, precision: str = "fp32", compile: bool = False,
-                   path: Optional[Path] = None, class_weights: Optional[list[float]] = None,
-                   fixed_bn: Optional[bool] = DEFAULTS.fixed_bn) -> LearnerBundle:
-    """Build the classifier for ``data.classes`` and wrap it in a fastai Learner (Adam, accuracy).
-
-    ``precision`` is ``fp32``, ``bf16``, ``fp16`` or ``auto``, resolved for this device and
-    network by :func:`flowerfast.hardware.devices.resolve_precision`; the network and its batches are channels-last
-    where that layout is faster (:func:`flowerfast.hardware.devices.preferred_layout`); ``compile`` runs
-    it through ``torch.compile`` (in place, so the weights keep their names).
-    ``class_weights`` (one per class, in ``data.classes`` order) weight the cross-entropy loss.
-    ``path`` is the Learner's scratch folder (see :func:`learner_workspace`); by default a new
-    temporary folder, removed when the Learner is garbage-collected or the program exits.
-    ``fixed_bn`` keeps the body's batch-norm statistics as the pretrained weights have them
-    (:class:`flowerfast.training.finetune.FixedBodyNormStats`), and then a frozen body is frozen whole,
-    its batch norms' scale and shift too; ``None``: so when the weights are pretrained.
-    """
-    import fastai.callback.fp16  # noqa: F401  (adds to_fp16)
-    import fastai.callback.schedule  # noqa: F401  (adds fit_one_cycle and lr_find to Learner)
-    from fastai.callback.progress import ProgressCallback
-    from fastai.losses import CrossEntropyLossFlat
-    from fastai.metrics import accuracy
-    from fastai.vision.learner import vision_learner
-
+def run_on_device(learn, device: torch.device, precision: str, compile: bool) -> bool:
+    """Put the learner's model and batches on ``device`` in the layout and precision they run
+    fastest in there (channels-last where that is faster, bf16 autocast or fp16 with loss
+    scaling, ``torch.compile`` in place). Returns whether the layout is channels-last."""
     from flowerfast.training.precision import Autocast, BatchLayout
 
-    device = device if device is not None else resolve_device("auto")
-    size = data.size if size is None else size
-    ref = resolve_arch(arch)
-    backbone, info = load_backbone(ref, pretrained=pretrained, weights=weights)
-    model, backbone, cut, nf = assemble_classifier(backbone, ref, len(data.classes), size=size)
-    head = model[1]
-    precision = resolve_precision(precision, device, training_network=model)
-    weight = torch.tensor(class_weights, dtype=torch.float32, device=device) if class_weights else None
-    learn = vision_learner(
-        data.dls, lambda *args, **kwargs: backbone, normalize=False, pretrained=False, cut=cut,
-        custom_head=head, loss_func=CrossEntropyLossFlat(weight=weight), opt_func=adam(device), metrics=accuracy,
-        path=Path(path) if path is not None else Path(tempfile.mkdtemp(prefix="flowerfast-")),
-    )
-    if path is None:
-        weakref.finalize(learn, shutil.rmtree, str(learn.path), True)
-    fixed_bn = info.pretrained if fixed_bn is None else bool(fixed_bn)
-    if fixed_bn:
-        from flowerfast.training.finetune import FixedBodyNormStats
-
-        learn.add_cb(FixedBodyNormStats())
-        learn.train_bn = False  # fastai's freeze() would leave the body's batch norms trainable
-    learn.remove_cb(ProgressCallback)
-    learn.logger = lambda *args, **kwargs: None
     learn.model.to(device)
     learn.dls.to(device)
     layout = preferred_layout(device)
@@ -122,11 +78,101 @@ def create_learner(data: FlowerData, arch: str = DEFAULTS.arch, size: Optional[i
         learn.add_cb(Autocast(torch.bfloat16))
     if compile:
         learn.model.compile()
+    return channels_last
+
+
+def fastai_learner(data: FlowerData, backbone, head, cut, device, path: Optional[Path], class_weights):
+    """fastai's ``vision_learner`` around flowerfast's own backbone and head (the data arrives
+    normalised already): cross-entropy (weighted by ``class_weights``), Adam, accuracy, no
+    progress bars or logging of its own (the :class:`Reporter` shows progress)."""
+    import fastai.callback.fp16  # noqa: F401  (adds to_fp16)
+    import fastai.callback.schedule  # noqa: F401  (adds fit_one_cycle and lr_find to Learner)
+    from fastai.callback.progress import ProgressCallback
+    from fastai.losses import CrossEntropyLossFlat
+    from fastai.metrics import accuracy
+    from fastai.vision.learner import vision_learner
+
+    weight = torch.tensor(class_weights, dtype=torch.float32, device=device) if class_weights else None
+    learn = vision_learner(
+        data.dls,
+        lambda *args, **kwargs: backbone,
+        normalize=False,
+        pretrained=False,
+        cut=cut,
+        custom_head=head,
+        loss_func=CrossEntropyLossFlat(weight=weight),
+        opt_func=adam(device),
+        metrics=accuracy,
+        path=Path(path) if path is not None else Path(tempfile.mkdtemp(prefix="flowerfast-")),
+    )
+    if path is None:
+        weakref.finalize(learn, shutil.rmtree, str(learn.path), True)
+    learn.remove_cb(ProgressCallback)
+    learn.logger = lambda *args, **kwargs: None
+    return learn
+
+
+def create_learner(
+    data: FlowerData,
+    arch: str = DEFAULTS.arch,
+    size: Optional[int] = None,
+    pretrained: Optional[bool] = DEFAULTS.pretrained,
+    weights: Optional[Path] = None,
+    device: Optional[torch.device] = None,
+    precision: str = "fp32",
+    compile: bool = False,
+    path: Optional[Path] = None,
+    class_weights: Optional[list[float]] = None,
+    fixed_bn: Optional[bool] = DEFAULTS.fixed_bn,
+) -> LearnerBundle:
+    """Build the classifier for ``data.classes`` and wrap it in a fastai Learner (Adam, accuracy).
+
+    ``precision`` is ``fp32``, ``bf16``, ``fp16`` or ``auto``, resolved for this device and
+    network by :func:`flowerfast.hardware.devices.resolve_precision`; the network and its batches are channels-last
+    where that layout is faster (:func:`flowerfast.hardware.devices.preferred_layout`); ``compile`` runs
+    it through ``torch.compile`` (in place, so the weights keep their names).
+    ``class_weights`` (one per class, in ``data.classes`` order) weight the cross-entropy loss.
+    ``path`` is the Learner's scratch folder (see :func:`learner_workspace`); by default a new
+    temporary folder, removed when the Learner is garbage-collected or the program exits.
+    ``fixed_bn`` keeps the body's batch-norm statistics as the pretrained weights have them
+    (:class:`flowerfast.training.finetune.FixedBodyNormStats`), and then a frozen body is frozen whole,
+    its batch norms' scale and shift too; ``None``: so when the weights are pretrained.
+    """
+    device = device if device is not None else resolve_device("auto")
+    size = data.size if size is None else size
+    ref = resolve_arch(arch)
+    backbone, info = load_backbone(ref, pretrained=pretrained, weights=weights)
+    model, backbone, cut, nf = assemble_classifier(backbone, ref, len(data.classes), size=size)
+    precision = resolve_precision(precision, device, training_network=model)
+    learn = fastai_learner(data, backbone, model[1], cut, device, path, class_weights)
+    fixed_bn = info.pretrained if fixed_bn is None else bool(fixed_bn)
+    if fixed_bn:
+        from flowerfast.training.finetune import FixedBodyNormStats
+
+        learn.add_cb(FixedBodyNormStats())
+        learn.train_bn = False  # fastai's freeze() would leave the body's batch norms trainable
+    channels_last = run_on_device(learn, device, precision, compile)
     mean, std = normalisation(ref)
-    spec = ModelSpec(arch=ref.name, classes=list(data.classes), size=size, cut=cut, num_features=nf, mean=mean,
-                     std=std, source=ref.source)
-    return LearnerBundle(learn=learn, spec=spec, weights=info, device=device, precision=precision,
-                         channels_last=channels_last, compiled=compile, fixed_bn=fixed_bn)
+    spec = ModelSpec(
+        arch=ref.name,
+        classes=list(data.classes),
+        size=size,
+        cut=cut,
+        num_features=nf,
+        mean=mean,
+        std=std,
+        source=ref.source,
+    )
+    return LearnerBundle(
+        learn=learn,
+        spec=spec,
+        weights=info,
+        device=device,
+        precision=precision,
+        channels_last=channels_last,
+        compiled=compile,
+        fixed_bn=fixed_bn,
+    )
 
 
 def adam(device: torch.device):
@@ -140,12 +186,14 @@ def adam(device: torch.device):
     from fastai.optimizer import OptimWrapper
 
     fused = device.type in ("cpu", "cuda")
-    return partial(OptimWrapper, opt=partial(torch.optim.AdamW, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.01,
-                                             fused=fused))
+    return partial(
+        OptimWrapper, opt=partial(torch.optim.AdamW, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.01, fused=fused)
+    )
 
 
-def predict_batches(model, dl, precision: str = "fp32", reporter=None,
-                    kind: str = "predict") -> tuple[torch.Tensor, torch.Tensor]:
+def predict_batches(
+    model, dl, precision: str = "fp32", reporter=None, kind: str = "predict"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax probabilities and targets of ``model`` over a fastai DataLoader, in eval mode.
 
     A plain loop rather than ``Learner.get_preds``, so it can run inside a fit (from a callback)
@@ -162,8 +210,11 @@ def predict_batches(model, dl, precision: str = "fp32", reporter=None,
                 if reporter is not None:
                     reporter.batch_done(kind)
                 xb = xb.as_subclass(torch.Tensor).contiguous(memory_format=preferred_layout(xb.device))
-                with torch.autocast(device_type=xb.device.type, dtype=autocast_dtype(precision) or torch.float32,
-                                    enabled=precision != "fp32"):
+                with torch.autocast(
+                    device_type=xb.device.type,
+                    dtype=autocast_dtype(precision) or torch.float32,
+                    enabled=precision != "fp32",
+                ):
                     out = model(xb)
                 probs.append(torch.softmax(out.float(), dim=-1).cpu())
                 targets.append(yb.cpu())

@@ -39,8 +39,9 @@ class LRFindResult:
         return self.suggestions["valley"]
 
 
-def run_lr_find(learn, reporter: Optional[Reporter] = None, num_it: int = LR_FIND_ITERATIONS,
-                device=None) -> LRFindResult:
+def run_lr_find(
+    learn, reporter: Optional[Reporter] = None, num_it: int = LR_FIND_ITERATIONS, device=None
+) -> LRFindResult:
     """Run fastai's learning-rate range test on a Learner; the model's weights are restored
     afterwards.
 
@@ -66,16 +67,18 @@ def run_lr_find(learn, reporter: Optional[Reporter] = None, num_it: int = LR_FIN
         with data_parallel(learn, device or learn.dls.device), learn.no_logging():
             learn.fit(num_it // per_epoch + 1, cbs=KeepWeightsLRFinder(num_it=num_it))
         lrs_all, losses_all = learn.recorder.lrs, learn.recorder.losses
-        lrs = torch.tensor([float(x) for x in lrs_all[num_it // 10:-5]])
-        losses = torch.tensor([float(x) for x in losses_all[num_it // 10:-5]])
+        lrs = torch.tensor([float(x) for x in lrs_all[num_it // 10 : -5]])
+        losses = torch.tensor([float(x) for x in losses_all[num_it // 10 : -5]])
         nan = torch.nonzero(torch.isnan(losses.view(-1)))
         if len(nan) > 0:
-            lrs, losses = lrs[:int(nan.min())], losses[:int(nan.min())]
+            lrs, losses = lrs[: int(nan.min())], losses[: int(nan.min())]
         found = {f.__name__: f(lrs, losses, num_it)[0] for f in (valley, slide, minimum, steep)}
     except IndexError:  # fastai drops the first tenth and the last 5 points: nothing was left
         raise distributed.shared_error(
             f"the learning-rate finder stopped after {len(learn.recorder.lrs)} batches because the loss jumped "
-            f"at once, too few to suggest anything: use more images or a larger --bs") from None
+            f"at once, too few to suggest anything: use more images or a larger $bs",
+            parameters=("bs",),
+        ) from None
     finally:
         learn.remove_cb(cb)
         reporter.finished()
@@ -91,8 +94,9 @@ def save_lr_find(result: LRFindResult, run: RunFolder, title: str = "") -> LRFin
     from flowerfast.core.plots import lr_find_png
 
     result.csv, _ = run.write_lr_find(result.lrs, result.losses, result.suggestions)
-    result.plot = atomic_write_bytes(run.lr_find_plot, lr_find_png(result.lrs, result.losses, result.suggestions,
-                                                                  title or "learning-rate finder"))
+    result.plot = atomic_write_bytes(
+        run.lr_find_plot, lr_find_png(result.lrs, result.losses, result.suggestions, title or "learning-rate finder")
+    )
     result.run_dir = run.path
     return result
 
@@ -108,8 +112,12 @@ def find_and_save_lr(bundle, run: RunFolder, reporter: Optional[Reporter] = None
     return found.suggestions
 
 
-def find_lr(config: Optional[TrainConfig] = None, reporter: Optional[Reporter] = None,
-            num_it: int = LR_FIND_ITERATIONS, **options) -> LRFindResult:
+def find_lr(
+    config: Optional[TrainConfig] = None,
+    reporter: Optional[Reporter] = None,
+    num_it: int = LR_FIND_ITERATIONS,
+    **options,
+) -> LRFindResult:
     """Build the data and model of ``config`` and run the learning-rate finder on them.
 
     Writes the plot and curve into ``config.out`` (default ``runs/lr-find-<arch>-<timestamp>``).
@@ -117,7 +125,7 @@ def find_lr(config: Optional[TrainConfig] = None, reporter: Optional[Reporter] =
     ``num_it`` is the number of mini-batches the learning rate rises over.
     """
     if num_it < 10:
-        raise FlowerfastError(f"--num-it must be at least 10 (got {num_it})")
+        raise FlowerfastError(f"$num_it must be at least 10 (got {num_it})", parameters=("num_it",))
     from flowerfast.hardware import distributed
 
     reporter = distributed.main_only(reporter or NullReporter())

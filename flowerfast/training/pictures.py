@@ -14,12 +14,9 @@ from types import SimpleNamespace
 from typing import Optional, Sequence
 
 from flowerfast.core.files import atomic_write_bytes
-from flowerfast.runs.folder import EpochRecord, RunFolder, ValidPrediction
+from flowerfast.core.stats import confusion_counts
+from flowerfast.runs.folder import BATCH, CONFUSION, CURVES, MISTAKES, EpochRecord, RunFolder, ValidPrediction
 
-CURVES = "curves.png"
-CONFUSION = "confusion.png"
-MISTAKES = "mistakes.png"
-BATCH = "batch.png"
 MISTAKES_SHOWN = 12
 
 
@@ -29,39 +26,39 @@ def draw_curves(run: RunFolder, name: str, history: Sequence[EpochRecord]) -> Pa
     return atomic_write_bytes(run.file(CURVES), curves_png([SimpleNamespace(name=name, history=list(history))]))
 
 
-def confusion_counts(predictions: Sequence[ValidPrediction], classes: Sequence[str]) -> list[list[int]]:
-    index = {c: i for i, c in enumerate(classes)}
-    matrix = [[0] * len(classes) for _ in classes]
-    for p in predictions:
-        matrix[index[p.label]][index[p.predicted]] += 1
-    return matrix
-
-
 def draw_confusion(run: RunFolder, classes: Sequence[str], predictions: Sequence[ValidPrediction]) -> Path:
     from flowerfast.core.plots import confusion_png
 
-    png = confusion_png("best model, validation set", classes, confusion_counts(predictions, classes),
-                        normalised=True)
+    png = confusion_png(
+        "best model, validation set",
+        classes,
+        confusion_counts([p.label for p in predictions], [p.predicted for p in predictions], classes),
+        normalised=True,
+    )
     return atomic_write_bytes(run.file(CONFUSION), png)
 
 
-def draw_mistakes(run: RunFolder, root: Path, predictions: Sequence[ValidPrediction],
-                  shown: int = MISTAKES_SHOWN) -> Optional[Path]:
+def draw_mistakes(
+    run: RunFolder, root: Path, predictions: Sequence[ValidPrediction], shown: int = MISTAKES_SHOWN
+) -> Optional[Path]:
     """The most confident wrong answers of the best model; no file when it made no mistake."""
     from flowerfast.core.plots import mistakes_png
 
     wrong = sorted((p for p in predictions if not p.correct), key=lambda p: -p.confidence)[:shown]
-    mistakes = [SimpleNamespace(path=Path(root) / p.file, true=p.label, predicted=p.predicted,
-                                probability=p.confidence)
-                for p in wrong if (Path(root) / p.file).is_file()]
+    mistakes = [
+        SimpleNamespace(path=Path(root) / p.file, true=p.label, predicted=p.predicted, probability=p.confidence)
+        for p in wrong
+        if (Path(root) / p.file).is_file()
+    ]
     if not mistakes:
         run.file(MISTAKES).unlink(missing_ok=True)
         return None
     return atomic_write_bytes(run.file(MISTAKES), mistakes_png(mistakes))
 
 
-def batch_picture(dls, classes: Sequence[str], mean: Sequence[float], std: Sequence[float], n: int = 16,
-                  title: str = "") -> bytes:
+def batch_picture(
+    dls, classes: Sequence[str], mean: Sequence[float], std: Sequence[float], n: int = 16, title: str = ""
+) -> bytes:
     """One augmented training batch, un-normalised for display: what the model is trained on
     (random crop, flips, warps, lighting and the erased rectangles). The random generators are
     put back afterwards, so drawing it changes nothing in the training that follows."""
@@ -108,14 +105,26 @@ def show_batch(config=None, out: Path | str = BATCH, n: int = 16, **options) -> 
         raise FlowerfastError(f"-n must be at least 1 (got {n})")
     cache_dir = (config.cache_dir or default_cache_dir()) if config.cache else None
     mean, std = normalisation(resolve_arch(config.arch))
-    data = load_data(config.data, size=config.size, bs=max(n, 2), valid_pct=config.valid_pct, seed=config.seed,
-                     workers=0, device=resolve_device("cpu"), split_file=config.split_file, cache_dir=cache_dir,
-                     stratify=config.stratify, mean=mean, std=std, min_scale=crop_min_scale(config))
+    data = load_data(
+        config.data,
+        size=config.size,
+        bs=max(n, 2),
+        valid_pct=config.valid_pct,
+        seed=config.seed,
+        workers=0,
+        device=resolve_device("cpu"),
+        split_file=config.split_file,
+        cache_dir=cache_dir,
+        stratify=config.stratify,
+        mean=mean,
+        std=std,
+        min_scale=crop_min_scale(config),
+    )
     set_seed(config.seed)
     out = Path(out).expanduser()
     if out.suffix.lower() != ".png":
         from flowerfast.core.errors import FlowerfastError
 
-        raise FlowerfastError(f"--out must name a .png file (got {out})")
+        raise FlowerfastError(f"$out must name a .png file (got {out})", parameters=("out",))
     out.parent.mkdir(parents=True, exist_ok=True)
     return draw_batch(out, data, data.size, min(n, data.bs))

@@ -29,6 +29,7 @@ from typing import Iterator
 import torch
 
 from flowerfast.hardware import distributed
+from flowerfast.hardware.peers import peer_failures
 
 
 def check_same_weights(module) -> str:
@@ -43,8 +44,10 @@ def check_same_weights(module) -> str:
     sums = distributed.gather_objects(mine)
     differ = [r for r, s in enumerate(sums) if s != sums[0]]
     if differ:
-        raise FlowerfastError(f"the processes ended with different weights (process(es) {', '.join(map(str, differ))} "
-                              "differ from rank 0): the job is broken; the final model is not saved")
+        raise FlowerfastError(
+            f"the processes ended with different weights (process(es) {', '.join(map(str, differ))} "
+            "differ from rank 0): the job is broken; the final model is not saved"
+        )
     return mine
 
 
@@ -61,7 +64,7 @@ def data_parallel(learn, device: torch.device, sync_bn: bool = False) -> Iterato
     cb = DataParallel(procs, device, sync_bn=sync_bn)
     learn.add_cb(cb)
     try:
-        with distributed.peer_failures():
+        with peer_failures():
             yield
     finally:
         learn.remove_cb(cb)

@@ -1,0 +1,89 @@
+"""Scoring on the run's own photos: the fixed sample of training images the clean train accuracy
+is measured on, and the best model rescored on the validation set (``valid_predictions.csv``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from flowerfast.core.errors import FlowerfastError
+from flowerfast.hardware import distributed
+from flowerfast.runs.folder import ValidPrediction, relative_path
+
+if TYPE_CHECKING:
+    from flowerfast.training.session import RunSetup
+
+
+def clean_train_dl(setup: RunSetup, n: int, seed: int):
+    """A DataLoader over a fixed random sample of up to ``n`` training images, with validation
+    transforms (no augmentation); ``None`` when ``n`` is 0. In a job of several processes each
+    takes its share of the sample (``None`` when that is empty); their counts are summed."""
+    import random
+
+    from flowerfast.hardware.distributed import shard_bounds
+
+    if n <= 0:
+        return None
+    train_rows = [r for r in setup.data.rows if not r.is_valid]
+    sample = random.Random(seed).sample(train_rows, min(n, len(train_rows)))
+    procs = distributed.current()
+    start, stop = shard_bounds(len(sample), procs.world_size, procs.rank, even=False)
+    if start == stop:
+        return None
+    return setup.data.dls.test_dl([(str(r.file), r.label) for r in sample[start:stop]], with_labels=True)
+
+
+def score_best_model(setup: RunSetup) -> float:
+    """Score the saved best model on the validation images and write ``valid_predictions.csv``
+    (one row per image, each class's probability): what a comparison of two models on the same
+    split is computed from. Returns the accuracy.
+
+    In a job of several processes rank 0 reads the best model and hands it to the others, each
+    scores its share of the validation images, and rank 0 writes every image's row, once."""
+    from safetensors.torch import load_file
+
+    from flowerfast.hardware.distributed import shard_bounds
+    from flowerfast.training.learner import predict_batches
+
+    learn, run, procs = setup.bundle.learn, setup.run, distributed.current()
+    model = distributed.unwrapped(learn.model)
+    if procs.is_main:
+        model.load_state_dict(load_file(str(run.best_model), device=str(setup.bundle.device)))
+    distributed.broadcast_module(model)
+    classes = setup.data.classes
+    valid_rows = [r for r in setup.data.rows if r.is_valid]
+    if procs.distributed:
+        start, stop = shard_bounds(len(valid_rows), procs.world_size, procs.rank, even=False)
+        valid_rows = valid_rows[start:stop]
+        dl = setup.data.dls.test_dl([(str(r.file), r.label) for r in valid_rows], with_labels=True)
+    else:
+        dl = setup.data.dls.valid
+    probs, targets = predict_batches(model, dl, setup.bundle.precision)
+    if len(targets) != len(valid_rows):  # photos became unreadable during the run: score the others
+        valid_rows = [r for r in valid_rows if setup.data.loader.readable(r.file)]
+        dl = setup.data.dls.test_dl([(str(r.file), r.label) for r in valid_rows], with_labels=True)
+        probs, targets = predict_batches(model, dl, setup.bundle.precision)
+        if not valid_rows or len(targets) != len(valid_rows):
+            raise FlowerfastError(
+                "the validation photos changed while the best model was being scored; "
+                "score it later with flowerfast evaluate"
+            )
+    if procs.distributed:
+        import torch
+
+        parts = distributed.gather_objects((valid_rows, probs, targets))
+        valid_rows = [row for rows, _, _ in parts for row in rows]
+        probs, targets = torch.cat([p for _, p, _ in parts]), torch.cat([t for _, _, t in parts])
+    preds = probs.argmax(dim=-1)
+    if procs.is_main:
+        rows = [
+            ValidPrediction(
+                file=relative_path(row.file, setup.data.root),
+                label=row.label,
+                predicted=classes[p],
+                confidence=pr[p],
+                probabilities=dict(zip(classes, pr)),
+            )
+            for row, p, pr in zip(valid_rows, preds.tolist(), probs.tolist())
+        ]
+        run.write_valid_predictions(rows, classes)
+    return int((preds == targets).sum()) / len(targets)
