@@ -44,6 +44,8 @@ _EXPORTS = {
     "Prediction": "infer.predict",
     "evaluate": "infer.evaluate",
     "EvaluationResult": "infer.evaluate",
+    "calibrate_run": "infer.calibrate",
+    "Calibration": "core.calibration",
     "export_model": "export.exporter",
     "ExportResult": "export.exporter",
     "compare": "reporting.comparison",

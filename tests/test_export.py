@@ -55,11 +55,12 @@ def expected_matrix(preds, classes):
 
 
 def check_batch(run_dir, n=4):
-    """A normalised random batch the size of the run's model, and PyTorch's probabilities for it."""
+    """A normalised random batch the size of the run's model, and PyTorch's probabilities for it
+    (at the model's temperature, which the exported graph must include)."""
     model = flowerfast.load_model(run_dir, device="cpu")
     batch = torch.randn(n, 3, model.spec.size, model.spec.size, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
-        expected = torch.softmax(model.network(batch).float(), dim=-1)
+        expected = torch.softmax(model.network(batch).float() / model.spec.temperature, dim=-1)
     return batch, expected
 
 

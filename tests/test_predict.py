@@ -85,12 +85,12 @@ def test_predictions_equal_fastai_validation(run_dir):
     valid_files = [Path(item[0]) for item in dls.valid.items]
     assert valid_files
 
-    network, _ = load_classifier(run_dir)  # as fastai validates: eval mode, plain NCHW, nothing folded
+    network, spec = load_classifier(run_dir)  # as fastai validates: eval mode, plain NCHW, nothing folded
     network.eval()
     batches = []
-    with torch.no_grad():
+    with torch.no_grad():  # at the temperature the run fitted when it ended
         for xb, _ in dls.valid:
-            batches.append(torch.softmax(network(xb.as_subclass(torch.Tensor)).float(), dim=-1))
+            batches.append(torch.softmax(network(xb.as_subclass(torch.Tensor)).float() / spec.temperature, dim=-1))
     fastai_probs = torch.cat(batches)
     assert len(fastai_probs) == len(valid_files)
 

@@ -216,9 +216,39 @@ def evaluate(
         typer.echo(json.dumps({**result.to_dict(), "out": str(files.out_dir)}, indent=2))
         return
     _print_evaluation(result)
+    cal = result.calibration
     console.print(
-        f"report: {files.out_dir}  (metrics.json, predictions.csv, confusion.png"
+        f"calibration: ECE {cal.ece_after:.1%} at the model's temperature {cal.temperature:.2f} "
+        f"({cal.ece_before:.1%} at 1); NLL {cal.nll_after:.3f} ({cal.nll_before:.3f})",
+        markup=False,
+    )
+    console.print(
+        f"report: {files.out_dir}  (metrics.json, predictions.csv, confusion.png, calibration.png"
         + (", mistakes.png)" if files.mistakes else ")"),
+        markup=False,
+    )
+
+
+@app.command(epilog="Example: flowerfast calibrate runs/resnet18-20240101-120000/")
+def calibrate(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="A finished run folder.", show_default=False)],
+    device: Device = o.DeviceChoice.auto,
+    json_: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """Fit the temperature of a run's best model on its validation split and save it in the model.
+
+    Training does this when it ends; this is for runs trained before, or after their photos changed.
+    """
+    with user_errors():
+        from flowerfast.infer.calibrate import calibrate_run
+
+        cal = calibrate_run(run_dir, device=o.value(device), reporter=make_reporter(to_stderr=True))
+    if json_:
+        typer.echo(json.dumps(cal.to_dict(), indent=2))
+        return
+    console.print(
+        f"temperature {cal.temperature:.3f} on {cal.images} validation photos: ECE {cal.ece_before:.1%} -> "
+        f"{cal.ece_after:.1%}, NLL {cal.nll_before:.3f} -> {cal.nll_after:.3f}; saved in {Path(run_dir) / 'best.json'}",
         markup=False,
     )
 

@@ -268,3 +268,28 @@ def batch_png(images: Any, labels: Sequence[str], columns: int = 8, title: str =
     if title:
         fig.suptitle(title, fontsize=10)
     return figure_png(fig)
+
+
+def reliability_png(title: str, curves: Mapping[str, Sequence[tuple[float, float, int]]]) -> bytes:
+    """The reliability diagram: accuracy against confidence, per confidence bin, for each named
+    set of bins (``{"before (T=1)": bins, "after (T=1.4)": bins}``, bins as
+    :func:`flowerfast.core.calibration.reliability_bins` gives them). On the diagonal a model's
+    confidence is its accuracy; below it, it is over-confident. Marker size follows the count."""
+    fig = new_figure(5.5, 5.2, layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="calibrated")
+    for name, bins in curves.items():
+        filled = [(c, a, n) for c, a, n in bins if n]
+        if not filled:
+            continue
+        conf, acc, counts = zip(*filled)
+        total = sum(counts)
+        ax.plot(conf, acc, marker="o", linewidth=1.5, label=name)
+        ax.scatter(conf, acc, s=[20 + 400 * n / total for n in counts], alpha=0.25)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("confidence (top probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.legend(loc="upper left")
+    return figure_png(fig)

@@ -30,14 +30,16 @@ class ExportResult:
 
 
 class WithSoftmax(torch.nn.Module):
-    """The classifier plus its softmax, so exported outputs are probabilities."""
+    """The classifier plus its calibration and softmax, so exported outputs are the probabilities
+    ``predict`` gives (the logits divided by the model's temperature inside the graph)."""
 
-    def __init__(self, network: torch.nn.Module):
+    def __init__(self, network: torch.nn.Module, temperature: float = 1.0):
         super().__init__()
         self.network = network
+        self.temperature = float(temperature)
 
     def forward(self, x):
-        return torch.softmax(self.network(x), dim=-1)
+        return torch.softmax(self.network(x) / self.temperature, dim=-1)
 
 
 def preprocessing_info(model: LoadedModel, fmt: str) -> dict:
@@ -62,7 +64,12 @@ def preprocessing_info(model: LoadedModel, fmt: str) -> dict:
             "dtype": "float32",
             "shape": ["batch", channels, spec.size, spec.size],
         },
-        "output": {"name": "probabilities", "shape": ["batch", len(spec.classes)], "meaning": "softmax over classes"},
+        "output": {
+            "name": "probabilities",
+            "shape": ["batch", len(spec.classes)],
+            "meaning": "softmax over classes of the logits divided by the temperature (in the graph)",
+        },
+        "temperature": spec.temperature,
         "steps": steps,
         "source_model": str(model.source),
         "arch": spec.arch,
@@ -104,7 +111,8 @@ def export_model(
         model = as_loaded_model(model.source, device="cpu", trust_pickle=True)  # already opened by the caller
     path = export_target(Path(out).expanduser() if out is not None else default_export_path(model, fmt), force)
     # A plain-layout copy: the exported weights should not depend on the layout used for speed here.
-    wrapped = WithSoftmax(copy.deepcopy(model.network).to(memory_format=torch.contiguous_format)).eval()
+    network = copy.deepcopy(model.network).to(memory_format=torch.contiguous_format)
+    wrapped = WithSoftmax(network, model.spec.temperature).eval()
     shape = (model.preprocessing.channels, model.spec.size, model.spec.size)  # channels, height, width
     example = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
     check_batch = torch.randn(3, *shape, generator=torch.Generator().manual_seed(1))

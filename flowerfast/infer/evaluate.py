@@ -16,9 +16,10 @@ from typing import Optional, Sequence
 
 from sklearn.metrics import precision_recall_fscore_support
 
+from flowerfast.core.calibration import Calibration, measure, reliability_bins, rescaled
 from flowerfast.core.errors import FlowerfastError
 from flowerfast.core.files import atomic_write_bytes, create_run_dir, write_csv, write_json
-from flowerfast.core.plots import confusion_png, mistakes_png
+from flowerfast.core.plots import confusion_png, mistakes_png, reliability_png
 from flowerfast.core.stats import confusion_counts
 from flowerfast.data.folders import SkippedFile, scan_image_folder
 from flowerfast.infer.predict import LoadedModel, as_loaded_model
@@ -66,6 +67,8 @@ class EvaluationResult:
     skipped: list[SkippedFile] = field(default_factory=list)
     source: str = "folder"
     trained_on: int = 0
+    calibration: Optional[Calibration] = None
+    reliability: dict = field(default_factory=dict)  # name -> reliability bins, for calibration.png
 
     @property
     def macro_f1(self) -> float:
@@ -85,6 +88,7 @@ class EvaluationResult:
             "skipped": [{"path": str(s.path), "reason": s.reason} for s in self.skipped],
             "source": self.source,
             "trained_on": self.trained_on,
+            "calibration": self.calibration.to_dict() if self.calibration else None,
         }
 
 
@@ -236,28 +240,46 @@ def evaluate(
     labels = [all_labels[i] for i in keep]
     if not files:
         raise FlowerfastError(f"no readable images in {root}")
+    result = scored(model.classes, files, labels, probs, mistakes)
+    result.data_dir, result.skipped, result.source, result.trained_on = root, skipped, source, trained_on
+    result.calibration, result.reliability = calibration_of(model, probs.numpy(), labels)
+    return result
+
+
+def scored(classes: Sequence[str], files: list[Path], labels: list[str], probs, mistakes: int) -> EvaluationResult:
+    """Accuracy, per-class figures, the confusion matrix and the ``mistakes`` most confident
+    mistakes of the probabilities ``probs`` (a row per file)."""
     conf, idx = probs.max(dim=1)
-    predicted = [model.classes[int(j)] for j in idx]
+    predicted = [classes[int(j)] for j in idx]
     confidence = [float(c) for c in conf]
-    confusion = confusion_counts(labels, predicted, model.classes)
     correct = sum(t == p for t, p in zip(labels, predicted))
     wrong = sorted((i for i in range(len(files)) if labels[i] != predicted[i]), key=lambda i: -confidence[i])
     return EvaluationResult(
-        data_dir=root,
-        classes=model.classes,
+        data_dir=Path(),
+        classes=list(classes),
         n_images=len(files),
         accuracy=correct / len(files),
-        per_class=score_classes(labels, predicted, model.classes),
-        confusion=confusion,
+        per_class=score_classes(labels, predicted, classes),
+        confusion=confusion_counts(labels, predicted, classes),
         mistakes=[Mistake(files[i], labels[i], predicted[i], confidence[i]) for i in wrong[:mistakes]],
         files=files,
         labels=labels,
         predicted=predicted,
         confidence=confidence,
-        skipped=skipped,
-        source=source,
-        trained_on=trained_on,
     )
+
+
+def calibration_of(model: LoadedModel, probs, labels: Sequence[str]) -> tuple[Calibration, dict]:
+    """How well the model's confidence matches its accuracy on these photos, at temperature 1 and
+    at its own temperature (the one it answers with), with the reliability bins of both."""
+    targets = [model.classes.index(label) for label in labels]
+    t = model.spec.temperature
+    calibration = measure(probs, targets, t)
+    bins = {
+        f"T=1 (ECE {calibration.ece_before:.1%})": reliability_bins(rescaled(probs, 1 / t), targets),
+        f"model's T={t:.2f} (ECE {calibration.ece_after:.1%})": reliability_bins(probs, targets),
+    }
+    return calibration, bins
 
 
 def confusion_title(result: EvaluationResult) -> str:
@@ -274,10 +296,12 @@ class EvaluationFiles:
     predictions: Path
     confusion: Path
     mistakes: Optional[Path]
+    calibration: Optional[Path] = None
 
 
 def save_report(result: EvaluationResult, out_dir: Path) -> EvaluationFiles:
-    """Write ``metrics.json``, ``predictions.csv``, ``confusion.png`` and ``mistakes.png`` into a new folder."""
+    """Write ``metrics.json``, ``predictions.csv``, ``confusion.png``, ``mistakes.png`` and
+    ``calibration.png`` (the reliability diagram) into a new folder."""
     out_dir = create_run_dir(out_dir)
     metrics = write_json(out_dir / "metrics.json", result.to_dict())
     predictions = write_csv(
@@ -292,4 +316,8 @@ def save_report(result: EvaluationResult, out_dir: Path) -> EvaluationFiles:
         out_dir / "confusion.png", confusion_png(confusion_title(result), result.classes, result.confusion)
     )
     mistakes = atomic_write_bytes(out_dir / "mistakes.png", mistakes_png(result.mistakes)) if result.mistakes else None
-    return EvaluationFiles(out_dir, metrics, predictions, confusion, mistakes)
+    calibration = None
+    if result.reliability:
+        png = reliability_png(f"{result.n_images} images ({result.source})", result.reliability)
+        calibration = atomic_write_bytes(out_dir / "calibration.png", png)
+    return EvaluationFiles(out_dir, metrics, predictions, confusion, mistakes, calibration)

@@ -183,7 +183,7 @@ class LoadedModel:
         with torch.inference_mode():
             images = images.to(self.device, non_blocking=True)
             x = self.preprocessing.to_input(images).contiguous(memory_format=self.memory_format)
-            probs = torch.softmax(self.forward(x).float(), dim=-1).cpu()
+            probs = torch.softmax(self.forward(x).float() / self.spec.temperature, dim=-1).cpu()
         return check_finite(probs, self.source)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

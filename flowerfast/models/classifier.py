@@ -90,6 +90,7 @@ class ModelSpec:
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     source: str = "torchvision"  # the library that builds ``arch``: "torchvision" or "timm"
+    temperature: float = 1.0  # the logits are divided by it before the softmax (calibration; 1: none)
     format: str = "flowerfast-model"
     format_version: int = FORMAT_VERSION
     versions: dict = field(default_factory=dict)
@@ -204,6 +205,26 @@ def save_model(model, spec: ModelSpec, path: Path) -> tuple[Path, Path]:
     return weights_path, json_path
 
 
+def set_temperature(path: Path, temperature: float) -> ModelSpec:
+    """Rewrite a saved model's files with another temperature (its weights untouched, their
+    checksum kept), each file atomically; returns the new spec. How an older model is calibrated."""
+    import dataclasses
+
+    from safetensors.torch import save as st_save
+
+    from flowerfast.core.files import atomic_write_bytes, write_json
+
+    weights_path, json_path = model_paths(path)
+    state, metadata = read_weights(weights_path)
+    if SPEC_KEY not in metadata:
+        raise FlowerfastError(f"{weights_path} carries no description of its own: save it again with flowerfast")
+    spec = dataclasses.replace(spec_from_dict(json.loads(metadata[SPEC_KEY]), weights_path), temperature=temperature)
+    metadata = {**metadata, SPEC_KEY: json.dumps(asdict(spec))}
+    atomic_write_bytes(weights_path, st_save(state, metadata=metadata))
+    write_json(json_path, {**asdict(spec), "sha256": metadata[CHECKSUM_KEY]})
+    return spec
+
+
 def model_paths(path: Path) -> tuple[Path, Path]:
     """The ``.safetensors`` and ``.json`` files that make a model, from either file or a run folder.
 
@@ -263,7 +284,7 @@ def read_weights(weights_path: Path) -> tuple[dict, dict]:
     return tensors, metadata
 
 
-DESCRIBING_FIELDS = ("arch", "source", "classes", "size", "cut", "num_features", "mean", "std")
+DESCRIBING_FIELDS = ("arch", "source", "classes", "size", "cut", "num_features", "mean", "std", "temperature")
 """What a model description says about the network and its answers (not versions or extras)."""
 
 

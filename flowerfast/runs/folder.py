@@ -17,6 +17,7 @@ Writes go through :mod:`flowerfast.core.files`, so each file appears whole or no
     checkpoint.pt          the resumable state while the run goes on (:mod:`flowerfast.training.checkpoint`)
     checkpoints/epoch-NNN.safetensors/.json  the model every save_every epochs
     curves.png, confusion.png, mistakes.png, batch.png  the run's pictures (:mod:`flowerfast.training.pictures`)
+    calibration.png        the best model's reliability before and after its temperature
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ CURVES = "curves.png"
 CONFUSION = "confusion.png"
 MISTAKES = "mistakes.png"
 BATCH = "batch.png"
+CALIBRATION = "calibration.png"
 MODEL_SUFFIXES = (".safetensors", ".json")
 
 FINISHED_FILES = (SPLIT, HISTORY, SUMMARY, VALID_PREDICTIONS, BEST + ".safetensors", BEST + ".json")
@@ -174,6 +176,7 @@ class RunSummary:
     final_model: str
     stopped_early_at: Optional[int] = None
     planned_epochs: Optional[int] = None
+    calibration: Optional[dict[str, float]] = None  # the best model's temperature, ECE and NLL before and after
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

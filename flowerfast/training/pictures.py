@@ -1,6 +1,7 @@
 """The pictures of a training run, drawn into its folder: ``curves.png`` (loss and accuracy per
 epoch), ``confusion.png`` (counts and shares) and ``mistakes.png`` of the best model on the
-validation set, and ``batch.png``, augmented training images as the model sees them.
+validation set, ``calibration.png`` (its reliability before and after its temperature), and
+``batch.png``, augmented training images as the model sees them.
 
 Why a run draws them itself: a person should be able to look at one run, not only at a
 comparison, and check the augmentation before trusting the numbers (fastai's ``show_batch``).
@@ -15,7 +16,16 @@ from typing import Optional, Sequence
 
 from flowerfast.core.files import atomic_write_bytes
 from flowerfast.core.stats import confusion_counts
-from flowerfast.runs.folder import BATCH, CONFUSION, CURVES, MISTAKES, EpochRecord, RunFolder, ValidPrediction
+from flowerfast.runs.folder import (
+    BATCH,
+    CALIBRATION,
+    CONFUSION,
+    CURVES,
+    MISTAKES,
+    EpochRecord,
+    RunFolder,
+    ValidPrediction,
+)
 
 MISTAKES_SHOWN = 12
 
@@ -24,6 +34,20 @@ def draw_curves(run: RunFolder, name: str, history: Sequence[EpochRecord]) -> Pa
     from flowerfast.core.plots import curves_png
 
     return atomic_write_bytes(run.file(CURVES), curves_png([SimpleNamespace(name=name, history=list(history))]))
+
+
+def draw_calibration(run: RunFolder, probs, targets, calibration) -> Path:
+    """``calibration.png``: the best model's reliability on the validation set at temperature 1
+    and at its fitted temperature."""
+    from flowerfast.core.calibration import reliability_bins, rescaled
+    from flowerfast.core.plots import reliability_png
+
+    t = calibration.temperature
+    curves = {
+        f"before (T=1, ECE {calibration.ece_before:.1%})": reliability_bins(probs, targets),
+        f"after (T={t:.2f}, ECE {calibration.ece_after:.1%})": reliability_bins(rescaled(probs, t), targets),
+    }
+    return atomic_write_bytes(run.file(CALIBRATION), reliability_png("best model, validation set", curves))
 
 
 def draw_confusion(run: RunFolder, classes: Sequence[str], predictions: Sequence[ValidPrediction]) -> Path:

@@ -182,7 +182,7 @@ def resumed_options_check(where: Path, stored: dict, changes: dict) -> None:
 def finish_training(setup: RunSetup, reporter: Reporter, callbacks: Sequence = ()) -> TrainResult:
     """Train (or go on training), then save the final model, score the best one and write the
     summary; the checkpoint is removed once the run is complete."""
-    from flowerfast.runs.folder import BATCH, CONFUSION, CURVES, MISTAKES
+    from flowerfast.runs.folder import BATCH, CALIBRATION, CONFUSION, CURVES, MISTAKES
     from flowerfast.training.pictures import draw_batch
     from flowerfast.training.trackers import close_trackers, open_trackers
 
@@ -214,8 +214,9 @@ def finish_training(setup: RunSetup, reporter: Reporter, callbacks: Sequence = (
                 else (run.final_model,)
             )
             reporter.stage("scoring the best model on the validation set")
-            rescored = score_best_model(setup)
+            rescored, calibration = score_best_model(setup)
         summary = summarise(setup, outcome, rescored, seconds, final_paths[0])
+        summary.calibration = calibration.to_dict()
         if main:
             draw_run_pictures(setup, outcome.history)
             setup.run.write_summary(summary)
@@ -224,7 +225,7 @@ def finish_training(setup: RunSetup, reporter: Reporter, callbacks: Sequence = (
         raise
     close_trackers(
         trackers,
-        [run.file(n) for n in (CURVES, CONFUSION, MISTAKES, BATCH)]
+        [run.file(n) for n in (CURVES, CONFUSION, MISTAKES, BATCH, CALIBRATION)]
         + [run.best_model, run.best_model.with_suffix(".json")],
     )
     if main:

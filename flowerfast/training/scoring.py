@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from flowerfast.core.calibration import Calibration, calibrate, rescaled
 from flowerfast.core.errors import FlowerfastError
 from flowerfast.hardware import distributed
-from flowerfast.runs.folder import ValidPrediction, relative_path
+from flowerfast.models.classifier import save_model
+from flowerfast.runs.folder import BEST, ValidPrediction, relative_path
+from flowerfast.training.pictures import draw_calibration
 
 if TYPE_CHECKING:
     from flowerfast.training.session import RunSetup
@@ -32,13 +35,10 @@ def clean_train_dl(setup: RunSetup, n: int, seed: int):
     return setup.data.dls.test_dl([(str(r.file), r.label) for r in sample[start:stop]], with_labels=True)
 
 
-def score_best_model(setup: RunSetup) -> float:
-    """Score the saved best model on the validation images and write ``valid_predictions.csv``
-    (one row per image, each class's probability): what a comparison of two models on the same
-    split is computed from. Returns the accuracy.
-
-    In a job of several processes rank 0 reads the best model and hands it to the others, each
-    scores its share of the validation images, and rank 0 writes every image's row, once."""
+def best_model_predictions(setup: RunSetup):
+    """The saved best model's probabilities (temperature 1) and targets on the validation images,
+    with their split rows: every image once, in every process of a job (rank 0 reads the model
+    and hands it on, each scores its share, the shares are gathered)."""
     from safetensors.torch import load_file
 
     from flowerfast.hardware.distributed import shard_bounds
@@ -49,7 +49,6 @@ def score_best_model(setup: RunSetup) -> float:
     if procs.is_main:
         model.load_state_dict(load_file(str(run.best_model), device=str(setup.bundle.device)))
     distributed.broadcast_module(model)
-    classes = setup.data.classes
     valid_rows = [r for r in setup.data.rows if r.is_valid]
     if procs.distributed:
         start, stop = shard_bounds(len(valid_rows), procs.world_size, procs.rank, even=False)
@@ -73,17 +72,46 @@ def score_best_model(setup: RunSetup) -> float:
         parts = distributed.gather_objects((valid_rows, probs, targets))
         valid_rows = [row for rows, _, _ in parts for row in rows]
         probs, targets = torch.cat([p for _, p, _ in parts]), torch.cat([t for _, _, t in parts])
-    preds = probs.argmax(dim=-1)
-    if procs.is_main:
-        rows = [
-            ValidPrediction(
-                file=relative_path(row.file, setup.data.root),
-                label=row.label,
-                predicted=classes[p],
-                confidence=pr[p],
-                probabilities=dict(zip(classes, pr)),
-            )
-            for row, p, pr in zip(valid_rows, preds.tolist(), probs.tolist())
-        ]
-        run.write_valid_predictions(rows, classes)
-    return int((preds == targets).sum()) / len(targets)
+    return model, valid_rows, probs, targets
+
+
+def score_best_model(setup: RunSetup) -> tuple[float, Calibration]:
+    """Score the saved best model on the validation images, calibrate it there and write
+    ``valid_predictions.csv`` (one row per image, each class's calibrated probability): what a
+    comparison of two models on the same split is computed from. Returns the accuracy and the
+    calibration.
+
+    The temperature fitted here (:mod:`flowerfast.core.calibration`) is saved into the best
+    model's files, so predict, evaluate, serve and export answer with it; ``calibration.png``
+    shows the reliability before and after. It changes no answer, only the confidence: the
+    accuracy is the same at any temperature."""
+    import dataclasses
+
+    import torch
+
+    model, valid_rows, probs, targets = best_model_predictions(setup)
+    calibration = calibrate(probs.numpy(), targets.numpy())
+    calibrated = torch.from_numpy(rescaled(probs.numpy(), calibration.temperature)).float()
+    preds = calibrated.argmax(dim=-1)
+    if distributed.current().is_main:
+        spec = dataclasses.replace(setup.bundle.spec, temperature=calibration.temperature)
+        save_model(model, spec, setup.run.model_stem(BEST))
+        write_valid_predictions(setup, valid_rows, preds, calibrated)
+        draw_calibration(setup.run, probs.numpy(), targets.numpy(), calibration)
+    return int((preds == targets).sum()) / len(targets), calibration
+
+
+def write_valid_predictions(setup: RunSetup, valid_rows, preds, probs) -> None:
+    """``valid_predictions.csv``: one row per validation image, with every class's probability."""
+    classes = setup.data.classes
+    rows = [
+        ValidPrediction(
+            file=relative_path(row.file, setup.data.root),
+            label=row.label,
+            predicted=classes[p],
+            confidence=pr[p],
+            probabilities=dict(zip(classes, pr)),
+        )
+        for row, p, pr in zip(valid_rows, preds.tolist(), probs.tolist())
+    ]
+    setup.run.write_valid_predictions(rows, classes)
