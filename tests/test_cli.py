@@ -277,3 +277,12 @@ def test_library_errors_name_parameters_and_the_cli_writes_them_as_flags():
         "--epochs (the epochs so far stay; $FLOWERFAST_CACHE too)"
     )
     assert as_flags(FlowerfastError("cost $$5 in $HOME")) == "cost $$5 in $HOME"  # none named: as written
+
+
+def test_only_the_named_parameters_become_flags_and_a_dollar_in_a_path_stays():
+    from flowerfast.cli.failures import as_flags
+    from flowerfast.core.errors import FlowerfastError
+
+    error = FlowerfastError("$out /a/$$b/$output_dir exists: choose another $out", parameters=("out",))
+    assert str(error) == "out /a/$$b/$output_dir exists: choose another out"
+    assert as_flags(error) == "--out /a/$$b/$output_dir exists: choose another --out"

@@ -672,3 +672,17 @@ def test_training_in_one_process_needs_no_distributed_extra(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert RunFolder(out).read_summary().epochs == 1 and "fastai.distributed" not in done.stderr
+
+
+def test_an_older_config_json_reads_back_with_the_options_that_version_had(tiny_run, tmp_path):
+    """A config.json written before an option was recorded reads back with what that version
+    did (splits were plain random before stratify), and the defaults' lists are never shared."""
+    from flowerfast.runs.config import DEFAULTS
+
+    data = json.loads((tiny_run / "config.json").read_text())
+    for key in ("stratify", "trackers"):
+        data["options"].pop(key)
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    config = RunFolder(tmp_path).read_config()
+    assert config.options.stratify is False and config.options.trackers == []
+    assert config.options.trackers is not DEFAULTS.trackers and config.options.extra is not DEFAULTS.extra

@@ -7,14 +7,14 @@ is a bug and keeps its traceback.
 The library speaks to Python callers, so a message names the function's parameters as they are
 spelt in Python (``epochs must be at least 1``, ``pass pretrained=False``); the CLI prints the
 same message with its flags (``--epochs must be at least 1``, ``pass --no-pretrained``). For
-that, a message is written as a :class:`string.Template` whose placeholders are the parameters
-it lists: ``FlowerfastError("$epochs must be at least 1", parameters=("epochs",))``. Only the
-listed names are placeholders, so ``$FLOWERFAST_CACHE`` in a message stays as written.
+that, a message marks each parameter it names with a ``$`` and lists them:
+``FlowerfastError("$epochs must be at least 1", parameters=("epochs",))``. Only the listed names
+are placeholders, so ``$FLOWERFAST_CACHE`` or a ``$`` in a path stays as written.
 """
 
 from __future__ import annotations
 
-from string import Template
+import re
 from typing import Callable, Sequence
 
 
@@ -36,7 +36,8 @@ class FlowerfastError(Exception):
         """The message with each parameter written as ``spell(name)`` (a flag, for the CLI)."""
         if not self.parameters:  # no placeholders: a path or an environment variable stays as written
             return self.template
-        return Template(self.template).safe_substitute({name: spell(name) for name in self.parameters})
+        names = "|".join(re.escape(name) for name in sorted(self.parameters, key=len, reverse=True))
+        return re.sub(rf"\$({names})(?!\w)", lambda m: spell(m.group(1)), self.template)
 
     def __str__(self) -> str:
         return self.message

@@ -312,23 +312,27 @@ def shared_error(message: str, parameters: Sequence[str] = ()) -> FlowerfastErro
     return kind(message, parameters)
 
 
-def all_ready(error: Optional[str]) -> None:
+def all_ready(error: Optional[FlowerfastError | str]) -> None:
     """Every process says whether its setup worked; if one failed, all stop, and rank 0 names the
-    processes and the reason (a photo folder missing on one machine, a GPU that is not there)."""
+    processes and the reason (a photo folder missing on one machine, a GPU that is not there).
+    An error keeps the parameters it names, so the CLI still prints them as flags."""
+    if isinstance(error, str):
+        error = FlowerfastError(error)
     if not active():
         if error is not None:
-            raise FlowerfastError(error)
+            raise FlowerfastError(error.template, error.parameters)
         return
-    errors = gather_objects(error)
+    errors = gather_objects(None if error is None else (error.template, error.parameters))
     failed = [(r, e) for r, e in enumerate(errors) if e is not None]
     if not failed:
         return
+    parameters = sorted({p for _, (_, named) in failed for p in named})
     if not current().is_main:
-        raise ReportedByRankZero(failed[0][1])
-    reasons = sorted({e for _, e in failed})
+        raise ReportedByRankZero(failed[0][1][0], parameters)
+    reasons = sorted({template for _, (template, _) in failed})
     if len(reasons) == 1 and len(failed) == len(errors):
-        raise FlowerfastError(reasons[0])
-    raise FlowerfastError("; ".join(f"process {r}: {e}" for r, e in failed))
+        raise FlowerfastError(reasons[0], parameters)
+    raise FlowerfastError("; ".join(f"process {r}: {template}" for r, (template, _) in failed), parameters)
 
 
 @contextlib.contextmanager
@@ -344,7 +348,7 @@ def each_ready() -> Iterator[None]:
     except ReportedByRankZero:
         raise
     except FlowerfastError as exc:
-        error = str(exc)
+        error = exc
     all_ready(error)
 
 

@@ -159,7 +159,10 @@ class TrainConfig:
         if self.keep is not None and self.keep < 1:
             raise FlowerfastError(f"$keep must be at least 1 (got {self.keep})", parameters=("keep",))
         if self.clean_train_sample < 0:
-            raise FlowerfastError(f"clean_train_sample must be 0 or more (got {self.clean_train_sample})")
+            raise FlowerfastError(
+                f"$clean_train_sample must be 0 or more (got {self.clean_train_sample})",
+                parameters=("clean_train_sample",),
+            )
         if self.split_file is not None and not Path(self.split_file).is_file():
             raise FlowerfastError(f"split file not found: {self.split_file}")
         self.lr = parse_lr(self.lr)

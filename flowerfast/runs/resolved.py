@@ -21,6 +21,10 @@ from flowerfast.runs.config import (
     default_lr,
 )
 
+OPTIONS_BEFORE_RECORDED = {"stratify": False}
+"""Options whose default changed once they were recorded: a ``config.json`` without one was
+written by a version that always did this (splits were plain random before ``stratify``)."""
+
 
 @dataclass
 class ResolvedConfig:
@@ -79,10 +83,14 @@ class ResolvedConfig:
         """``config.json`` read back, typed: the inverse of :meth:`to_dict`. The options are taken
         as they were (not validated again: a run's weights file may be gone since); keys this
         version does not know are ignored, and a field a file from an older version lacks takes
-        its default (``None`` where it has none)."""
+        the value that version had (:data:`OPTIONS_BEFORE_RECORDED`), else its default (``None``
+        where it has none)."""
         given = data.get("options") if isinstance(data.get("options"), dict) else data
         option_names = {f.name for f in dataclasses.fields(TrainConfig)}
-        options = dataclasses.replace(DEFAULTS, **{k: v for k, v in given.items() if k in option_names})
+        known = {**OPTIONS_BEFORE_RECORDED, **{k: v for k, v in given.items() if k in option_names}}
+        known["trackers"] = list(known.get("trackers", DEFAULTS.trackers))  # never the defaults' own lists
+        known["extra"] = dict(known.get("extra", DEFAULTS.extra))
+        options = dataclasses.replace(DEFAULTS, **known)
         for name in PATH_OPTIONS:
             value = getattr(options, name)
             if value is not None and not isinstance(value, Path):
@@ -134,7 +142,7 @@ def resolve(
     """Decide everything the options left open, in one place, before the first epoch.
 
     ``data`` is the :class:`flowerfast.data.loaders.FlowerData`, ``weights`` the backbone's
-    :class:`flowerfast.models.archs.WeightsInfo`. For a training run the learning rate is the one given,
+    :class:`flowerfast.models.pretrained.WeightsInfo`. For a training run the learning rate is the one given,
     the default for the weights in use, or (``lr="auto"``) the valley suggestion of ``lr_finder``,
     a function that runs lr-find and returns its suggestions. An lr-find run (``training=False``)
     resolves no learning rate and no phases. ``processes``: how many processes train together.

@@ -57,8 +57,9 @@ class RunCallbacks:
 
 
 def run_callbacks(setup: RunSetup, reporter: Reporter, extra: Sequence = ()) -> RunCallbacks:
-    """The epoch-end callbacks of ``setup``'s run; ``extra`` (trackers, a caller's own) run after
-    the run's files are saved and before the early stop."""
+    """The epoch-end callbacks of ``setup``'s run; ``extra`` callbacks (the trackers) come with
+    them, each running at its own ``order`` (the trackers after the run's files are saved and
+    before the early stop)."""
     start, options = setup.checkpoint, setup.config.options
     history, best = WriteHistory(setup), SaveBestModel.for_run(setup)
     clock = EpochClock(start.seconds if start else 0.0)

@@ -126,7 +126,7 @@ def show_batch(config=None, out: Path | str = BATCH, n: int = 16, **options) -> 
     if n < 1:
         from flowerfast.core.errors import FlowerfastError
 
-        raise FlowerfastError(f"-n must be at least 1 (got {n})")
+        raise FlowerfastError(f"$n must be at least 1 (got {n})", parameters=("n",))
     cache_dir = (config.cache_dir or default_cache_dir()) if config.cache else None
     mean, std = normalisation(resolve_arch(config.arch))
     data = load_data(
