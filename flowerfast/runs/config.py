@@ -163,9 +163,14 @@ class TrainConfig:
                 f"$clean_train_sample must be 0 or more (got {self.clean_train_sample})",
                 parameters=("clean_train_sample",),
             )
+        self.lr = parse_lr(self.lr)
+        self.check_files()
+        return self
+
+    def check_files(self) -> None:
+        """The files the options name exist (and a weights file is not asked for from scratch)."""
         if self.split_file is not None and not Path(self.split_file).is_file():
             raise FlowerfastError(f"split file not found: {self.split_file}")
-        self.lr = parse_lr(self.lr)
         if self.weights is not None:
             if self.pretrained is False:
                 raise FlowerfastError(
@@ -174,7 +179,6 @@ class TrainConfig:
                 )
             if not Path(self.weights).is_file():
                 raise FlowerfastError(f"weights file not found: {self.weights}")
-        return self
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (paths as strings)."""
