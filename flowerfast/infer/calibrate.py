@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from flowerfast.core.calibration import Calibration, calibrate, reliability_bins, rescaled
+from flowerfast.core.calibration import Calibration, before_and_after_bins, calibrate, rescaled
 from flowerfast.core.errors import FlowerfastError
 from flowerfast.core.files import atomic_write_bytes
 from flowerfast.core.plots import reliability_png
@@ -39,12 +39,7 @@ def calibrate_run(run_dir: Path | str, device: Optional[str] = None, reporter=No
     at_one = rescaled(probs.numpy(), 1 / model.spec.temperature)
     calibration = calibrate(at_one, targets)
     set_temperature(run.best_model, calibration.temperature)
-    curves = {
-        f"before (T=1, ECE {calibration.ece_before:.1%})": reliability_bins(at_one, targets),
-        f"after (T={calibration.temperature:.2f}, ECE {calibration.ece_after:.1%})": reliability_bins(
-            rescaled(at_one, calibration.temperature), targets
-        ),
-    }
+    curves = before_and_after_bins(at_one, targets, calibration)
     atomic_write_bytes(run.file(CALIBRATION), reliability_png("best model, validation set", curves))
     if run.file(SUMMARY).is_file():
         summary = run.read_summary()

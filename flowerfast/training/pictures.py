@@ -39,14 +39,10 @@ def draw_curves(run: RunFolder, name: str, history: Sequence[EpochRecord]) -> Pa
 def draw_calibration(run: RunFolder, probs, targets, calibration) -> Path:
     """``calibration.png``: the best model's reliability on the validation set at temperature 1
     and at its fitted temperature."""
-    from flowerfast.core.calibration import reliability_bins, rescaled
+    from flowerfast.core.calibration import before_and_after_bins
     from flowerfast.core.plots import reliability_png
 
-    t = calibration.temperature
-    curves = {
-        f"before (T=1, ECE {calibration.ece_before:.1%})": reliability_bins(probs, targets),
-        f"after (T={t:.2f}, ECE {calibration.ece_after:.1%})": reliability_bins(rescaled(probs, t), targets),
-    }
+    curves = before_and_after_bins(probs, targets, calibration)
     return atomic_write_bytes(run.file(CALIBRATION), reliability_png("best model, validation set", curves))
 
 
