@@ -26,7 +26,7 @@ import torch
 import flowerfast
 from flowerfast.data.imagefiles import image_files_under
 from flowerfast.hardware.devices import resolve_device, synchronize
-from flowerfast.infer.predict import ImageFileDataset, collate_images, default_workers
+from flowerfast.infer.batches import ImageFileDataset, collate_images, default_workers
 from flowerfast.infer.preprocessing import normalise, preprocess
 from flowerfast.models.classifier import load_classifier
 from flowerfast.runs.folder import SplitRow

@@ -129,3 +129,24 @@ def tiny_run(tmp_path_factory) -> Path:
 def run_dir(tiny_run) -> Path:
     """The tiny run's folder, for the tests that use its model (predict, evaluate, export)."""
     return tiny_run
+
+
+@pytest.fixture(scope="session")
+def lite_run(tmp_path_factory) -> Path:
+    """A real fine-tune of the packaged ImageNet EfficientNet-Lite0 on the embedded photos (one
+    frozen epoch, then three; about 35 s on two cores), for the tests that need a model which
+    knows flowers: "unknown" on photos that are not flowers, and where Grad-CAM looks. CPU, fp32.
+    Measured: 72.5% on the 40 validation photos."""
+    import flowerfast
+
+    out = tmp_path_factory.mktemp("runs") / "lite0"
+    flowerfast.train(
+        arch="tf_efficientnet_lite0",
+        epochs=3,
+        freeze_epochs=1,
+        out=out,
+        device="cpu",
+        precision="fp32",
+        clean_train_sample=0,
+    )
+    return out

@@ -14,7 +14,8 @@ import flowerfast
 from flowerfast.cli import app
 from flowerfast.core.plots import confusion_png, mistakes_png
 from flowerfast.data.folders import default_data_dir
-from flowerfast.infer.evaluate import TrainingOverlapWarning, confusion_title, save_report
+from flowerfast.infer.evaluate import confusion_title, save_report
+from flowerfast.infer.photosets import TrainingOverlapWarning
 
 SAMPLE = default_data_dir()
 runner = CliRunner()

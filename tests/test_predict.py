@@ -142,7 +142,8 @@ def test_table_glob_and_csv_output(run_dir, tmp_path):
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(open(target)))
     assert rows and all(Path(r["path"]).name.startswith("1") for r in rows)
-    assert set(rows[0]) == {"path", "predicted", "probability", "predicted_2", "probability_2", "error"}
+    assert set(rows[0]) == {"path", "predicted", "probability", "predicted_2", "probability_2", "unknown", "error"}
+    assert {r["unknown"] for r in rows} == {"false"}  # no --min-confidence: every photo answered
     assert float(rows[0]["probability"]) >= float(rows[0]["probability_2"])
 
 

@@ -133,7 +133,12 @@ class LineReporter(Reporter):
     def batches_started(self, kind: str, total: int, epoch: Optional[int] = None) -> None:
         self.loop = [kind, total, 0]
 
-    LOGGED = {"predict": ("batches", 8), "lr-find": ("batches", 8), "scan": ("images", 1000)}
+    LOGGED = {
+        "predict": ("batches", 8),
+        "grad-cam": ("batches", 8),
+        "lr-find": ("batches", 8),
+        "scan": ("images", 1000),
+    }
     """Loops that log a line at each quarter in logs (unit, smallest total worth it); an epoch's
     loops have their own line, and the clean-train pass is short (a bar only)."""
 

@@ -12,7 +12,7 @@ from flowerfast.cli import options as o
 from flowerfast.cli.app import app
 from flowerfast.cli.failures import user_errors
 from flowerfast.cli.output import err_console
-from flowerfast.cli.use import Device, InferencePrecision, Model, TrustPickle
+from flowerfast.cli.use import Device, InferencePrecision, MinConfidence, Model, TrustPickle
 from flowerfast.serving.config import API_KEY_ENV, ServeConfig
 
 DEFAULTS = ServeConfig()
@@ -77,6 +77,7 @@ def serve(
     ] = DEFAULTS.access_log,
     trust_pickle: TrustPickle = False,
     precision: InferencePrecision = o.PrecisionChoice.fp32,
+    min_confidence: MinConfidence = None,
 ) -> None:
     """Serve a trained model: a web page to try photos and an HTTP API (needs the serve extra)."""
     with user_errors(stopped=lambda: "the server has stopped"):
@@ -94,6 +95,7 @@ def serve(
             max_file_mb=max_file_mb,
             max_files=max_files,
             access_log=access_log,
+            min_confidence=min_confidence,
         )
         if not is_loopback(host) and api_key is None:
             err_console.print(
@@ -120,6 +122,7 @@ def _announce(url: str, described: dict) -> None:
     err_console.print(
         f"page {url}/ · API {url}/predict · schema {url}/openapi.json · {batching}"
         + (" · API key required" if described["api_key_required"] else "")
+        + (f" · unknown below {described['min_confidence']:g}" if described.get("min_confidence") is not None else "")
         + " · Ctrl-C stops it",
         markup=False,
         soft_wrap=True,

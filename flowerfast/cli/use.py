@@ -1,4 +1,4 @@
-"""``flowerfast predict``, ``flowerfast evaluate`` and ``flowerfast export``.
+"""``flowerfast predict`` and ``flowerfast export``, and the options the commands that use a model share.
 
 These load a saved model in plain PyTorch and never import fastai (unless ``--trust-pickle`` opens
 a fastai export), so ``flowerfast predict`` on one photo costs little more than importing torch.
@@ -49,6 +49,19 @@ FormatChoice = Enum("FormatChoice", {name: name for name in (AUTO, *format_names
 """``--format``: ``auto`` and the formats of :mod:`flowerfast.export.formats`, read from its files."""
 
 
+MinConfidence = Annotated[
+    Optional[float],
+    typer.Option(
+        "--min-confidence",
+        metavar="P",
+        help="Answer 'unknown' when the top probability is below P (0 to 1); evaluate suggests one for --target-accuracy.",
+        show_default=False,
+    ),
+]
+Tta = Annotated[
+    bool,
+    typer.Option("--tta", help="Test-time augmentation: average the photo as is, mirrored and zoomed (4x the work)."),
+]
 TrustPickle = Annotated[
     bool,
     typer.Option(
@@ -75,6 +88,9 @@ def _emit(text: str, output: Optional[Path]) -> None:
 
 
 def _predictions_csv(predictions, top_k: int) -> str:
+    """One row per file: the top classes with their probabilities, whether the answer is unknown
+    (then ``predicted`` is empty, as JSON's ``null``, and ``probability`` is the best guess's),
+    and the reason a file could not be read."""
     from flowerfast.core.files import csv_text
 
     header = ["path", "predicted", "probability"]
@@ -85,8 +101,10 @@ def _predictions_csv(predictions, top_k: int) -> str:
         row = [str(p.path)]
         for lbl, prob in p.top_k or [("", "")] * top_k:
             row += [lbl, round(prob, 6) if prob != "" else ""]
-        rows.append(row + [p.error or ""])
-    return csv_text(header + ["error"], rows)
+        if p.unknown:
+            row[1] = ""
+        rows.append(row + [str(p.unknown).lower() if p.ok else "", p.error or ""])
+    return csv_text(header + ["unknown", "error"], rows)
 
 
 @app.command(epilog="Example: flowerfast predict runs/resnet18-20240101-120000/ photos/ --top-k 3")
@@ -119,13 +137,29 @@ def predict(
     ] = None,
     trust_pickle: TrustPickle = False,
     precision: InferencePrecision = o.PrecisionChoice.fp32,
+    min_confidence: MinConfidence = None,
+    tta: Tta = False,
+    cam: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--cam",
+            metavar="DIR",
+            help="Also write a Grad-CAM heatmap of each photo (where the model looked) to DIR (needs the cam extra).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Classify photos with a trained model, in batches."""
     with user_errors():
         from flowerfast.core.errors import FlowerfastError
         from flowerfast.data.imagefiles import collect_image_paths
-        from flowerfast.infer.predict import check_top_k, load_model
+        from flowerfast.infer.predict import check_min_confidence, check_top_k, load_model
 
+        check_min_confidence(min_confidence)
+        if cam is not None:
+            from flowerfast.infer.cam import require_cam_extra
+
+            require_cam_extra()
         if json_ and csv_:
             raise FlowerfastError("choose one of --json and --csv")
         if output is not None and not (json_ or csv_):
@@ -133,27 +167,24 @@ def predict(
         loaded = load_model(model, device=o.value(device), trust_pickle=trust_pickle, precision=o.value(precision))
         check_top_k(top_k, len(loaded.classes))
         files = collect_image_paths(paths)
-        predictions = loaded.predict(files, top_k=top_k, bs=bs, workers=workers, reporter=make_reporter(to_stderr=True))
+        predictions = loaded.predict(
+            files,
+            top_k=top_k,
+            bs=bs,
+            workers=workers,
+            reporter=make_reporter(to_stderr=True),
+            min_confidence=min_confidence,
+            tta=tta,
+        )
         bad = [p for p in predictions if not p.ok]
         if json_:
             _emit(json.dumps([p.to_dict() for p in predictions], indent=2) + "\n", output)
         elif csv_:
             _emit(_predictions_csv(predictions, top_k), output)
         else:
-            table = Table(title=f"predictions ({len(predictions) - len(bad)} images, {loaded.spec.arch})")
-            table.add_column("file", overflow="fold")
-            table.add_column("predicted")
-            table.add_column("probability", justify="right")
-            if top_k > 1:
-                table.add_column(f"top {top_k}")
-            for p in predictions:
-                if not p.ok:
-                    continue
-                row = [str(p.path), p.predicted, f"{p.probability:.1%}"]
-                if top_k > 1:
-                    row.append(", ".join(f"{lbl} {prob:.1%}" for lbl, prob in p.top_k))
-                table.add_row(*row)
-            console.print(table)
+            console.print(_predictions_table(predictions, top_k, loaded.spec.arch, min_confidence))
+        if cam is not None:
+            _write_heatmaps(loaded, [p.path for p in predictions if p.ok], cam)
         if bad:
             err_console.print(f"[yellow]{len(bad)} unreadable file(s):[/yellow]")
             for p in bad:
@@ -162,135 +193,37 @@ def predict(
             fail(f"none of the {len(bad)} file(s) could be read as an image")
 
 
-@app.command(epilog="Example: flowerfast evaluate runs/resnet18-20240101-120000/ test-photos/ --mistakes 12")
-def evaluate(
-    model: Model,
-    data_dir: Annotated[
-        Optional[Path],
-        typer.Argument(
-            help="Labelled folder: one folder per class. Without it, a run folder's model is scored on the run's own validation split.",
-            show_default=False,
-            metavar="[DATA_DIR]",
-        ),
-    ] = None,
-    mistakes: Annotated[
-        int, typer.Option("--mistakes", metavar="N", help="How many of the most confident mistakes to list and plot.")
-    ] = 9,
-    out: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--out",
-            "-o",
-            metavar="PATH",
-            help="Folder for metrics.json, predictions.csv and the PNGs. Default: runs/evaluate-<timestamp>.",
-            show_default=False,
-        ),
-    ] = None,
-    json_: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON instead of tables.")] = False,
-    bs: Bs = INFERENCE_BATCH_SIZE,
-    device: Device = o.DeviceChoice.auto,
-    workers: Workers = None,
-    trust_pickle: TrustPickle = False,
-    precision: InferencePrecision = o.PrecisionChoice.fp32,
-) -> None:
-    """Score a trained model on a labelled folder: accuracy, per-class metrics, confusion, mistakes."""
-    with user_errors():
-        from flowerfast.core.files import check_output_dir, default_run_dir
-        from flowerfast.infer.evaluate import evaluate as run_evaluate
-        from flowerfast.infer.evaluate import save_report
-
-        out_dir = check_output_dir(out if out is not None else default_run_dir("evaluate"))
-        result = run_evaluate(
-            model,
-            data_dir,
-            mistakes=mistakes,
-            bs=bs,
-            device=o.value(device),
-            workers=workers,
-            trust_pickle=trust_pickle,
-            precision=o.value(precision),
-            reporter=make_reporter(to_stderr=True),
+def _predictions_table(predictions, top_k: int, arch: str, min_confidence: Optional[float]) -> Table:
+    readable = [p for p in predictions if p.ok]
+    unknown = sum(p.unknown for p in readable)
+    title = f"predictions ({len(readable)} images, {arch})"
+    if min_confidence is not None:
+        title = f"predictions ({len(readable)} images, {unknown} unknown below {min_confidence:.0%}, {arch})"
+    table = Table(title=title)
+    table.add_column("file", overflow="fold")
+    table.add_column("predicted")
+    table.add_column("probability", justify="right")
+    if top_k > 1:
+        table.add_column(f"top {top_k}")
+    for p in readable:
+        predicted = (
+            p.predicted if not p.unknown else f"[yellow]unknown[/yellow] [dim](best guess {p.top_k[0][0]})[/dim]"
         )
-        files = save_report(result, out_dir)
-    if json_:
-        typer.echo(json.dumps({**result.to_dict(), "out": str(files.out_dir)}, indent=2))
-        return
-    _print_evaluation(result)
-    cal = result.calibration
-    console.print(
-        f"calibration: ECE {cal.ece_after:.1%} at the model's temperature {cal.temperature:.2f} "
-        f"({cal.ece_before:.1%} at 1); NLL {cal.nll_after:.3f} ({cal.nll_before:.3f})",
-        markup=False,
-    )
-    console.print(
-        f"report: {files.out_dir}  (metrics.json, predictions.csv, confusion.png, calibration.png"
-        + (", mistakes.png)" if files.mistakes else ")"),
-        markup=False,
-    )
+        row = [str(p.path), predicted, f"{p.probability:.1%}"]
+        if top_k > 1:
+            row.append(", ".join(f"{lbl} {prob:.1%}" for lbl, prob in p.top_k))
+        table.add_row(*row)
+    return table
 
 
-@app.command(epilog="Example: flowerfast calibrate runs/resnet18-20240101-120000/")
-def calibrate(
-    run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="A finished run folder.", show_default=False)],
-    device: Device = o.DeviceChoice.auto,
-    json_: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
-) -> None:
-    """Fit the temperature of a run's best model on its validation split and save it in the model.
+def _write_heatmaps(loaded, paths: list[Path], out_dir: Path) -> None:
+    from flowerfast.infer.cam import write_overlays
 
-    Training does this when it ends; this is for runs trained before, or after their photos changed.
-    """
-    with user_errors():
-        from flowerfast.infer.calibrate import calibrate_run
-
-        cal = calibrate_run(run_dir, device=o.value(device), reporter=make_reporter(to_stderr=True))
-    if json_:
-        typer.echo(json.dumps(cal.to_dict(), indent=2))
-        return
-    console.print(
-        f"temperature {cal.temperature:.3f} on {cal.images} validation photos: ECE {cal.ece_before:.1%} -> "
-        f"{cal.ece_after:.1%}, NLL {cal.nll_before:.3f} -> {cal.nll_after:.3f}; saved in {Path(run_dir) / 'best.json'}",
-        markup=False,
-    )
-
-
-def _print_evaluation(result) -> None:
-    on = result.source if result.source != "folder" else str(result.data_dir)
-    console.print(
-        f"accuracy {result.accuracy:.1%} on {result.n_images} images ({on}); macro F1 {result.macro_f1:.3f}",
-        markup=False,
-    )
-    metrics = Table(title="per class")
-    for name, justify in (
-        ("class", "left"),
-        ("precision", "right"),
-        ("recall", "right"),
-        ("F1", "right"),
-        ("images", "right"),
-    ):
-        metrics.add_column(name, justify=justify)
-    for m in result.per_class:
-        metrics.add_row(m.name, f"{m.precision:.3f}", f"{m.recall:.3f}", f"{m.f1:.3f}", str(m.support))
-    console.print(metrics)
-    confusion = Table(title="confusion (rows: true class, columns: predicted)")
-    confusion.add_column("")
-    for c in result.classes:
-        confusion.add_column(c, justify="right")
-    for i, (c, row) in enumerate(zip(result.classes, result.confusion)):
-        confusion.add_row(c, *[f"[bold]{v}[/bold]" if i == j else str(v) for j, v in enumerate(row)])
-    console.print(confusion)
-    if result.mistakes:
-        table = Table(title=f"most confident mistakes ({len(result.mistakes)})")
-        table.add_column("file", overflow="fold")
-        table.add_column("true")
-        table.add_column("predicted")
-        table.add_column("probability", justify="right")
-        for m in result.mistakes:
-            table.add_row(str(m.path), m.true, m.predicted, f"{m.probability:.1%}")
-        console.print(table)
-    if result.skipped:
-        err_console.print(f"[yellow]skipped {len(result.skipped)} unreadable file(s):[/yellow]")
-        for s in result.skipped:
-            err_console.print(f"  {s.path}: {s.reason}", markup=False, soft_wrap=True)
+    written = write_overlays(loaded, paths, out_dir.expanduser(), reporter=make_reporter(to_stderr=True))
+    failed = [(path, reason) for path, png, reason in written if png is None]
+    err_console.print(f"wrote {len(written) - len(failed)} Grad-CAM heatmap(s) to {out_dir}", markup=False)
+    for path, reason in failed:
+        err_console.print(f"  no heatmap for {path}: {reason}", markup=False, soft_wrap=True)
 
 
 @app.command(epilog="Example: flowerfast export runs/resnet18-20240101-120000/ --format onnx --out flowers.onnx")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -190,9 +190,10 @@ def grid_columns(n: int, widest: int) -> int:
     return cols
 
 
-def mistakes_png(mistakes: Sequence[Any], columns: int = 4) -> bytes:
+def mistakes_png(mistakes: Sequence[Any], columns: int = 4, pictures: Optional[Sequence[Any]] = None) -> bytes:
     """A grid of wrongly classified images, each titled with its true class, the predicted class
-    and the probability the model gave that (wrong) class. Only as many cells as images."""
+    and the probability the model gave that (wrong) class. Only as many cells as images.
+    ``pictures`` (PIL images, one per mistake) are drawn instead of the files: Grad-CAM overlays."""
     if not mistakes:
         raise ValueError("no mistakes to plot")
     from PIL import Image
@@ -205,9 +206,12 @@ def mistakes_png(mistakes: Sequence[Any], columns: int = 4) -> bytes:
     for k, m in enumerate(mistakes):
         ax = fig.add_subplot(rows, cols, k + 1)
         ax.axis("off")
-        with Image.open(m.path) as im:
-            im.thumbnail((256, 256))
-            ax.imshow(im.convert("RGB"))
+        if pictures is not None:
+            ax.imshow(pictures[k].convert("RGB"))
+        else:
+            with Image.open(m.path) as im:
+                im.thumbnail((256, 256))
+                ax.imshow(im.convert("RGB"))
         ax.set_title(
             f"true {m.true}, predicted {m.predicted}\nP({m.predicted}) = {m.probability:.1%}\n{m.path.name}", fontsize=8
         )
@@ -292,4 +296,25 @@ def reliability_png(title: str, curves: Mapping[str, Sequence[tuple[float, float
     ax.set_ylabel("accuracy")
     ax.set_title(title)
     ax.legend(loc="upper left")
+    return figure_png(fig)
+
+
+def risk_coverage_png(
+    title: str, coverage: Sequence[float], risk: Sequence[float], target_risk: float, chosen: Sequence[tuple]
+) -> bytes:
+    """The risk-coverage curve: of the photos answered (coverage, from the most confident down),
+    the share answered wrongly. ``target_risk`` is drawn as a line, and each ``(label, coverage,
+    risk)`` of ``chosen`` (the suggested and the given minimum confidence) as a point."""
+    fig = new_figure(5.5, 4.4, layout="constrained")
+    ax = fig.add_subplot()
+    ax.step(coverage, risk, where="post", linewidth=1.5, label="answering the most confident first")
+    ax.axhline(target_risk, color="0.5", linestyle="--", linewidth=1, label=f"target: {1 - target_risk:.0%} right")
+    for label, cov, r in chosen:
+        ax.scatter([cov], [r], s=50, zorder=3, label=label)
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, max(0.05, 1.1 * max(risk, default=0.0), 1.1 * target_risk))
+    ax.set_xlabel("coverage (share of photos answered)")
+    ax.set_ylabel("risk (share of answers wrong)")
+    ax.set_title(title)
+    ax.legend(loc="best", fontsize=8)
     return figure_png(fig)

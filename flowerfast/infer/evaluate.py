@@ -9,7 +9,6 @@ confusion matrix looks exactly like the comparison report's.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -19,12 +18,22 @@ from sklearn.metrics import precision_recall_fscore_support
 from flowerfast.core.calibration import Calibration, measure, reliability_bins, rescaled
 from flowerfast.core.errors import FlowerfastError
 from flowerfast.core.files import atomic_write_bytes, create_run_dir, write_csv, write_json
-from flowerfast.core.plots import confusion_png, mistakes_png, reliability_png
+from flowerfast.core.plots import confusion_png, mistakes_png, reliability_png, risk_coverage_png
+from flowerfast.core.selective import (
+    Coverage,
+    check_probability,
+    coverage_at,
+    gated,
+    is_answered,
+    lowest_confidence_for,
+    risk_coverage,
+)
 from flowerfast.core.stats import confusion_counts
-from flowerfast.data.folders import SkippedFile, scan_image_folder
-from flowerfast.infer.predict import LoadedModel, as_loaded_model
-from flowerfast.runs.config import INFERENCE_BATCH_SIZE
-from flowerfast.runs.folder import CONFIG, SPLIT, RunFolder, relative_path
+from flowerfast.data.folders import SkippedFile
+from flowerfast.infer.photosets import images_to_score, run_of, warn_of_training_overlap
+from flowerfast.infer.predict import LoadedModel, as_loaded_model, check_min_confidence
+from flowerfast.runs.config import DEFAULT_TARGET_ACCURACY, INFERENCE_BATCH_SIZE
+from flowerfast.runs.folder import relative_path
 
 
 @dataclass
@@ -64,11 +73,16 @@ class EvaluationResult:
     labels: list[str] = field(default_factory=list)
     predicted: list[str] = field(default_factory=list)
     confidence: list[float] = field(default_factory=list)
+    unfamiliar: list[bool] = field(default_factory=list)
     skipped: list[SkippedFile] = field(default_factory=list)
     source: str = "folder"
     trained_on: int = 0
     calibration: Optional[Calibration] = None
     reliability: dict = field(default_factory=dict)  # name -> reliability bins, for calibration.png
+    tta: bool = False
+    familiar_threshold: Optional[float] = None
+    selective: Optional["Selective"] = None
+    mistake_pictures: list = field(default_factory=list)  # Grad-CAM overlays of the mistakes, with cam=True
 
     @property
     def macro_f1(self) -> float:
@@ -89,7 +103,46 @@ class EvaluationResult:
             "source": self.source,
             "trained_on": self.trained_on,
             "calibration": self.calibration.to_dict() if self.calibration else None,
+            "tta": self.tta,
+            "unfamiliar": sum(self.unfamiliar),
+            "familiar_threshold": self.familiar_threshold,
+            **(self.selective.to_dict() if self.selective else {}),
         }
+
+    @property
+    def correct(self) -> list[bool]:
+        return [t == p for t, p in zip(self.labels, self.predicted)]
+
+
+@dataclass
+class Selective:
+    """Answering only above a minimum confidence, on these photos: ``answered`` at the one asked
+    for (``min_confidence``, if any), and ``suggested``: the lowest that reaches ``target_accuracy``
+    (``None`` when none does). ``source`` says which photos: the suggestion is meant to be chosen
+    on a run's validation split."""
+
+    target_accuracy: float
+    suggested: Optional[Coverage]
+    min_confidence: Optional[float] = None
+    answered: Optional[Coverage] = None
+
+    def to_dict(self) -> dict:
+        return {
+            "min_confidence": self.min_confidence,
+            "answered": self.answered.to_dict() if self.answered else None,
+            "target_accuracy": self.target_accuracy,
+            "suggested_min_confidence": self.suggested.to_dict() if self.suggested else None,
+        }
+
+
+def selective_of(result: EvaluationResult, min_confidence: Optional[float], target_accuracy: float) -> Selective:
+    """What answering only when sure gives on the scored photos (:mod:`flowerfast.core.selective`),
+    unfamiliar photos never answered, as predict decides."""
+    correct = result.correct
+    confidence = gated(result.confidence, result.unfamiliar or [False] * len(correct))
+    answered = coverage_at(confidence, correct, min_confidence) if min_confidence is not None else None
+    suggested = lowest_confidence_for(confidence, correct, target_accuracy)
+    return Selective(target_accuracy, suggested, min_confidence, answered)
 
 
 def score_classes(labels: Sequence[str], predicted: Sequence[str], classes: Sequence[str]) -> list[ClassMetrics]:
@@ -103,105 +156,6 @@ def score_classes(labels: Sequence[str], predicted: Sequence[str], classes: Sequ
     ]
 
 
-class TrainingOverlapWarning(UserWarning):
-    """Some evaluated images are images the model was trained on: the accuracy is optimistic."""
-
-
-def run_of(model_or_path) -> Optional[RunFolder]:
-    """The run folder a model came from (a run folder itself, or a model file inside one), if any."""
-    if not isinstance(model_or_path, (str, Path)):
-        return None
-    path = Path(model_or_path).expanduser()
-    folder = path if path.is_dir() else path.parent
-    run = RunFolder(folder)
-    return run if run.file(CONFIG).is_file() and run.file(SPLIT).is_file() else None
-
-
-def validation_split(run: RunFolder) -> tuple[Path, list[Path], list[str], list[SkippedFile]]:
-    """The run's own validation images and labels, from ``split.csv`` and the data folder in
-    ``config.json``; a photo no longer there is skipped with the reason."""
-    root = Path(run.read_config().data)
-    files, labels, skipped = [], [], []
-    for row in run.read_split(root):
-        if row.is_valid:
-            if row.file.is_file():
-                files.append(row.file)
-                labels.append(row.label)
-            else:
-                skipped.append(SkippedFile(row.file, "no longer there"))
-    return root, files, labels, skipped
-
-
-def training_overlap(run: RunFolder, files: Sequence[Path]) -> int:
-    """How many of ``files`` the run trained on: the same file (by real path) or the same bytes
-    (a copy under another name). Only files whose size equals a training image's are hashed, so
-    checking a big folder costs a stat per file, not a read."""
-    import hashlib
-    import os
-
-    root = Path(run.read_config().data)
-    train = [r.file for r in run.read_split(root) if not r.is_valid]
-    real = {os.path.realpath(f) for f in train}
-    by_size: dict[int, list[Path]] = {}
-    for f in train:
-        try:
-            by_size.setdefault(os.stat(f).st_size, []).append(f)
-        except OSError:
-            pass
-    hashes: dict[Path, str] = {}
-
-    def digest(path: Path) -> Optional[str]:
-        if path not in hashes:
-            try:
-                hashes[path] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-            except OSError:
-                hashes[path] = None
-        return hashes[path]
-
-    count = 0
-    for f in files:
-        if os.path.realpath(f) in real:
-            count += 1
-            continue
-        try:
-            candidates = by_size.get(os.stat(f).st_size, [])
-        except OSError:
-            continue
-        if candidates and digest(f) in {digest(c) for c in candidates}:
-            count += 1
-    return count
-
-
-def images_to_score(run: Optional[RunFolder], data_dir: Optional[Path | str]):
-    """``(root, files, labels, skipped, source)``: the labelled folder's images, or without one
-    the run's own validation split."""
-    if data_dir is None:
-        if run is None:
-            raise FlowerfastError(
-                "give a folder of labelled images to evaluate on; only a run folder (or a model "
-                "in one) can be scored on its own validation split without one"
-            )
-        root, files, labels, skipped = validation_split(run)
-        return root, files, labels, skipped, f"validation split of {run.path}"
-    folder = scan_image_folder(data_dir)
-    return folder.root, folder.files, folder.labels, folder.skipped, "folder"
-
-
-def warn_of_training_overlap(run: RunFolder, files: Sequence[Path]) -> int:
-    """How many of ``files`` the run trained on (:func:`training_overlap`), warned about when
-    any: they make the accuracy optimistic."""
-    trained_on = training_overlap(run, files)
-    if trained_on:
-        warnings.warn(
-            f"{trained_on} of {len(files)} images ({trained_on / len(files):.0%}) were in the "
-            f"model's training set (same file or same content): the accuracy is optimistic. "
-            f"`flowerfast evaluate {run.path}` scores its validation split",
-            TrainingOverlapWarning,
-            stacklevel=3,
-        )
-    return trained_on
-
-
 def evaluate(
     model_or_path,
     data_dir: Optional[Path | str] = None,
@@ -212,6 +166,10 @@ def evaluate(
     trust_pickle: bool = False,
     precision: str = "fp32",
     reporter=None,
+    min_confidence: Optional[float] = None,
+    target_accuracy: float = DEFAULT_TARGET_ACCURACY,
+    tta: bool = False,
+    cam: bool = False,
 ) -> EvaluationResult:
     """Predict every image of a labelled folder and score the predictions.
 
@@ -220,9 +178,20 @@ def evaluate(
     under another name) are counted in ``trained_on`` and warned about: they make the accuracy
     optimistic. Class folders the model does not know are an error (their images could never be
     right); classes the model knows but the folder lacks are fine (they simply have no support).
+
+    ``min_confidence`` adds the coverage and accuracy of answering only at that confidence;
+    ``target_accuracy`` names the lowest minimum confidence that reaches it on these photos;
+    ``tta`` averages flipped and zoomed views (:mod:`flowerfast.infer.tta`); ``cam`` draws
+    Grad-CAM heatmaps on the mistakes (:mod:`flowerfast.infer.cam`, the cam extra).
     """
     if mistakes < 0:
         raise FlowerfastError(f"$mistakes must be 0 or more, not {mistakes}", parameters=("mistakes",))
+    check_min_confidence(min_confidence)
+    check_probability(target_accuracy, "target_accuracy")
+    if cam:
+        from flowerfast.infer.cam import require_cam_extra
+
+        require_cam_extra()
     run = run_of(model_or_path)
     root, all_files, all_labels, scan_skipped, source = images_to_score(run, data_dir)
     model: LoadedModel = as_loaded_model(model_or_path, device=device, trust_pickle=trust_pickle, precision=precision)
@@ -233,7 +202,7 @@ def evaluate(
             f"(model classes: {', '.join(model.classes)})"
         )
     trained_on = warn_of_training_overlap(run, all_files) if data_dir is not None and run is not None else 0
-    paths, probs, errors = model.probabilities(all_files, bs=bs, workers=workers, reporter=reporter)
+    paths, probs, fam, errors = model.scores(all_files, bs=bs, workers=workers, reporter=reporter, tta=tta)
     skipped = list(scan_skipped) + [SkippedFile(paths[i], reason) for i, reason in sorted(errors.items())]
     keep = [i for i in range(len(paths)) if i not in errors]
     files = [paths[i] for i in keep]
@@ -243,7 +212,25 @@ def evaluate(
     result = scored(model.classes, files, labels, probs, mistakes)
     result.data_dir, result.skipped, result.source, result.trained_on = root, skipped, source, trained_on
     result.calibration, result.reliability = calibration_of(model, probs.numpy(), labels)
+    if fam is not None and model.familiar_threshold is not None:
+        result.familiar_threshold = model.familiar_threshold
+        result.unfamiliar = [float(f) < model.familiar_threshold for f in fam]
+    result.tta, result.selective = tta, selective_of(result, min_confidence, target_accuracy)
+    if cam and result.mistakes:
+        result.mistake_pictures = cam_pictures(model, result.mistakes)
     return result
+
+
+def cam_pictures(model: LoadedModel, mistakes: Sequence[Mistake]) -> list:
+    """Grad-CAM overlays of the mistakes, each for the class the model wrongly chose: where it
+    looked to say so."""
+    import torch
+
+    from flowerfast.infer.cam import heatmaps, overlay
+
+    images = torch.stack([model.preprocessing.load(m.path) for m in mistakes])
+    targets = [model.classes.index(m.predicted) for m in mistakes]
+    return [overlay(image, heat) for image, heat in zip(images, heatmaps(model, images, targets))]
 
 
 def scored(classes: Sequence[str], files: list[Path], labels: list[str], probs, mistakes: int) -> EvaluationResult:
@@ -297,27 +284,58 @@ class EvaluationFiles:
     confusion: Path
     mistakes: Optional[Path]
     calibration: Optional[Path] = None
+    risk_coverage: Optional[Path] = None
 
 
 def save_report(result: EvaluationResult, out_dir: Path) -> EvaluationFiles:
-    """Write ``metrics.json``, ``predictions.csv``, ``confusion.png``, ``mistakes.png`` and
-    ``calibration.png`` (the reliability diagram) into a new folder."""
+    """Write ``metrics.json``, ``predictions.csv``, ``confusion.png``, ``mistakes.png`` (with
+    Grad-CAM heatmaps when evaluated with ``cam``), ``calibration.png`` (the reliability diagram)
+    and ``risk_coverage.png`` into a new folder."""
     out_dir = create_run_dir(out_dir)
     metrics = write_json(out_dir / "metrics.json", result.to_dict())
+    threshold = result.selective.min_confidence if result.selective else None
+    unfamiliar = result.unfamiliar or [False] * len(result.files)
     predictions = write_csv(
         out_dir / "predictions.csv",
-        ["file", "label", "predicted", "confidence"],
+        ["file", "label", "predicted", "confidence", "unfamiliar", "unknown"],
         [
-            [relative_path(f, result.data_dir), t, p, round(c, 6)]
-            for f, t, p, c in zip(result.files, result.labels, result.predicted, result.confidence)
+            [
+                relative_path(f, result.data_dir),
+                t,
+                p,
+                round(c, 6),
+                str(u).lower(),
+                str(not is_answered(c, threshold, u)).lower(),
+            ]
+            for f, t, p, c, u in zip(result.files, result.labels, result.predicted, result.confidence, unfamiliar)
         ],
     )
     confusion = atomic_write_bytes(
         out_dir / "confusion.png", confusion_png(confusion_title(result), result.classes, result.confusion)
     )
-    mistakes = atomic_write_bytes(out_dir / "mistakes.png", mistakes_png(result.mistakes)) if result.mistakes else None
+    mistakes = None
+    if result.mistakes:
+        png = mistakes_png(result.mistakes, pictures=result.mistake_pictures or None)
+        mistakes = atomic_write_bytes(out_dir / "mistakes.png", png)
     calibration = None
     if result.reliability:
         png = reliability_png(f"{result.n_images} images ({result.source})", result.reliability)
         calibration = atomic_write_bytes(out_dir / "calibration.png", png)
-    return EvaluationFiles(out_dir, metrics, predictions, confusion, mistakes, calibration)
+    risk = (
+        atomic_write_bytes(out_dir / "risk_coverage.png", risk_coverage_picture(result)) if result.selective else None
+    )
+    return EvaluationFiles(out_dir, metrics, predictions, confusion, mistakes, calibration, risk)
+
+
+def risk_coverage_picture(result: EvaluationResult) -> bytes:
+    """``risk_coverage.png``: the curve of the scored photos, the target, and the suggested and
+    given minimum confidences as points."""
+    _, coverage, risk = risk_coverage(
+        gated(result.confidence, result.unfamiliar or [False] * result.n_images), result.correct
+    )
+    chosen = []
+    for name, point in (("suggested", result.selective.suggested), ("given", result.selective.answered)):
+        if point is not None and point.accuracy is not None:
+            chosen.append((f"{name}: min confidence {point.min_confidence:.2f}", point.coverage, 1 - point.accuracy))
+    title = f"{result.n_images} images ({result.source})"
+    return risk_coverage_png(title, coverage, risk, 1 - result.selective.target_accuracy, chosen)

@@ -47,12 +47,12 @@ def fold_batch_norms(network: torch.nn.Module) -> torch.nn.Module:
                 conv, bn = module._modules[a], module._modules[b]
                 if foldable(conv, bn):
                     module._modules[a] = fuse_conv_bn_eval(conv, bn)
-                    module._modules[b] = torch.nn.Identity()
+                    module._modules[b] = torch.nn.Identity().eval()
         for i in range(1, 4):
             conv, bn = getattr(module, f"conv{i}", None), getattr(module, f"bn{i}", None)
             if conv is not None and foldable(conv, bn):
                 setattr(module, f"conv{i}", fuse_conv_bn_eval(conv, bn))
-                setattr(module, f"bn{i}", torch.nn.Identity())
+                setattr(module, f"bn{i}", torch.nn.Identity().eval())
     return network
 
 

@@ -13,63 +13,22 @@ unpickling runs code.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 
 from flowerfast.core.errors import FlowerfastError
-from flowerfast.data.imagefiles import describe_error
+from flowerfast.core.selective import check_probability, is_answered
 from flowerfast.hardware.devices import autocast_dtype, resolve_device, resolve_precision
+from flowerfast.infer.batches import ImageFileDataset, collate_images, default_workers
 from flowerfast.infer.optimize import for_inference, inference_layout
 from flowerfast.infer.preprocessing import FlowerfastPreprocessing, Preprocessing
-from flowerfast.models.classifier import ModelSpec, load_classifier
-from flowerfast.runs.config import INFERENCE_BATCH_SIZE, MAX_LOADER_WORKERS, PRECISIONS
+from flowerfast.models.classifier import ModelSpec, load_classifier_parts
+from flowerfast.runs.config import INFERENCE_BATCH_SIZE, PRECISIONS
 
 PICKLE_SUFFIXES = (".pkl", ".pth", ".pt", ".pickle")
-
-
-# ----------------------------------------------------------------------------------------------
-# Batches of images
-
-
-class ImageFileDataset(torch.utils.data.Dataset):
-    """Opens one image per item with ``load`` (path to ``uint8`` tensor, e.g. a
-    :meth:`Preprocessing.load`); a file that fails yields its reason instead."""
-
-    def __init__(self, paths: Sequence[Path], load: Callable[[Path], torch.Tensor]):
-        self.paths = list(paths)
-        self.load = load
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        try:
-            return i, self.load(self.paths[i]), None
-        except Exception as exc:  # every decode failure means "report this file, go on"
-            return i, None, describe_error(exc)
-
-
-def collate_images(items):
-    """Batch the readable images; keep the indices and reasons of the others."""
-    good = [(i, x) for i, x, err in items if err is None]
-    bad = [(i, err) for i, x, err in items if err is not None]
-    images = torch.stack([x for _, x in good]) if good else None
-    return [i for i, _ in good], images, bad
-
-
-def default_workers(n_images: int, bs: int, device: torch.device) -> int:
-    """Decoding processes: on a CUDA GPU, one per core (up to 8), once there are a few batches to feed it.
-
-    On a CPU the network itself uses every core and decoding these photos costs a few percent of
-    its time, so extra processes would only compete with it: decode in the main process.
-    """
-    if device.type != "cuda" or n_images < 2 * bs:
-        return 0
-    return max(1, min(MAX_LOADER_WORKERS, (os.cpu_count() or 1)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -80,13 +39,21 @@ def default_workers(n_images: int, bs: int, device: torch.device) -> int:
 class Prediction:
     """The model's answer for one file: ``predicted`` is the class it chose (flowerfast says
     ``label`` only for a true class), ``top_k`` the most likely classes with their probabilities.
-    ``error`` is set (and the rest empty) for unreadable files."""
+    ``familiarity`` is how much the photo looks like the training photos
+    (:mod:`flowerfast.models.familiarity`; ``None`` for a model without it), ``unfamiliar`` when
+    below the model's threshold: likely not one of its classes at all. ``unknown`` when a minimum
+    confidence was asked for and the top probability is below it or the photo is unfamiliar:
+    then ``predicted`` is ``None`` and ``probability`` and ``top_k`` still say what the best guess
+    was. ``error`` is set (and the rest empty) for unreadable files."""
 
     path: Path
     predicted: Optional[str] = None
     probability: Optional[float] = None
     top_k: list[tuple[str, float]] = field(default_factory=list)
     error: Optional[str] = None
+    unknown: bool = False
+    familiarity: Optional[float] = None
+    unfamiliar: bool = False
 
     @property
     def ok(self) -> bool:
@@ -96,6 +63,9 @@ class Prediction:
         return {
             "path": str(self.path),
             "predicted": self.predicted,
+            "unknown": self.unknown,
+            "unfamiliar": self.unfamiliar,
+            "familiarity": self.familiarity,
             "probability": self.probability,
             "top_k": [{"class": name, "probability": p} for name, p in self.top_k],
             "error": self.error,
@@ -117,7 +87,8 @@ class LoadedModel:
     ``preprocessing`` defaults to flowerfast's (:class:`FlowerfastPreprocessing` from the spec);
     ``memory_format`` is the layout the batches are given in (see :func:`inference_layout`);
     ``precision`` ``fp32`` (the default: the numbers exports and served models give) or ``bf16`` /
-    ``fp16`` autocast, faster where the hardware has it.
+    ``fp16`` autocast, faster where the hardware has it. ``prototypes`` are the class prototypes
+    of :mod:`flowerfast.models.familiarity`, when the model was saved with them.
     """
 
     network: torch.nn.Module
@@ -127,6 +98,7 @@ class LoadedModel:
     preprocessing: Optional[Preprocessing] = None
     memory_format: torch.memory_format = torch.contiguous_format
     precision: str = "fp32"
+    prototypes: Optional[torch.Tensor] = None
 
     def __post_init__(self):
         if self.preprocessing is None:
@@ -136,15 +108,39 @@ class LoadedModel:
     def classes(self) -> list[str]:
         return list(self.spec.classes)
 
+    @property
+    def familiar_threshold(self) -> Optional[float]:
+        """Below this familiarity a photo is unfamiliar; ``None`` for a model without prototypes."""
+        return self.spec.familiarity.get("threshold") if self.prototypes is not None else None
+
     def probabilities(
-        self, paths: Sequence[Path | str], bs: int = INFERENCE_BATCH_SIZE, workers: Optional[int] = None, reporter=None
+        self,
+        paths: Sequence[Path | str],
+        bs: int = INFERENCE_BATCH_SIZE,
+        workers: Optional[int] = None,
+        reporter=None,
+        tta: bool = False,
     ) -> tuple[list[Path], torch.Tensor, dict[int, str]]:
         """Softmax probabilities ``(n_readable, n_classes)`` in input order, plus the unreadable files.
 
         Returns ``(paths, probs, errors)`` with ``errors`` mapping an index of ``paths`` to its
         reason; ``probs`` rows follow the readable paths in order. ``reporter`` (a
         :class:`~flowerfast.core.progress.Reporter`) hears of each batch, as ``"predict"``.
+        ``tta`` averages the views of :mod:`flowerfast.infer.tta` (one network pass each).
         """
+        paths, probs, _, errors = self.scores(paths, bs=bs, workers=workers, reporter=reporter, tta=tta)
+        return paths, probs, errors
+
+    def scores(
+        self,
+        paths: Sequence[Path | str],
+        bs: int = INFERENCE_BATCH_SIZE,
+        workers: Optional[int] = None,
+        reporter=None,
+        tta: bool = False,
+    ) -> tuple[list[Path], torch.Tensor, Optional[torch.Tensor], dict[int, str]]:
+        """:meth:`probabilities`, with each readable photo's familiarity (``None`` for a model
+        without prototypes): ``(paths, probs, familiarity, errors)``."""
         if bs < 1:
             raise FlowerfastError(f"$bs must be at least 1, not {bs}", parameters=("bs",))
         paths = [Path(p) for p in paths]
@@ -157,8 +153,7 @@ class LoadedModel:
             collate_fn=collate_images,
             pin_memory=self.device.type == "cuda",
         )
-        rows: list[torch.Tensor] = []
-        errors: dict[int, str] = {}
+        rows, familiar, errors = [], [], {}
         if reporter is not None:
             reporter.batches_started("predict", len(loader))
         for _, images, bad in loader:
@@ -166,25 +161,65 @@ class LoadedModel:
                 reporter.batch_done("predict")
             errors.update(bad)
             if images is not None:
-                rows.append(self.probabilities_of(images))
+                probs, fam = self.scores_of(images, tta=tta)
+                rows.append(probs)
+                familiar.append(fam)
         if reporter is not None:
             reporter.finished()
         probs = torch.cat(rows) if rows else torch.zeros(0, self.spec.n_classes)
-        return paths, probs, errors
+        fam = torch.cat(familiar) if self.prototypes is not None and familiar else None
+        return paths, probs, fam, errors
 
-    def probabilities_of(self, images: torch.Tensor) -> torch.Tensor:
+    def probabilities_of(self, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
         """Softmax probabilities ``(N, n_classes)`` on the CPU of a ``uint8`` batch ``(N, C, H, W)``
-        of images opened by :meth:`Preprocessing.load`.
+        of images opened by :meth:`Preprocessing.load` (:meth:`scores_of` without the familiarity)."""
+        return self.scores_of(images, tta=tta)[0]
 
-        The one place a batch meets the network: :meth:`probabilities` (files on disk) and the web
+    def scores_of(self, images: torch.Tensor, tta: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Softmax probabilities ``(N, n_classes)`` at the model's temperature and familiarity
+        ``(N,)`` (``None`` without prototypes), on the CPU, of a ``uint8`` batch ``(N, C, H, W)`` of
+        images opened by :meth:`Preprocessing.load`. With ``tta`` the probabilities are the mean of
+        those of :func:`~flowerfast.infer.tta.tta_views`; the familiarity is the photo's as it is.
+
+        The one place a batch meets the network: :meth:`scores` (files on disk) and the web
         server (:mod:`flowerfast.serving.app`, uploads) both call it, so a photo gets the same answer
         from ``flowerfast predict`` and from ``POST /predict``.
         """
+        from flowerfast.infer.tta import tta_views
+        from flowerfast.models.familiarity import familiarity, pooled_features
+
         with torch.inference_mode():
-            images = images.to(self.device, non_blocking=True)
-            x = self.preprocessing.to_input(images).contiguous(memory_format=self.memory_format)
-            probs = torch.softmax(self.forward(x).float() / self.spec.temperature, dim=-1).cpu()
-        return check_finite(probs, self.source)
+            x = self.input_of(images)
+            fam = None
+            if self.prototypes is None:
+                logits = self.forward(x)
+            else:
+                feature_map, logits = self.forward_parts(x)
+                fam = familiarity(pooled_features(feature_map), self.prototypes.to(self.device)).cpu()
+            probs = torch.softmax(logits.float() / self.spec.temperature, dim=-1)
+            for view in tta_views(x)[1:] if tta else []:
+                probs = probs + torch.softmax(self.forward(view).float() / self.spec.temperature, dim=-1)
+            probs = (probs / (len(tta_views(x)) if tta else 1)).cpu()
+        return check_finite(probs, self.source), fam
+
+    def logits_of(self, images: torch.Tensor) -> torch.Tensor:
+        """The network's raw outputs ``(N, n_classes)`` on the CPU (before the temperature), for
+        scores other than the probability (:mod:`flowerfast.core.selective`)."""
+        with torch.inference_mode():
+            logits = self.forward(self.input_of(images)).float().cpu()
+        return check_finite(logits, self.source)
+
+    def features_of(self, images: torch.Tensor) -> torch.Tensor:
+        """The body's pooled unit features ``(N, C)`` on the CPU (:mod:`flowerfast.models.familiarity`)."""
+        from flowerfast.models.familiarity import pooled_features
+
+        with torch.inference_mode():
+            return pooled_features(self.forward_parts(self.input_of(images))[0]).cpu()
+
+    def input_of(self, images: torch.Tensor) -> torch.Tensor:
+        """A ``uint8`` batch to the network's input on its device, in its memory layout."""
+        images = images.to(self.device, non_blocking=True)
+        return self.preprocessing.to_input(images).contiguous(memory_format=self.memory_format)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The network on a prepared batch, under autocast when the precision asks for it."""
@@ -194,6 +229,14 @@ class LoadedModel:
         with torch.autocast(device_type=self.device.type, dtype=dtype):
             return self.network(x)
 
+    def forward_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The body's feature map and the head's outputs of a prepared batch: one pass, both
+        (flowerfast networks are ``Sequential(body, head)``)."""
+        dtype = autocast_dtype(self.precision)
+        with torch.autocast(device_type=self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            feature_map = self.network[0](x)
+            return feature_map, self.network[1](feature_map)
+
     def predict(
         self,
         paths: Sequence[Path | str],
@@ -201,16 +244,33 @@ class LoadedModel:
         bs: int = INFERENCE_BATCH_SIZE,
         workers: Optional[int] = None,
         reporter=None,
+        min_confidence: Optional[float] = None,
+        tta: bool = False,
     ) -> list[Prediction]:
-        """One :class:`Prediction` per path, in order; unreadable files carry their ``error``."""
+        """One :class:`Prediction` per path, in order; unreadable files carry their ``error``.
+        Below ``min_confidence`` (a probability) a prediction is ``unknown``."""
         check_top_k(top_k, self.spec.n_classes)
-        paths, probs, errors = self.probabilities(paths, bs=bs, workers=workers, reporter=reporter)
-        return predictions_from(paths, probs, errors, self.classes, top_k)
+        check_min_confidence(min_confidence)
+        paths, probs, fam, errors = self.scores(paths, bs=bs, workers=workers, reporter=reporter, tta=tta)
+        return predictions_from(paths, probs, errors, self.classes, top_k, min_confidence, fam, self.familiar_threshold)
+
+
+def check_min_confidence(min_confidence: Optional[float]) -> Optional[float]:
+    return None if min_confidence is None else check_probability(min_confidence, "min_confidence")
 
 
 def predictions_from(
-    paths: Sequence[Path], probs: torch.Tensor, errors: dict[int, str], classes: Sequence[str], top_k: int
+    paths: Sequence[Path],
+    probs: torch.Tensor,
+    errors: dict[int, str],
+    classes: Sequence[str],
+    top_k: int,
+    min_confidence: Optional[float] = None,
+    familiarity: Optional[torch.Tensor] = None,
+    familiar_threshold: Optional[float] = None,
 ) -> list[Prediction]:
+    """:class:`Prediction` of each path from the rows of ``probs`` (and ``familiarity``), one
+    per readable path in order; the paths in ``errors`` carry their reason."""
     values, indices = probs.topk(min(top_k, len(classes)), dim=1) if len(probs) else (probs, probs.long())
     out, row = [], 0
     for i, path in enumerate(paths):
@@ -218,7 +278,20 @@ def predictions_from(
             out.append(Prediction(path=path, error=errors[i]))
             continue
         top = [(classes[int(j)], float(v)) for v, j in zip(values[row], indices[row])]
-        out.append(Prediction(path=path, predicted=top[0][0], probability=top[0][1], top_k=top))
+        fam = float(familiarity[row]) if familiarity is not None else None
+        unfamiliar = fam is not None and familiar_threshold is not None and fam < familiar_threshold
+        answered = is_answered(top[0][1], min_confidence, unfamiliar)
+        out.append(
+            Prediction(
+                path=path,
+                predicted=top[0][0] if answered else None,
+                probability=top[0][1],
+                top_k=top,
+                unknown=not answered,
+                familiarity=fam,
+                unfamiliar=unfamiliar,
+            )
+        )
         row += 1
     return out
 
@@ -273,8 +346,9 @@ def load_model(
         )
     if not path.exists() and not path.with_name(path.name + ".safetensors").exists():
         raise FlowerfastError(f"model not found: {path}")
-    network, spec = load_classifier(path, device=dev)
+    network, spec, prototypes = load_classifier_parts(path, device=dev)
     return LoadedModel(
+        prototypes=prototypes,
         network=for_inference(network, dev),
         spec=spec,
         device=dev,

@@ -28,6 +28,7 @@ from flowerfast.models.archs import (
     cuttable,
     resolve_arch,
 )
+from flowerfast.models.familiarity import PROTOTYPES_KEY
 
 FORMAT_VERSION = 1
 HEAD_HIDDEN = 512
@@ -91,6 +92,7 @@ class ModelSpec:
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     source: str = "torchvision"  # the library that builds ``arch``: "torchvision" or "timm"
     temperature: float = 1.0  # the logits are divided by it before the softmax (calibration; 1: none)
+    familiarity: dict = field(default_factory=dict)  # models.familiarity.Familiarity's fields; {}: none fitted
     format: str = "flowerfast-model"
     format_version: int = FORMAT_VERSION
     versions: dict = field(default_factory=dict)
@@ -175,54 +177,65 @@ def weights_sha256(state: dict) -> str:
     return digest.hexdigest()
 
 
-def save_model(model, spec: ModelSpec, path: Path) -> tuple[Path, Path]:
+def save_model(model, spec: ModelSpec, path: Path, prototypes: Optional[torch.Tensor] = None) -> tuple[Path, Path]:
     """Write ``<path>.safetensors`` and ``<path>.json``, each atomically.
 
     The safetensors file is complete on its own: its metadata carries the spec and the weights'
     checksum, so a reader never depends on the two files having been replaced together (a kill
     between the two writes leaves a model that still loads). The JSON is the same spec, for people.
+    ``prototypes`` (:mod:`flowerfast.models.familiarity`) are stored beside the weights, under the
+    checksum too.
     """
-    from safetensors.torch import save as st_save
-
-    from flowerfast.core.files import atomic_write_bytes, write_json
-
     path = Path(path)
     stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
     weights_path = stem.with_name(stem.name + ".safetensors")
-    json_path = stem.with_name(stem.name + ".json")
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if prototypes is not None:
+        state[PROTOTYPES_KEY] = prototypes.detach().to("cpu").float().contiguous()
     if not spec.versions:
         spec.versions = library_versions()
-    described = {**asdict(spec), "sha256": weights_sha256(state)}
-    metadata = {
-        "format": spec.format,
-        "arch": spec.arch,
-        SPEC_KEY: json.dumps(asdict(spec)),
-        CHECKSUM_KEY: described["sha256"],
-    }
-    atomic_write_bytes(weights_path, st_save(state, metadata=metadata))
-    write_json(json_path, described)
-    return weights_path, json_path
+    write_model_files(weights_path, state, spec)
+    return weights_path, stem.with_name(stem.name + ".json")
 
 
-def set_temperature(path: Path, temperature: float) -> ModelSpec:
-    """Rewrite a saved model's files with another temperature (its weights untouched, their
-    checksum kept), each file atomically; returns the new spec. How an older model is calibrated."""
-    import dataclasses
-
+def write_model_files(weights_path: Path, state: dict, spec: ModelSpec, metadata: Optional[dict] = None) -> None:
+    """The safetensors file (tensors, spec and checksum) and the JSON beside it, each atomically."""
     from safetensors.torch import save as st_save
 
     from flowerfast.core.files import atomic_write_bytes, write_json
 
-    weights_path, json_path = model_paths(path)
+    checksum = weights_sha256(state)
+    metadata = {
+        **(metadata or {}),
+        "format": spec.format,
+        "arch": spec.arch,
+        SPEC_KEY: json.dumps(asdict(spec)),
+        CHECKSUM_KEY: checksum,
+    }
+    atomic_write_bytes(weights_path, st_save(state, metadata=metadata))
+    write_json(weights_path.with_suffix(".json"), {**asdict(spec), "sha256": checksum})
+
+
+def rewrite_model(path: Path, prototypes: Optional[torch.Tensor] = None, **changes) -> ModelSpec:
+    """Rewrite a saved model's files with some fields of its spec changed (and new ``prototypes``
+    when given), its network weights untouched, each file atomically; returns the new spec. How
+    an older model is calibrated (``temperature=``) or given familiarity."""
+    import dataclasses
+
+    weights_path, _ = model_paths(path)
     state, metadata = read_weights(weights_path)
     if SPEC_KEY not in metadata:
         raise FlowerfastError(f"{weights_path} carries no description of its own: save it again with flowerfast")
-    spec = dataclasses.replace(spec_from_dict(json.loads(metadata[SPEC_KEY]), weights_path), temperature=temperature)
-    metadata = {**metadata, SPEC_KEY: json.dumps(asdict(spec))}
-    atomic_write_bytes(weights_path, st_save(state, metadata=metadata))
-    write_json(json_path, {**asdict(spec), "sha256": metadata[CHECKSUM_KEY]})
+    spec = dataclasses.replace(spec_from_dict(json.loads(metadata[SPEC_KEY]), weights_path), **changes)
+    if prototypes is not None:
+        state[PROTOTYPES_KEY] = prototypes.detach().to("cpu").float().contiguous()
+    write_model_files(weights_path, state, spec, metadata)
     return spec
+
+
+def set_temperature(path: Path, temperature: float) -> ModelSpec:
+    """Rewrite a saved model's files with another temperature (:func:`rewrite_model`)."""
+    return rewrite_model(path, temperature=temperature)
 
 
 def model_paths(path: Path) -> tuple[Path, Path]:
@@ -284,7 +297,18 @@ def read_weights(weights_path: Path) -> tuple[dict, dict]:
     return tensors, metadata
 
 
-DESCRIBING_FIELDS = ("arch", "source", "classes", "size", "cut", "num_features", "mean", "std", "temperature")
+DESCRIBING_FIELDS = (
+    "arch",
+    "source",
+    "classes",
+    "size",
+    "cut",
+    "num_features",
+    "mean",
+    "std",
+    "temperature",
+    "familiarity",
+)
 """What a model description says about the network and its answers (not versions or extras)."""
 
 
@@ -312,6 +336,13 @@ def load_classifier(path: Path, device: Optional[str] = None):
     Never unpickles: safetensors holds only tensors, the JSON only plain values. The weights are
     checked against the checksum saved with them.
     """
+    model, spec, _ = load_classifier_parts(path, device)
+    return model, spec
+
+
+def load_classifier_parts(path: Path, device: Optional[str] = None):
+    """:func:`load_classifier`, plus the familiarity prototypes stored beside the weights
+    (``None`` when the model has none): ``(model, spec, prototypes)``."""
     from flowerfast.models.weights import load_state_into
 
     weights_path, json_path = model_paths(path)
@@ -331,12 +362,13 @@ def load_classifier(path: Path, device: Optional[str] = None):
             f"{weights_path} is damaged: its weights do not match the checksum saved with them; "
             "use another copy or train again"
         )
+    prototypes = state.pop(PROTOTYPES_KEY, None)
     model = build_classifier(spec)
     load_state_into(model, state, f"model weights {weights_path}", spec.arch)
     model.eval()
     if device is not None:
         model.to(device)
-    return model, spec
+    return model, spec, prototypes
 
 
 def count_parameters(model) -> int:

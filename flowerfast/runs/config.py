@@ -30,6 +30,8 @@ MIN_SCALE_SCRATCH = 0.35
 INFERENCE_BATCH_SIZE = 64
 """Images per forward pass when a trained model predicts (predict, evaluate): large enough to keep a
 GPU or the CPU's cores busy, small enough for a CPU's memory at 224 px."""
+DEFAULT_TARGET_ACCURACY = 0.95
+"""The accuracy on the answered photos that evaluate's suggested minimum confidence aims for."""
 PATH_OPTIONS = ("data", "weights", "out", "split_file", "cache_dir")
 
 

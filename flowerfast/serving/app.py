@@ -7,6 +7,8 @@ The routes:
 * ``POST /predict``: one or many images as ``multipart/form-data`` in the field ``files``, and
   ``?top_k=N``; the answer is ``flowerfast predict --json``'s list, made by the same code
   (:meth:`~flowerfast.infer.predict.LoadedModel.probabilities_of`, :func:`~flowerfast.infer.predict.predictions_from`);
+* ``POST /cam``: one image in the same field; the answer is the PNG of its Grad-CAM heatmap (where
+  the model looked for its answer), with the cam extra;
 * ``GET /model``: what the model is (architecture, classes, image size, validation accuracy);
 * ``GET /health``: for load balancers, never behind the API key;
 * ``GET /openapi.json``: the schema. FastAPI's ``/docs`` page is off: it loads Swagger UI from a CDN.
@@ -175,10 +177,52 @@ def add_api_routes(app, service: ModelService) -> None:
         openapi_extra=predict_body_schema(config),
         summary="Classify images: flowerfast predict --json's answer, one entry per file",
     )
-    async def predict(request: Request, top_k: int = Query(1, description="how many classes to return per image")):
+    async def predict(
+        request: Request,
+        top_k: int = Query(1, description="how many classes to return per image"),
+        min_confidence: Optional[float] = Query(
+            None, ge=0, le=1, description="below this top probability the answer is unknown (default: the server's)"
+        ),
+    ):
         refuse_bad_top_k(top_k, n_classes)
         form = await read_form(request, config)
         try:
-            return await service.predict(image_uploads(form, config), top_k)
+            return await service.predict(image_uploads(form, config), top_k, min_confidence)
         finally:
             await form.close()
+
+    add_cam_route(app, service, keyed)
+
+
+def add_cam_route(app, service: ModelService, keyed: list) -> None:
+    """``POST /cam``: the Grad-CAM overlay of one image as a PNG; a 501 naming the extra when the
+    server lacks it (the rest of the server works without it)."""
+    from fastapi import Request
+    from fastapi.responses import Response
+
+    config = service.config
+
+    @app.post(
+        "/cam",
+        dependencies=keyed,
+        openapi_extra=predict_body_schema(config),
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}, "description": "the heatmap drawn over the image"}},
+        summary="Where the model looked: one image's Grad-CAM heatmap for its predicted class, as a PNG",
+    )
+    async def cam(request: Request):
+        from flowerfast.infer.cam import require_cam_extra
+
+        try:
+            require_cam_extra()
+        except FlowerfastError as exc:
+            raise ApiError(501, str(exc)) from None
+        form = await read_form(request, config)
+        try:
+            uploads = image_uploads(form, config)
+            if len(uploads) != 1:
+                raise ApiError(422, f"send one image to /cam, not {len(uploads)}")
+            png = await service.heatmap(uploads[0])
+        finally:
+            await form.close()
+        return Response(png, media_type="image/png")

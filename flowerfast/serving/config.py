@@ -22,7 +22,8 @@ class ServeConfig:
     ``max_batch`` images at most go through the network together, waiting at most ``max_wait_ms``
     for others to join (``max_batch=1`` turns batching off); ``max_file_mb`` and ``max_files``
     bound one request; ``api_key`` (or ``$FLOWERFAST_API_KEY``, read by the CLI) is required by
-    every API call but ``/health``; ``decode_threads`` decode uploads (default: the cores, up to 4).
+    every API call but ``/health``; ``decode_threads`` decode uploads (default: the cores, up to 4);
+    below ``min_confidence`` an answer is unknown (a request may ask for another).
     A setting out of range is a :class:`~flowerfast.core.errors.FlowerfastError` naming it.
     """
 
@@ -35,6 +36,7 @@ class ServeConfig:
     max_files: int = 32
     decode_threads: Optional[int] = None
     access_log: bool = True
+    min_confidence: Optional[float] = None
 
     def __post_init__(self):
         checks = [
@@ -43,6 +45,11 @@ class ServeConfig:
             (self.max_file_mb > 0, "max_file_mb", f"$max_file_mb must be positive, not {self.max_file_mb:g}"),
             (self.max_files >= 1, "max_files", f"$max_files must be at least 1, not {self.max_files}"),
             (0 <= self.port <= 65535, "port", f"$port must be between 0 and 65535, not {self.port}"),
+            (
+                self.min_confidence is None or 0 <= self.min_confidence <= 1,
+                "min_confidence",
+                f"$min_confidence must be between 0 and 1, not {self.min_confidence}",
+            ),
             (
                 self.decode_threads is None or self.decode_threads >= 1,
                 "decode_threads",

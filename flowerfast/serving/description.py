@@ -65,5 +65,6 @@ def describe_model(loaded, config: ServeConfig) -> dict[str, Any]:
         "batching": {"max_batch": config.max_batch, "max_wait_ms": config.max_wait_ms},
         "limits": {"max_file_mb": config.max_file_mb, "max_files": config.max_files, "field": FILES_FIELD},
         "api_key_required": config.api_key is not None,
+        "min_confidence": config.min_confidence,
         "flowerfast": __version__,
     }

@@ -9,6 +9,7 @@ computes.
 """
 
 import asyncio
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional
 
@@ -33,6 +34,7 @@ class ModelService:
         self.decoders: Optional[ThreadPoolExecutor] = None
         self.requests = 0
         self.description = describe_model(loaded, config)  # read once: the run's summary does not change
+        self._cam_lock = threading.Lock()
 
     async def start(self) -> None:
         from flowerfast.serving.batching import BatchQueue
@@ -52,7 +54,8 @@ class ModelService:
             self.decoders.shutdown(wait=True)
 
     def run_batch(self, images: list) -> list:
-        """The network on images of any number of requests: one row of probabilities each."""
+        """The network on images of any number of requests: one ``(probabilities, familiarity)``
+        each (familiarity ``None`` for a model without it)."""
         import torch
 
         shapes: dict[tuple, list[int]] = {}
@@ -60,9 +63,9 @@ class ModelService:
             shapes.setdefault(tuple(image.shape), []).append(i)
         rows: list = [None] * len(images)
         for indices in shapes.values():
-            probs = self.loaded.probabilities_of(torch.stack([images[i] for i in indices]))
-            for i, row in zip(indices, probs):
-                rows[i] = row
+            probs, fam = self.loaded.scores_of(torch.stack([images[i] for i in indices]))
+            for k, i in enumerate(indices):
+                rows[i] = (probs[k], None if fam is None else fam[k])
         return rows
 
     def decode(self, upload) -> Any:
@@ -70,10 +73,11 @@ class ModelService:
         upload.file.seek(0)
         return self.loaded.preprocessing.load(upload.file)
 
-    async def predict(self, uploads: list, top_k: int) -> list[dict]:
+    async def predict(self, uploads: list, top_k: int, min_confidence: Optional[float] = None) -> list[dict]:
         """``flowerfast predict --json``'s list for ``uploads``: decoded in the decoding threads,
         computed in the batch queue; a file that cannot be decoded carries its error, and a
-        request with no decodable file at all is refused (:func:`no_image_error`)."""
+        request with no decodable file at all is refused (:func:`no_image_error`). Below
+        ``min_confidence`` (default: the server's) an answer is unknown."""
         import torch
 
         from flowerfast.infer.predict import predictions_from
@@ -89,8 +93,30 @@ class ModelService:
             raise no_image_error(names, errors)
         rows = await self.queue.submit(good)
         self.requests += 1
-        predictions = predictions_from(names, torch.stack(rows), errors, self.loaded.classes, top_k)
+        threshold = self.config.min_confidence if min_confidence is None else min_confidence
+        probs = torch.stack([p for p, _ in rows])
+        fam = None if rows[0][1] is None else torch.stack([f for _, f in rows])
+        predictions = predictions_from(
+            names, probs, errors, self.loaded.classes, top_k, threshold, fam, self.loaded.familiar_threshold
+        )
         return [p.to_dict() for p in predictions]
+
+    async def heatmap(self, upload) -> bytes:
+        """The PNG of one upload's Grad-CAM overlay for its predicted class (:mod:`flowerfast.infer.cam`).
+
+        Computed in a decoding thread, one heatmap at a time (each holds a pass's activations and
+        gradients); Grad-CAM hooks a shadow of the network that shares its weights
+        (:func:`flowerfast.infer.cam.heatmaps`), so the batch queue's predictions never see it."""
+        image, reason = await asyncio.get_running_loop().run_in_executor(self.decoders, self._try_decode, upload)
+        if reason is not None:
+            raise no_image_error([upload.filename or "upload-1"], {0: reason})
+        return await asyncio.get_running_loop().run_in_executor(self.decoders, self._heatmap_of, image)
+
+    def _heatmap_of(self, image) -> bytes:
+        from flowerfast.infer.cam import overlay_png
+
+        with self._cam_lock:
+            return overlay_png(self.loaded, image)
 
     def _try_decode(self, upload) -> tuple[Any, Optional[str]]:
         try:

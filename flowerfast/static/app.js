@@ -1,5 +1,6 @@
 // The page of `flowerfast serve`: describe the model, send each chosen photo to POST /predict,
-// show its thumbnail with the top classes as bars. No framework, no build step, nothing loaded
+// show its thumbnail with the top classes as bars, "unknown" when the model is not sure enough,
+// and on request the photo's Grad-CAM heatmap from POST /cam (where the model looked). No framework, no build step, nothing loaded
 // from elsewhere. Every text from a file name or the server goes in with textContent.
 "use strict";
 
@@ -68,7 +69,8 @@ function showModel(m) {
   $("model-file").textContent = m.run ? `${m.run}/${m.model}` : m.model;
   const classes = $("model-classes");
   classes.replaceChildren(...m.classes.map((c) => element("span", "chip", c)));
-  $("limits").textContent = `up to ${m.limits.max_files} photos at a time, ${m.limits.max_file_mb} MB each`;
+  $("limits").textContent = `up to ${m.limits.max_files} photos at a time, ${m.limits.max_file_mb} MB each` +
+    (m.min_confidence === null ? "" : `; unknown below ${percent(m.min_confidence)} confidence`);
   $("model").hidden = false;
   $("drop").hidden = false;
 }
@@ -94,10 +96,18 @@ function newCard(file) {
   return card;
 }
 
-function showPrediction(card, prediction) {
+function showPrediction(card, prediction, file) {
   const body = card.querySelector(".body");
   card.querySelector(".status").remove();
-  body.append(element("div", "predicted", prediction.predicted));
+  if (prediction.unknown) {
+    card.classList.add("unknown");
+    body.append(element("div", "predicted unknown", "unknown"));
+    body.append(element("div", "muted why",
+      `not sure enough: best guess ${prediction.top_k[0].class} at ${percent(prediction.probability)}, ` +
+      `below ${percent(model.min_confidence)}`));
+  } else {
+    body.append(element("div", "predicted", prediction.predicted));
+  }
   for (const top of prediction.top_k) {
     const bar = element("div", "bar");
     bar.dataset.class = top.class;
@@ -108,7 +118,34 @@ function showPrediction(card, prediction) {
     bar.append(fill, label);
     body.append(bar);
   }
+  const button = element("button", "cam", "where it looked");
+  button.type = "button";
+  button.addEventListener("click", () => showHeatmap(card, file, button));
+  body.append(button);
   card.classList.add("done");
+}
+
+async function showHeatmap(card, file, button) {
+  button.disabled = true;
+  button.textContent = "drawing…";
+  const form = new FormData();
+  form.append("files", file, file.name);
+  try {
+    const response = await fetch("/cam", { method: "POST", body: form, headers: apiHeaders() });
+    if (!response.ok) {
+      button.replaceWith(element("div", "status error", await errorText(response)));
+      return;
+    }
+    const heat = element("img", "heatmap");
+    heat.alt = `where the model looked in ${file.name}`;
+    heat.src = URL.createObjectURL(await response.blob());
+    heat.addEventListener("load", () => URL.revokeObjectURL(heat.src));
+    const photo = card.querySelector("img, .noimage");
+    photo.replaceWith(heat);
+    button.remove();
+  } catch (e) {
+    button.replaceWith(element("div", "status error", `no answer from the server: ${e.message}`));
+  }
 }
 
 function showFailure(card, message) {
@@ -131,7 +168,7 @@ async function classify(file, card) {
     }
     const [prediction] = await response.json();
     if (prediction.error) showFailure(card, prediction.error);
-    else showPrediction(card, prediction);
+    else showPrediction(card, prediction, file);
   } catch (e) {
     showFailure(card, `no answer from the server: ${e.message}`);
   }

@@ -192,16 +192,19 @@ def adam(device: torch.device):
 
 
 def predict_batches(
-    model, dl, precision: str = "fp32", reporter=None, kind: str = "predict"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax probabilities and targets of ``model`` over a fastai DataLoader, in eval mode.
+    model, dl, precision: str = "fp32", reporter=None, kind: str = "predict", features: bool = False
+) -> tuple[torch.Tensor, ...]:
+    """Softmax probabilities and targets of ``model`` over a fastai DataLoader, in eval mode; with
+    ``features``, the body's pooled unit features too (:mod:`flowerfast.models.familiarity`).
 
     A plain loop rather than ``Learner.get_preds``, so it can run inside a fit (from a callback)
     without disturbing fastai's training state. ``reporter`` hears of each batch as ``kind``.
     """
+    from flowerfast.models.familiarity import pooled_features
+
     was_training = model.training
     model.eval()
-    probs, targets = [], []
+    probs, targets, feats = [], [], []
     if reporter is not None:
         reporter.batches_started(kind, len(dl))
     try:
@@ -215,9 +218,14 @@ def predict_batches(
                     dtype=autocast_dtype(precision) or torch.float32,
                     enabled=precision != "fp32",
                 ):
-                    out = model(xb)
+                    feature_map = model[0](xb) if features else None
+                    out = model[1](feature_map) if features else model(xb)
                 probs.append(torch.softmax(out.float(), dim=-1).cpu())
                 targets.append(yb.cpu())
+                if features:
+                    feats.append(pooled_features(feature_map).cpu())
     finally:
         model.train(was_training)
+    if features:
+        return torch.cat(probs), torch.cat(targets), torch.cat(feats)
     return torch.cat(probs), torch.cat(targets)

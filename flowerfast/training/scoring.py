@@ -36,9 +36,9 @@ def clean_train_dl(setup: RunSetup, n: int, seed: int):
 
 
 def best_model_predictions(setup: RunSetup):
-    """The saved best model's probabilities (temperature 1) and targets on the validation images,
-    with their split rows: every image once, in every process of a job (rank 0 reads the model
-    and hands it on, each scores its share, the shares are gathered)."""
+    """The saved best model's probabilities (temperature 1), targets and pooled features on the
+    validation images, with their split rows: every image once, in every process of a job (rank 0
+    reads the model and hands it on, each scores its share, the shares are gathered)."""
     from safetensors.torch import load_file
 
     from flowerfast.hardware.distributed import shard_bounds
@@ -56,11 +56,11 @@ def best_model_predictions(setup: RunSetup):
         dl = setup.data.dls.test_dl([(str(r.file), r.label) for r in valid_rows], with_labels=True)
     else:
         dl = setup.data.dls.valid
-    probs, targets = predict_batches(model, dl, setup.bundle.precision)
+    probs, targets, feats = predict_batches(model, dl, setup.bundle.precision, features=True)
     if len(targets) != len(valid_rows):  # photos became unreadable during the run: score the others
         valid_rows = [r for r in valid_rows if setup.data.loader.readable(r.file)]
         dl = setup.data.dls.test_dl([(str(r.file), r.label) for r in valid_rows], with_labels=True)
-        probs, targets = predict_batches(model, dl, setup.bundle.precision)
+        probs, targets, feats = predict_batches(model, dl, setup.bundle.precision, features=True)
         if not valid_rows or len(targets) != len(valid_rows):
             raise FlowerfastError(
                 "the validation photos changed while the best model was being scored; "
@@ -69,10 +69,34 @@ def best_model_predictions(setup: RunSetup):
     if procs.distributed:
         import torch
 
-        parts = distributed.gather_objects((valid_rows, probs, targets))
-        valid_rows = [row for rows, _, _ in parts for row in rows]
-        probs, targets = torch.cat([p for _, p, _ in parts]), torch.cat([t for _, _, t in parts])
-    return model, valid_rows, probs, targets
+        parts = distributed.gather_objects((valid_rows, probs, targets, feats))
+        valid_rows = [row for part in parts for row in part[0]]
+        probs, targets, feats = (torch.cat([part[k] for part in parts]) for k in (1, 2, 3))
+    return model, valid_rows, probs, targets, feats
+
+
+def training_features(setup: RunSetup, model):
+    """Pooled features and targets of a fixed sample of training photos (at most
+    :data:`~flowerfast.models.familiarity.PHOTOS_PER_CLASS` a class, validation transforms), for
+    the class prototypes; shared among the processes of a job like the validation photos."""
+    import torch
+
+    from flowerfast.hardware.distributed import shard_bounds
+    from flowerfast.models.familiarity import training_sample
+    from flowerfast.training.learner import predict_batches
+
+    train_rows = [r for r in setup.data.rows if not r.is_valid]  # an unreadable photo drops out of its batch
+    rows = [train_rows[i] for i in training_sample([r.label for r in train_rows])]
+    procs = distributed.current()
+    start, stop = shard_bounds(len(rows), procs.world_size, procs.rank, even=False)
+    feats, targets = torch.zeros(0, 1), torch.zeros(0, dtype=torch.long)
+    if start < stop:
+        dl = setup.data.dls.test_dl([(str(r.file), r.label) for r in rows[start:stop]], with_labels=True)
+        _, targets, feats = predict_batches(model, dl, setup.bundle.precision, features=True)
+    if procs.distributed:
+        parts = [p for p in distributed.gather_objects((feats, targets)) if len(p[1])]
+        feats, targets = torch.cat([f for f, _ in parts]), torch.cat([t for _, t in parts])
+    return feats, targets
 
 
 def score_best_model(setup: RunSetup) -> tuple[float, Calibration]:
@@ -84,18 +108,27 @@ def score_best_model(setup: RunSetup) -> tuple[float, Calibration]:
     The temperature fitted here (:mod:`flowerfast.core.calibration`) is saved into the best
     model's files, so predict, evaluate, serve and export answer with it; ``calibration.png``
     shows the reliability before and after. It changes no answer, only the confidence: the
-    accuracy is the same at any temperature."""
+    accuracy is the same at any temperature. The familiarity prototypes and threshold
+    (:mod:`flowerfast.models.familiarity`) are fitted and saved with it."""
     import dataclasses
 
     import torch
 
-    model, valid_rows, probs, targets = best_model_predictions(setup)
+    from flowerfast.models.familiarity import fit_familiarity
+
+    model, valid_rows, probs, targets, valid_feats = best_model_predictions(setup)
+    train_feats, train_targets = training_features(setup, model)
     calibration = calibrate(probs.numpy(), targets.numpy())
     calibrated = torch.from_numpy(rescaled(probs.numpy(), calibration.temperature)).float()
     preds = calibrated.argmax(dim=-1)
     if distributed.current().is_main:
-        spec = dataclasses.replace(setup.bundle.spec, temperature=calibration.temperature)
-        save_model(model, spec, setup.run.model_stem(BEST))
+        prototypes, familiar = fit_familiarity(
+            train_feats, train_targets.tolist(), valid_feats, len(setup.data.classes)
+        )
+        spec = dataclasses.replace(
+            setup.bundle.spec, temperature=calibration.temperature, familiarity=familiar.to_dict()
+        )
+        save_model(model, spec, setup.run.model_stem(BEST), prototypes=prototypes)
         write_valid_predictions(setup, valid_rows, preds, calibrated)
         draw_calibration(setup.run, probs.numpy(), targets.numpy(), calibration)
     return int((preds == targets).sum()) / len(targets), calibration
