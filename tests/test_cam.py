@@ -351,3 +351,60 @@ def test_the_module_imports_without_the_extra():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# Through the commands
+
+
+def test_predict_cam_writes_each_photos_heatmap(lite_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from tests.conftest import invoke
+
+    photos = [sample_files("sunflower", 1)[0], sample_files("rose", 1)[0]]
+    result = invoke(CliRunner(), ["predict", lite_run, *photos, "--cam", tmp_path / "cams", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert f"wrote 2 Grad-CAM heatmap(s) to {tmp_path / 'cams'}" in result.stderr
+    loaded = flowerfast.load_model(lite_run, device="cpu")
+    for photo in photos:
+        written = np.asarray(Image.open(tmp_path / "cams" / f"{photo.stem}{cam.CAM_SUFFIX}").convert("RGB"), dtype=int)
+        alone = np.asarray(Image.open(io.BytesIO(cam.overlay_png(loaded, loaded.preprocessing.load(photo)))), dtype=int)
+        assert written.shape == (128, 128, 3)
+        assert np.abs(written - alone).max() <= 3  # batched or alone: the same picture, to rounding
+
+
+def test_evaluate_cam_draws_the_heatmaps_on_the_mistakes(lite_run, tmp_path):
+    from flowerfast.core.plots import mistakes_png
+    from flowerfast.infer.evaluate import save_report
+
+    result = flowerfast.evaluate(lite_run, mistakes=3, cam=True, device="cpu")
+    assert len(result.mistake_pictures) == len(result.mistakes) == 3
+    files = save_report(result, tmp_path / "report")
+    assert files.mistakes.read_bytes() == mistakes_png(result.mistakes, pictures=result.mistake_pictures)
+    assert files.mistakes.read_bytes() != mistakes_png(result.mistakes)
+    loaded = flowerfast.load_model(lite_run, device="cpu")
+    first = result.mistakes[0]
+    image = loaded.preprocessing.load(first.path)
+    heat = cam.heatmaps(loaded, image[None], [loaded.classes.index(first.predicted)])[0]  # for the wrong answer
+    drawn = np.asarray(result.mistake_pictures[0], dtype=int)
+    assert np.abs(drawn - np.asarray(cam.overlay(image, heat), dtype=int)).max() <= 3
+
+
+def test_cam_options_without_the_extra_are_one_line(run_dir, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from tests.conftest import invoke
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "pytorch_grad_cam" else real(name, *a)
+    )
+    for args in (
+        ["predict", run_dir, sample_files("daisy", 1)[0], "--cam", tmp_path / "c"],
+        ["evaluate", run_dir, "--cam", "--out", tmp_path / "e"],
+    ):
+        result = invoke(CliRunner(), args)
+        assert result.exit_code == 1
+        assert result.stderr.strip() == 'error: Grad-CAM needs the cam extra: pip install "flowerfast[cam]"'
+    assert not (tmp_path / "c").exists() and not (tmp_path / "e").exists()

@@ -112,6 +112,9 @@ def test_an_unreadable_file_among_good_ones_carries_its_error(client, expected):
     assert bad == {
         "path": "notes.txt",
         "predicted": None,
+        "unknown": False,
+        "unfamiliar": False,
+        "familiarity": None,
         "probability": None,
         "top_k": [],
         "error": "UnidentifiedImageError: not an image, or in a format Pillow cannot read",
@@ -343,6 +346,7 @@ def test_the_api_key_is_required_everywhere_but_health(loaded):
         ({"max_files": 0}, "max_files must be at least 1, not 0", ("max_files",)),
         ({"port": 70000}, "port must be between 0 and 65535, not 70000", ("port",)),
         ({"decode_threads": 0}, "decode_threads must be at least 1, not 0", ("decode_threads",)),
+        ({"min_confidence": 1.5}, "min_confidence must be between 0 and 1, not 1.5", ("min_confidence",)),
         ({"api_key": " "}, "the API key must not be empty", ()),
     ],
 )
@@ -351,6 +355,62 @@ def test_bad_settings_are_refused_by_name(options, message, parameters):
     with pytest.raises(FlowerfastError) as refused:
         ServeConfig(**options)
     assert (refused.value.message, refused.value.parameters) == (message, parameters)
+
+
+def test_below_the_minimum_confidence_the_answer_is_unknown(loaded, expected):
+    """The server's own minimum confidence, and a request's, which wins; the answers are
+    ``flowerfast predict --min-confidence``'s."""
+    probabilities = sorted(e.probability for e in expected.values())
+    middle = (probabilities[2] + probabilities[3]) / 2  # three photos below it, three above
+    with client_for(loaded, min_confidence=middle) as c:
+        assert c.get("/model").json()["min_confidence"] == middle
+        served = c.post("/predict", files=upload(*PHOTOS)).json()
+        want = loaded.predict(PHOTOS, min_confidence=middle, workers=0)
+        assert [s["unknown"] for s in served] == [w.unknown for w in want]
+        assert sum(s["unknown"] for s in served) == 3
+        for s in served:
+            assert (s["predicted"] is None) == s["unknown"] and s["probability"] == s["top_k"][0]["probability"]
+        everything = c.post("/predict", params={"min_confidence": 0}, files=upload(*PHOTOS)).json()
+        # at 0 only the unfamiliar are unknown, as predict says
+        assert [s["unknown"] for s in everything] == [w.unfamiliar for w in loaded.predict(PHOTOS, workers=0)]
+        refused = c.post("/predict", params={"min_confidence": 2}, files=upload(PHOTOS[0]))
+        assert refused.status_code == 422
+        assert refused.json() == {"error": "min_confidence: Input should be less than or equal to 1"}
+
+
+def test_cam_answers_one_image_with_its_heatmap_png(client, loaded, expected):
+    pytest.importorskip("pytorch_grad_cam", reason="the cam extra (pip install 'flowerfast[cam]') is not installed")
+    import io
+
+    from PIL import Image
+
+    from flowerfast.infer.cam import overlay_png
+
+    response = client.post("/cam", files=upload(PHOTOS[1]))
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    assert response.content == overlay_png(loaded, loaded.preprocessing.load(PHOTOS[1]))
+    with Image.open(io.BytesIO(response.content)) as im:
+        assert im.size == (loaded.spec.size, loaded.spec.size)
+    two = client.post("/cam", files=upload(*PHOTOS[:2]))
+    assert (two.status_code, two.json()) == (422, {"error": "send one image to /cam, not 2"})
+    text = client.post("/cam", files=[("files", ("notes.txt", b"not an image", "text/plain"))])
+    assert text.status_code == 422 and text.json()["error"].startswith("notes.txt could not be read as an image")
+    assert_good_request_works(client, expected)
+
+
+def test_cam_without_the_extra_is_a_501_naming_it(client, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "pytorch_grad_cam" else real(name, *a)
+    )
+    response = client.post("/cam", files=upload(PHOTOS[0]))
+    assert (response.status_code, response.json()) == (
+        501,
+        {"error": 'Grad-CAM needs the cam extra: pip install "flowerfast[cam]"'},
+    )
 
 
 # ----------------------------------------------------------------------------------------------

@@ -182,3 +182,35 @@ def test_the_page_asks_for_the_api_key_once(run_dir, browser, runner):
         browser.refresh()  # asked once: the key is kept for the tab
         wait_for(browser, "#drop:not([hidden])")
         assert not browser.find_element(By.ID, "key-form").is_displayed()
+
+
+def test_the_page_says_unknown_and_shows_where_the_model_looked(lite_run, browser, runner, tmp_path):
+    """A photo that is not a flower is answered "unknown" with the best guess; a flower's card
+    draws its Grad-CAM heatmap in place of the photo on request."""
+    pytest.importorskip("skimage", reason="the photo that is not a flower comes with scikit-image (the dev extra)")
+    from selenium.webdriver.common.by import By
+
+    from tests.not_flowers import write_not_flowers
+
+    cat = write_not_flowers(tmp_path / "not-flowers")[0]
+    flower = sample_files("sunflower", 1)[0]
+    with ServerProcess(lite_run, "--min-confidence", "0.5") as server:
+        browser.get(server.wait_ready())
+        wait_for(browser, "#drop:not([hidden])")
+        assert browser.find_element(By.ID, "limits").text.endswith("; unknown below 50.0% confidence")
+        choose_files(browser, cat, flower)
+        by_file = {c.get_attribute("data-file"): c for c in wait_for(browser, ".card.done", 2)}
+        expected = cli_prediction(runner, lite_run, cat)
+        unknown = by_file[cat.name]
+        assert unknown.find_element(By.CSS_SELECTOR, ".predicted").text == "unknown"
+        guess = f"best guess {expected['top_k'][0]['class']} at {100 * expected['probability']:.1f}%"
+        assert expected["unfamiliar"]  # the cat is unlike every flower (whatever its top probability)
+        assert unknown.find_element(By.CSS_SELECTOR, ".why").text == f"unlike the photos it was trained on: {guess}"
+        card = by_file[flower.name]
+        card.find_element(By.CSS_SELECTOR, "button.cam").click()
+        heat = wait_for(browser, f'.card[data-file="{flower.name}"] img.heatmap')[0]
+        browser.execute_script("return arguments[0].decode()", heat)
+        assert heat.get_property("naturalWidth") == 128 and heat.get_property("naturalHeight") == 128
+        assert card.find_elements(By.CSS_SELECTOR, "button.cam") == []
+        problems = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert problems == []

@@ -102,9 +102,10 @@ function showPrediction(card, prediction, file) {
   if (prediction.unknown) {
     card.classList.add("unknown");
     body.append(element("div", "predicted unknown", "unknown"));
-    body.append(element("div", "muted why",
-      `not sure enough: best guess ${prediction.top_k[0].class} at ${percent(prediction.probability)}, ` +
-      `below ${percent(model.min_confidence)}`));
+    const guess = `best guess ${prediction.top_k[0].class} at ${percent(prediction.probability)}`;
+    body.append(element("div", "muted why", prediction.unfamiliar ?
+      `unlike the photos it was trained on: ${guess}` :
+      `not sure enough: ${guess}, below ${percent(model.min_confidence)}`));
   } else {
     body.append(element("div", "predicted", prediction.predicted));
   }
