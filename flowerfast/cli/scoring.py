@@ -133,7 +133,7 @@ def calibrate(
     device: Device = o.DeviceChoice.auto,
     json_: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
 ) -> None:
-    """Fit the temperature of a run's best model on its validation split and save it in the model.
+    """Fit the temperature and the familiarity of a run's best model on its photos and save them in the model.
 
     Training does this when it ends; this is for runs trained before, or after their photos changed.
     """

@@ -198,7 +198,9 @@ def _predictions_table(predictions, top_k: int, arch: str, min_confidence: Optio
     unknown = sum(p.unknown for p in readable)
     title = f"predictions ({len(readable)} images, {arch})"
     if min_confidence is not None:
-        title = f"predictions ({len(readable)} images, {unknown} unknown below {min_confidence:.0%}, {arch})"
+        title = (
+            f"predictions ({len(readable)} images, {unknown} unknown at --min-confidence {min_confidence:g}, {arch})"
+        )
     table = Table(title=title)
     table.add_column("file", overflow="fold")
     table.add_column("predicted")
@@ -207,7 +209,10 @@ def _predictions_table(predictions, top_k: int, arch: str, min_confidence: Optio
         table.add_column(f"top {top_k}")
     for p in readable:
         predicted = (
-            p.predicted if not p.unknown else f"[yellow]unknown[/yellow] [dim](best guess {p.top_k[0][0]})[/dim]"
+            p.predicted
+            if not p.unknown
+            else f"[yellow]unknown[/yellow] [dim]({'unlike the training photos; ' if p.unfamiliar else ''}"
+            f"best guess {p.top_k[0][0]})[/dim]"
         )
         row = [str(p.path), predicted, f"{p.probability:.1%}"]
         if top_k > 1:
