@@ -221,3 +221,73 @@ def test_a_library_error_names_the_parameter(run_dir):
         flowerfast.export_model(run_dir, format="tflite")
     assert str(caught.value) == "format must be one of auto, onnx, torchscript (got 'tflite')"
     assert caught.value.parameters == ("format",)
+
+
+# ----------------------------------------------------------------------------------------------
+# Running an exported file through the commands
+
+
+@pytest.fixture(scope="module")
+def onnx_file(run_dir, tmp_path_factory):
+    pytest.importorskip("onnxruntime", reason="the onnx extra (pip install 'flowerfast[onnx]') is not installed")
+    target = tmp_path_factory.mktemp("onnx") / "flowers.onnx"
+    flowerfast.export_model(run_dir, format="onnx", out=target)
+    return target
+
+
+def test_predict_runs_an_onnx_file_with_the_same_answers(onnx_file, cli_predictions):
+    files, preds = cli_predictions
+    result = runner.invoke(app, ["predict", str(onnx_file), *map(str, files), "--json", "--top-k", "5"])
+    assert result.exit_code == 0, result.output
+    served = json.loads(result.stdout)
+    assert [set(p) for p in served] == [set(p) for p in preds]  # the same JSON
+    classes = flowerfast.load_model(onnx_file).classes
+    assert np.allclose(expected_matrix(served, classes), expected_matrix(preds, classes), atol=1e-4)
+    model = flowerfast.load_model(onnx_file)
+    assert model.outputs == "probabilities" and model.prototypes is None
+    assert served[0]["familiarity"] is None  # the prototypes stay with the flowerfast model
+    tta = model.predict(files[:2], tta=True, top_k=5)
+    pytorch = flowerfast.load_model(cli_run(onnx_file), device="cpu")
+    want = pytorch.predict(files[:2], tta=True, top_k=5)
+    assert [dict(p.top_k) for p in tta] == [pytest.approx(dict(w.top_k), abs=1e-4) for w in want]
+
+
+def cli_run(onnx_file):
+    """The run an export came from, as its JSON records it."""
+    from pathlib import Path
+
+    return Path(json.loads((onnx_file.parent / (onnx_file.name + ".json")).read_text())["source_model"])
+
+
+def test_evaluate_and_serve_run_an_onnx_file(onnx_file, tmp_path):
+    from flowerfast.infer.photosets import validation_split
+    from flowerfast.runs.folder import RunFolder
+
+    run = cli_run(onnx_file).parent if cli_run(onnx_file).is_file() else cli_run(onnx_file)
+    root, files, labels, _ = validation_split(RunFolder(run))
+    folder = tmp_path / "valid"
+    for f, label in zip(files, labels):
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, folder / label / f.name)
+    exported = flowerfast.evaluate(onnx_file, folder)
+    original = flowerfast.evaluate(run, folder, device="cpu")
+    assert exported.confidence == pytest.approx(original.confidence, abs=1e-4)
+    assert exported.accuracy == pytest.approx(original.accuracy, abs=1 / len(files))  # a near tie may differ
+    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    from fastapi.testclient import TestClient
+
+    with TestClient(flowerfast.create_app(onnx_file)) as client:
+        response = client.post("/predict", files=[("files", (files[0].name, files[0].read_bytes(), "image/jpeg"))])
+        assert response.status_code == 200, response.text
+        assert response.json()[0]["probability"] == pytest.approx(exported.confidence[0], abs=1e-4)
+        assert client.get("/model").json()["model"] == onnx_file.name
+
+
+def test_an_onnx_file_without_its_json_is_one_line(onnx_file, tmp_path):
+    alone = tmp_path / "alone.onnx"
+    shutil.copy(onnx_file, alone)
+    result = runner.invoke(app, ["predict", str(alone), str(next((SAMPLE / "rose").glob("*.jpg")))])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        f"error: {alone}.json is missing: an exported model runs with the JSON flowerfast export writes beside it"
+    )

@@ -117,7 +117,7 @@ def test_predict_marks_unknown_answers_in_json_csv_and_the_table(lite_run, runne
     assert rows[0]["probability"] != "" and rows[1]["unknown"] == "false"
     result = invoke(runner, ["predict", lite_run, *photos, "--min-confidence", "0", "--device", "cpu"])
     assert "1 unknown at --min-confidence 0," in result.stdout
-    assert "unknown (unlike the training photos; best guess" in result.stdout
+    assert "unknown (unlike" in result.stdout  # the cell wraps at the terminal's width
 
 
 @pytest.mark.parametrize("command", ["predict", "evaluate"])

@@ -13,6 +13,7 @@ import torch
 
 from flowerfast.core.errors import FlowerfastError
 from flowerfast.export.formats import ExportFormat, choose_format
+from flowerfast.infer.exported import info_path
 from flowerfast.infer.predict import LoadedModel, as_loaded_model, check_finite, check_pickle_allowed
 
 CHECK_TOLERANCE = 1e-4
@@ -123,11 +124,6 @@ def export_model(
         fmt, data, path, preprocessing_info(model, fmt.name), (check_batch, expected) if check else None
     )
     return ExportResult(path=path, preprocessing=info_path(path), format=fmt.name, max_abs_diff=diff)
-
-
-def info_path(path: Path) -> Path:
-    """Where the preprocessing JSON of an export at ``path`` goes: ``best.onnx.json``."""
-    return path.with_name(path.name + ".json")
 
 
 def export_target(path: Path, force: bool) -> Path:

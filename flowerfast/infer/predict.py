@@ -23,6 +23,7 @@ from flowerfast.core.errors import FlowerfastError
 from flowerfast.core.selective import check_probability, is_answered
 from flowerfast.hardware.devices import autocast_dtype, resolve_device, resolve_precision
 from flowerfast.infer.batches import ImageFileDataset, collate_images, default_workers
+from flowerfast.infer.exported import is_exported_file, load_exported
 from flowerfast.infer.optimize import for_inference, inference_layout
 from flowerfast.infer.preprocessing import FlowerfastPreprocessing, Preprocessing
 from flowerfast.models.classifier import ModelSpec, load_classifier_parts
@@ -88,7 +89,9 @@ class LoadedModel:
     ``memory_format`` is the layout the batches are given in (see :func:`inference_layout`);
     ``precision`` ``fp32`` (the default: the numbers exports and served models give) or ``bf16`` /
     ``fp16`` autocast, faster where the hardware has it. ``prototypes`` are the class prototypes
-    of :mod:`flowerfast.models.familiarity`, when the model was saved with them.
+    of :mod:`flowerfast.models.familiarity`, when the model was saved with them. ``outputs`` is
+    ``logits`` for flowerfast's networks, ``probabilities`` for an exported file, whose graph
+    already applies the temperature and the softmax (:mod:`flowerfast.infer.exported`).
     """
 
     network: torch.nn.Module
@@ -99,6 +102,7 @@ class LoadedModel:
     memory_format: torch.memory_format = torch.contiguous_format
     precision: str = "fp32"
     prototypes: Optional[torch.Tensor] = None
+    outputs: str = "logits"
 
     def __post_init__(self):
         if self.preprocessing is None:
@@ -192,19 +196,26 @@ class LoadedModel:
             x = self.input_of(images)
             fam = None
             if self.prototypes is None:
-                logits = self.forward(x)
+                first = self.probabilities_from(self.forward(x))
             else:
                 feature_map, logits = self.forward_parts(x)
                 fam = familiarity(pooled_features(feature_map), self.prototypes.to(self.device)).cpu()
-            probs = torch.softmax(logits.float() / self.spec.temperature, dim=-1)
-            for view in tta_views(x)[1:] if tta else []:
-                probs = probs + torch.softmax(self.forward(view).float() / self.spec.temperature, dim=-1)
-            probs = (probs / (len(tta_views(x)) if tta else 1)).cpu()
+                first = self.probabilities_from(logits)
+            views = tta_views(x)[1:] if tta else []
+            probs = (sum((self.probabilities_from(self.forward(v)) for v in views), first) / (1 + len(views))).cpu()
         return check_finite(probs, self.source), fam
+
+    def probabilities_from(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The network's outputs to probabilities at the model's temperature (an export's are already)."""
+        if self.outputs == "probabilities":
+            return outputs.float()
+        return torch.softmax(outputs.float() / self.spec.temperature, dim=-1)
 
     def logits_of(self, images: torch.Tensor) -> torch.Tensor:
         """The network's raw outputs ``(N, n_classes)`` on the CPU (before the temperature), for
         scores other than the probability (:mod:`flowerfast.core.selective`)."""
+        if self.outputs != "logits":
+            raise FlowerfastError(f"{self.source} gives probabilities, not logits: use the model it was exported from")
         with torch.inference_mode():
             logits = self.forward(self.input_of(images)).float().cpu()
         return check_finite(logits, self.source)
@@ -326,8 +337,9 @@ def check_pickle_allowed(model_or_path, trust_pickle: bool = False) -> None:
 def load_model(
     path: Path | str, device: Optional[str | torch.device] = None, trust_pickle: bool = False, precision: str = "fp32"
 ) -> LoadedModel:
-    """Load a model for inference from a run folder, a ``.safetensors``/``.json`` model file, or
-    (only with ``trust_pickle=True``) a fastai ``learn.export()`` ``.pkl``.
+    """Load a model for inference from a run folder, a ``.safetensors``/``.json`` model file, an
+    exported ``.onnx`` file (run by ONNX Runtime on the CPU, in fp32), or (only with
+    ``trust_pickle=True``) a fastai ``learn.export()`` ``.pkl``.
 
     ``device`` is ``auto`` (the default), ``cpu``, ``cuda``, ``mps`` or a torch device;
     ``precision`` is ``fp32`` (the default), ``bf16``, ``fp16`` or ``auto`` (as in training).
@@ -336,6 +348,9 @@ def load_model(
     dev = resolve_device(device or "auto")
     precision = resolve_precision(check_precision(precision), dev)
     check_pickle_allowed(path, trust_pickle)
+    if is_exported_file(path):
+        network, spec, preprocessing = load_exported(path)
+        return LoadedModel(network, spec, torch.device("cpu"), path, preprocessing, outputs="probabilities")
     if is_pickle_file(path):
         from flowerfast.infer.fastai_export import load_fastai_export
 

@@ -1,0 +1,103 @@
+"""Running an exported model file (ONNX, through ONNX Runtime) with predict, evaluate and serve.
+
+Why: an export is what gets deployed; running it through the same commands checks it on real
+photos, with the same preprocessing, the same answers and the same JSON as the model it came
+from. The export's own JSON (``best.onnx.json``, written by :mod:`flowerfast.export`) says what
+the model is and how a photo becomes its input; its graph already divides by the temperature and
+applies the softmax, so its outputs are probabilities (:attr:`LoadedModel.outputs`).
+Exports of fastai ``learn.export()`` pickles carry fastai's own transforms, which only fastai can
+reproduce: those are refused here (predict the ``.pkl`` itself with ``trust_pickle``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from flowerfast.core.errors import FlowerfastError
+from flowerfast.infer.preprocessing import FlowerfastPreprocessing
+from flowerfast.models.classifier import ModelSpec
+
+EXPORTED_SUFFIXES = (".onnx",)
+
+
+def info_path(path: Path) -> Path:
+    """Where the JSON describing an export at ``path`` is: ``best.onnx.json``."""
+    return path.with_name(path.name + ".json")
+
+
+def is_exported_file(path: Path | str) -> bool:
+    return Path(path).suffix.lower() in EXPORTED_SUFFIXES
+
+
+class OnnxNetwork:
+    """An ONNX Runtime session with the call of a network: a float ``(N, C, H, W)`` tensor in,
+    the graph's output tensor out (on the CPU)."""
+
+    def __init__(self, path: Path):
+        import onnxruntime as ort
+
+        try:
+            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ONNX Runtime raises its own classes for a damaged or foreign file
+            raise FlowerfastError(f"cannot load the ONNX model {path}: {str(exc).splitlines()[0]}") from None
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.detach().float().cpu().contiguous().numpy()
+        (out,) = self.session.run(None, {self.input_name: batch})
+        return torch.from_numpy(out)
+
+    def eval(self) -> "OnnxNetwork":
+        return self
+
+
+def require_onnxruntime() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise FlowerfastError('running an ONNX model needs onnxruntime: pip install "flowerfast[onnx]"')
+
+
+def read_export_info(path: Path) -> dict:
+    """The export's JSON, checked to be flowerfast's description of a flowerfast model."""
+    info_file = info_path(path)
+    try:
+        info = json.loads(info_file.read_text())
+    except FileNotFoundError:
+        raise FlowerfastError(
+            f"{info_file} is missing: an exported model runs with the JSON flowerfast export writes beside it"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise FlowerfastError(f"cannot read {info_file}: {exc}") from None
+    if not isinstance(info, dict) or info.get("format") != "flowerfast-preprocessing":
+        raise FlowerfastError(f"{info_file} is not a flowerfast export description")
+    if "center_crop" not in info or "reduce" not in info:
+        raise FlowerfastError(
+            f"{path} was exported from a fastai export, whose transforms only fastai reproduces: "
+            "predict the .pkl itself with $trust_pickle=True",
+            parameters=("trust_pickle",),
+        )
+    return info
+
+
+def load_exported(path: Path) -> tuple[OnnxNetwork, ModelSpec, FlowerfastPreprocessing]:
+    """``(network, spec, preprocessing)`` of an exported ONNX file and its JSON."""
+    require_onnxruntime()
+    if not path.is_file():
+        raise FlowerfastError(f"model not found: {path}")
+    info = read_export_info(path)
+    spec = ModelSpec(
+        arch=info["arch"],
+        classes=list(info["classes"]),
+        size=int(info["size"]),
+        cut=0,
+        num_features=0,
+        mean=list(info["mean"]),
+        std=list(info["std"]),
+        temperature=float(info.get("temperature", 1.0)),
+        format="flowerfast-export",
+    )
+    return OnnxNetwork(path), spec, FlowerfastPreprocessing(spec.size, spec.mean, spec.std)
