@@ -116,7 +116,7 @@ def test_default_path_is_beside_the_model(run_dir):
 
 def test_bad_format_and_missing_model(run_dir, tmp_path):
     result = runner.invoke(app, ["export", str(run_dir), "--format", "tflite"])
-    assert result.exit_code != 0 and "'tflite' is not one of 'auto', 'onnx', 'torchscript'" in result.stderr
+    assert result.exit_code != 0 and "'tflite' is not one of 'auto', 'onnx', 'openvino', 'torchscript'" in result.stderr
     result = runner.invoke(app, ["export", str(tmp_path / "none")])
     assert result.exit_code != 0 and "model not found" in result.stderr
     result = runner.invoke(app, ["export", str(run_dir), "--out", str(tmp_path / "no" / "dir" / "m.onnx")])
@@ -219,7 +219,7 @@ def test_the_cli_offers_the_registrys_formats():
 def test_a_library_error_names_the_parameter(run_dir):
     with pytest.raises(flowerfast.FlowerfastError) as caught:
         flowerfast.export_model(run_dir, format="tflite")
-    assert str(caught.value) == "format must be one of auto, onnx, torchscript (got 'tflite')"
+    assert str(caught.value) == "format must be one of auto, onnx, openvino, torchscript (got 'tflite')"
     assert caught.value.parameters == ("format",)
 
 

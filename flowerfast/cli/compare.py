@@ -34,23 +34,12 @@ ResumeCompare = Annotated[
 ]
 CompareOut = Annotated[
     Optional[Path],
-    typer.Option(
-        "--out",
-        "-o",
-        metavar="PATH",
-        help="Comparison folder to create: one run folder per architecture plus the report. Default: runs/compare-<timestamp>.",
-        show_default=False,
+    o.out_option(
+        "Comparison folder to create: one run folder per architecture plus the report. Default: runs/compare-<timestamp>."
     ),
 ]
 ReportOut = Annotated[
-    Optional[Path],
-    typer.Option(
-        "--out",
-        "-o",
-        metavar="PATH",
-        help="Folder to create for the report. Default: runs/report-<timestamp>.",
-        show_default=False,
-    ),
+    Optional[Path], o.out_option("Folder to create for the report. Default: runs/report-<timestamp>.")
 ]
 LatencyPrecision = Annotated[
     o.PrecisionChoice,

@@ -110,16 +110,15 @@ Weights = Annotated[
         show_default=False,
     ),
 ]
-Out = Annotated[
-    Optional[Path],
-    typer.Option(
-        "--out",
-        "-o",
-        metavar="PATH",
-        help="Run folder to create. Default: runs/<arch>-<timestamp>.",
-        show_default=False,
-    ),
-]
+
+
+def out_option(help: str):
+    """``--out`` / ``-o PATH`` with no default shown: every command writes somewhere of its own
+    (a run folder, a report folder, a file), which ``help`` says."""
+    return typer.Option("--out", "-o", metavar="PATH", help=help, show_default=False)
+
+
+Out = Annotated[Optional[Path], out_option("Run folder to create. Default: runs/<arch>-<timestamp>.")]
 Device = Annotated[
     DeviceChoice, typer.Option("--device", help="Where to compute; auto: a CUDA GPU, else Apple's MPS, else the CPU.")
 ]

@@ -34,13 +34,7 @@ def evaluate(
     ] = 9,
     out: Annotated[
         Optional[Path],
-        typer.Option(
-            "--out",
-            "-o",
-            metavar="PATH",
-            help="Folder for metrics.json, predictions.csv and the PNGs. Default: runs/evaluate-<timestamp>.",
-            show_default=False,
-        ),
+        o.out_option("Folder for metrics.json, predictions.csv and the PNGs. Default: runs/evaluate-<timestamp>."),
     ] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON instead of tables.")] = False,
     bs: Bs = INFERENCE_BATCH_SIZE,

@@ -23,7 +23,11 @@ from flowerfast.runs.config import INFERENCE_BATCH_SIZE
 
 Model = Annotated[
     Path,
-    typer.Argument(help="Run folder, or a model file (.safetensors or .json).", show_default=False, metavar="MODEL"),
+    typer.Argument(
+        help="Run folder, or a model file (.safetensors or .json), or an exported .onnx or .xml (not for export).",
+        show_default=False,
+        metavar="MODEL",
+    ),
 ]
 Device = Annotated[
     o.DeviceChoice, typer.Option("--device", help="Where to compute; auto: a CUDA GPU, else Apple's MPS, else the CPU.")
@@ -231,34 +235,63 @@ def _write_heatmaps(loaded, paths: list[Path], out_dir: Path) -> None:
         err_console.print(f"  no heatmap for {path}: {reason}", markup=False, soft_wrap=True)
 
 
-@app.command(epilog="Example: flowerfast export runs/resnet18-20240101-120000/ --format onnx --out flowers.onnx")
+@app.command(
+    epilog="Examples: flowerfast export runs/resnet18-20240101-120000/ --format onnx --out flowers.onnx; "
+    "flowerfast export runs/flowers/ --int8 (OpenVINO int8, checked on the run's validation photos)"
+)
 def export(
     model: Model,
     format_: Annotated[
         FormatChoice,
         typer.Option(
             "--format",
-            help="auto: the format the suffix of --out names; else ONNX when the onnx extra is installed (pip install 'flowerfast\\[onnx]'), else TorchScript.",
+            help="auto: the format the suffix of --out names; else OpenVINO with --int8, else ONNX when the onnx extra is installed (pip install 'flowerfast\\[onnx]'), else TorchScript.",
         ),
     ] = AUTO,
     out: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--out",
-            "-o",
-            metavar="PATH",
-            help="File to write. Default: beside the model, e.g. best.onnx / best.pt.",
-            show_default=False,
-        ),
+        Optional[Path], o.out_option("File to write. Default: beside the model, e.g. best.onnx / best.pt / best.xml.")
     ] = None,
     trust_pickle: TrustPickle = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing file at --out.")] = False,
+    int8: Annotated[
+        bool,
+        typer.Option(
+            "--int8",
+            help="Quantize to int8 (OpenVINO with NNCF; pip install 'flowerfast\\[openvino]'), calibrated and checked on the run's validation photos.",
+        ),
+    ] = False,
+    max_accuracy_loss: Annotated[
+        Optional[float],
+        typer.Option(
+            "--max-accuracy-loss",
+            metavar="POINTS",
+            help="With --int8: refuse the export when it loses more than this many points of validation accuracy against fp32.",
+            show_default="1.0",
+        ),
+    ] = None,
 ) -> None:
-    """Export a trained model to ONNX or TorchScript, with a preprocessing JSON beside it."""
+    """Export a trained model to ONNX, TorchScript or OpenVINO (fp32 or int8), with a preprocessing JSON beside it."""
     with user_errors():
         from flowerfast.export.exporter import export_model
 
-        result = export_model(model, format=o.value(format_), out=out, trust_pickle=trust_pickle, force=force)
-    console.print(f"{result.format}: {result.path}", markup=False)
+        result = export_model(
+            model,
+            format=o.value(format_),
+            out=out,
+            trust_pickle=trust_pickle,
+            force=force,
+            int8=int8,
+            max_accuracy_loss=max_accuracy_loss,
+        )
+    console.print(f"{result.format}{' int8' if result.int8 else ''}: {result.path}", markup=False)
     console.print(f"preprocessing: {result.preprocessing}", markup=False)
-    console.print(f"checked against PyTorch: max abs difference {result.max_abs_diff:.2e}", markup=False)
+    if result.int8 is not None:
+        c = result.int8
+        console.print(
+            f"checked on the run's {c.images} validation photos: int8 {c.int8_accuracy:.1%} right, fp32 "
+            f"{c.fp32_accuracy:.1%} ({-c.loss_points:+.1f} points); top-1 agreement with fp32 {c.agreement:.1%}; "
+            f"calibrated on {c.calibration_images} of them",
+            markup=False,
+        )
+    else:
+        console.print(f"checked against PyTorch: max abs difference {result.max_abs_diff:.2e}", markup=False)

@@ -1,4 +1,5 @@
-"""Running an exported model file (ONNX, through ONNX Runtime) with predict, evaluate and serve.
+"""Running an exported model file (ONNX through ONNX Runtime, OpenVINO IR through OpenVINO) with
+predict, evaluate and serve.
 
 Why: an export is what gets deployed; running it through the same commands checks it on real
 photos, with the same preprocessing, the same answers and the same JSON as the model it came
@@ -12,6 +13,7 @@ reproduce: those are refused here (predict the ``.pkl`` itself with ``trust_pick
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import torch
@@ -20,7 +22,7 @@ from flowerfast.core.errors import FlowerfastError
 from flowerfast.infer.preprocessing import FlowerfastPreprocessing
 from flowerfast.models.classifier import ModelSpec
 
-EXPORTED_SUFFIXES = (".onnx",)
+EXPORTED_SUFFIXES = (".onnx", ".xml")
 
 
 def info_path(path: Path) -> Path:
@@ -54,11 +56,50 @@ class OnnxNetwork:
         return self
 
 
-def require_onnxruntime() -> None:
+class OpenVinoNetwork:
+    """An OpenVINO model compiled for the CPU with the call of a network, on torch's thread count
+    (``--threads``) and in fp32 where the file is fp32 (OpenVINO would otherwise pick bf16 on CPUs
+    that have it, and the answers would not be those the export was checked with). One inference
+    at a time: an infer request is not safe to share between threads (the server's are many)."""
+
+    def __init__(self, path: Path):
+        import openvino as ov
+
+        config = {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "INFERENCE_PRECISION_HINT": "f32"}
+        try:
+            compiled = ov.Core().compile_model(str(path), "CPU", config)
+        except Exception as exc:  # OpenVINO raises RuntimeError with several lines for a damaged file
+            raise FlowerfastError(
+                f"cannot load the OpenVINO model {path}: {str(exc).strip().splitlines()[0]}"
+            ) from None
+        self.request = compiled.create_infer_request()
+        self.lock = threading.Lock()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.detach().float().cpu().contiguous().numpy()
+        with self.lock:
+            out = self.request.infer({0: batch})[0].copy()
+        return torch.from_numpy(out)
+
+    def eval(self) -> "OpenVinoNetwork":
+        return self
+
+
+RUNTIMES = {
+    ".onnx": ("ONNX", "onnxruntime", "onnx", OnnxNetwork),
+    ".xml": ("OpenVINO", "openvino", "openvino", OpenVinoNetwork),
+}
+"""Each exported suffix: what the model is called, the module that runs it, the extra that brings
+it, and the network class."""
+
+
+def require_runtime(path: Path) -> None:
+    """A one-line error naming the extra when the runtime of ``path``'s format is missing."""
     import importlib.util
 
-    if importlib.util.find_spec("onnxruntime") is None:
-        raise FlowerfastError('running an ONNX model needs onnxruntime: pip install "flowerfast[onnx]"')
+    label, module, extra, _ = RUNTIMES[path.suffix.lower()]
+    if importlib.util.find_spec(module) is None:
+        raise FlowerfastError(f'running an {label} model needs {module}: pip install "flowerfast[{extra}]"')
 
 
 def read_export_info(path: Path) -> dict:
@@ -83,9 +124,9 @@ def read_export_info(path: Path) -> dict:
     return info
 
 
-def load_exported(path: Path) -> tuple[OnnxNetwork, ModelSpec, FlowerfastPreprocessing]:
-    """``(network, spec, preprocessing)`` of an exported ONNX file and its JSON."""
-    require_onnxruntime()
+def load_exported(path: Path) -> tuple[OnnxNetwork | OpenVinoNetwork, ModelSpec, FlowerfastPreprocessing]:
+    """``(network, spec, preprocessing)`` of an exported ONNX or OpenVINO file and its JSON."""
+    require_runtime(path)
     if not path.is_file():
         raise FlowerfastError(f"model not found: {path}")
     info = read_export_info(path)
@@ -100,4 +141,5 @@ def load_exported(path: Path) -> tuple[OnnxNetwork, ModelSpec, FlowerfastPreproc
         temperature=float(info.get("temperature", 1.0)),
         format="flowerfast-export",
     )
-    return OnnxNetwork(path), spec, FlowerfastPreprocessing(spec.size, spec.mean, spec.std)
+    network = RUNTIMES[path.suffix.lower()][3](path)
+    return network, spec, FlowerfastPreprocessing(spec.size, spec.mean, spec.std)

@@ -33,7 +33,10 @@ class ExportFormat:
     label: how a sentence names it (``ONNX``).
     suffixes: the file suffixes it is known by; the first is the default (``best.onnx``).
     write: ``write(network, example)``: the file's bytes, traced or exported on ``example``
-        (a ``float32`` batch ``(N, C, H, W)``) with a dynamic batch axis.
+        (a ``float32`` batch ``(N, C, H, W)``) with a dynamic batch axis; a format of several
+        files returns them by suffix (:meth:`files`).
+    companions: the suffixes of the files written beside the main one, under its name
+        (OpenVINO's weights: ``best.xml`` and ``best.bin``).
     run: ``run(path, batch)``: the probabilities the written file gives for ``batch`` on the
         CPU, compared with PyTorch's before the file is put in place.
     requires: the modules ``write`` and ``run`` import beyond torch; ``extra`` the flowerfast
@@ -45,8 +48,9 @@ class ExportFormat:
     name: str
     label: str
     suffixes: tuple[str, ...]
-    write: Callable[["torch.nn.Module", "torch.Tensor"], bytes]
+    write: Callable[["torch.nn.Module", "torch.Tensor"], bytes | dict[str, bytes]]
     run: Callable[[Path, "torch.Tensor"], "torch.Tensor"]
+    companions: tuple[str, ...] = ()
     requires: tuple[str, ...] = ()
     extra: Optional[str] = None
     auto_rank: Optional[int] = None
@@ -54,6 +58,18 @@ class ExportFormat:
     @property
     def suffix(self) -> str:
         return self.suffixes[0]
+
+    def files(self, data: bytes | dict[str, bytes]) -> dict[str, bytes]:
+        """What :attr:`write` returned, as the bytes of each file by suffix: ``""`` for the main
+        file (the path asked for), a companion's suffix for each companion."""
+        files = data if isinstance(data, dict) else {"": data}
+        if set(files) != {"", *self.companions}:
+            raise TypeError(f"the {self.label} format wrote {sorted(files)}, not the main file and {self.companions}")
+        return files
+
+    def paths(self, path: Path) -> dict[str, Path]:
+        """Where each file of an export at ``path`` goes, by the suffix :meth:`files` gives it."""
+        return {"": path, **{suffix: path.with_suffix(suffix) for suffix in self.companions}}
 
     def available(self) -> bool:
         """Whether the modules it needs can be imported."""
