@@ -291,3 +291,19 @@ def test_an_onnx_file_without_its_json_is_one_line(onnx_file, tmp_path):
     assert result.stderr.strip() == (
         f"error: {alone}.json is missing: an exported model runs with the JSON flowerfast export writes beside it"
     )
+
+
+def test_an_exports_batch_is_prepared_as_pytorchs():
+    """The numpy preparation of a batch for ONNX Runtime and OpenVINO (kept off torch's thread
+    pool) gives exactly torch's input: the same float32 operations in the same order."""
+    from flowerfast.infer.batches import stack_images
+    from flowerfast.infer.exported import RuntimePreprocessing
+    from flowerfast.infer.preprocessing import FlowerfastPreprocessing
+
+    paths = sorted((SAMPLE / "daisy").glob("*.jpg"))[:5]
+    ours = FlowerfastPreprocessing(128, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    runtime = RuntimePreprocessing(128, ours.mean, ours.std)
+    decoded = [ours.load(p) for p in paths]  # views of HWC arrays, as decoding gives them
+    batch = stack_images(decoded)
+    assert batch.dtype == torch.uint8 and batch.is_contiguous() and torch.equal(batch, torch.stack(decoded))
+    assert torch.equal(runtime.to_input(batch), ours.to_input(batch))

@@ -56,14 +56,14 @@ class ModelService:
     def run_batch(self, images: list) -> list:
         """The network on images of any number of requests: one ``(probabilities, familiarity)``
         each (familiarity ``None`` for a model without it)."""
-        import torch
+        from flowerfast.infer.batches import stack_images
 
         shapes: dict[tuple, list[int]] = {}
         for i, image in enumerate(images):  # flowerfast's images are all one size; a fastai export's may differ
             shapes.setdefault(tuple(image.shape), []).append(i)
         rows: list = [None] * len(images)
         for indices in shapes.values():
-            probs, fam = self.loaded.scores_of(torch.stack([images[i] for i in indices]))
+            probs, fam = self.loaded.scores_of(stack_images([images[i] for i in indices]))
             for k, i in enumerate(indices):
                 rows[i] = (probs[k], None if fam is None else fam[k])
         return rows
