@@ -22,6 +22,19 @@ def sample_files(cls: str, n: int | None = None) -> list[Path]:
     return files if n is None else files[:n]
 
 
+def validation_folder(run: Path, folder: Path) -> tuple[list[Path], list[str]]:
+    """A run's validation photos copied into ``folder`` as class folders (a labelled folder for
+    ``evaluate``); their paths in the run's data folder and their labels, in the split's order."""
+    from flowerfast.infer.photosets import validation_split
+    from flowerfast.runs.folder import RunFolder
+
+    _, files, labels, _ = validation_split(RunFolder(run))
+    for f, label in zip(files, labels):
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, folder / label / f.name)
+    return files, labels
+
+
 def make_folder(root: Path, per_class: dict[str, int]) -> Path:
     """A data folder with the first ``n`` embedded photos of each named class."""
     for cls, n in per_class.items():

@@ -202,7 +202,7 @@ def test_default_run_folders_never_collide(tmp_path):
         ("train", "--precision", "auto|fp32|bf16|fp16"),
         ("train", "--class-weights", "none|balanced"),
         ("predict", "--device", "auto|cpu|cuda|mps"),
-        ("export", "--format", "auto|onnx|torchscript"),
+        ("export", "--format", "auto|onnx|openvino|torchscript"),
         ("compare", "--device", "auto|cpu|cuda|mps"),
     ],
 )

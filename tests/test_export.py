@@ -16,6 +16,7 @@ import flowerfast
 from flowerfast.cli import app
 from flowerfast.data.folders import default_data_dir
 from flowerfast.export.formats import format_names
+from tests.conftest import validation_folder
 
 SAMPLE = default_data_dir()
 runner = CliRunner()
@@ -260,15 +261,9 @@ def cli_run(onnx_file):
 
 
 def test_evaluate_and_serve_run_an_onnx_file(onnx_file, tmp_path):
-    from flowerfast.infer.photosets import validation_split
-    from flowerfast.runs.folder import RunFolder
-
     run = cli_run(onnx_file).parent if cli_run(onnx_file).is_file() else cli_run(onnx_file)
-    root, files, labels, _ = validation_split(RunFolder(run))
     folder = tmp_path / "valid"
-    for f, label in zip(files, labels):
-        (folder / label).mkdir(parents=True, exist_ok=True)
-        shutil.copy(f, folder / label / f.name)
+    files, _ = validation_folder(run, folder)
     exported = flowerfast.evaluate(onnx_file, folder)
     original = flowerfast.evaluate(run, folder, device="cpu")
     assert exported.confidence == pytest.approx(original.confidence, abs=1e-4)

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 import flowerfast
 from flowerfast.cli import app
 from flowerfast.data.folders import default_data_dir
+from tests.conftest import validation_folder
 
 pytest.importorskip("openvino", reason="the openvino extra (pip install 'flowerfast[openvino]') is not installed")
 pytest.importorskip("nncf", reason="the openvino extra (pip install 'flowerfast[openvino]') is not installed")
@@ -55,16 +56,10 @@ def test_int8_export_reports_its_check_and_writes_int8_weights(int8_export, lite
 
 
 def test_predict_evaluate_and_serve_run_the_int8_file(int8_export, lite_run, tmp_path):
-    from flowerfast.infer.photosets import validation_split
-    from flowerfast.runs.folder import RunFolder
-
     out, _ = int8_export
     check = json.loads((out.parent / "flowers.xml.json").read_text())["int8"]
-    _, files, labels, _ = validation_split(RunFolder(lite_run))
     folder = tmp_path / "valid"
-    for f, label in zip(files, labels):
-        (folder / label).mkdir(parents=True, exist_ok=True)
-        shutil.copy(f, folder / label / f.name)
+    files, _ = validation_folder(lite_run, folder)
     result = flowerfast.evaluate(out, folder)
     assert result.n_images == 40
     assert result.accuracy == pytest.approx(check["int8_accuracy"], abs=1 / 40)  # a near tie may differ by batch

@@ -273,7 +273,8 @@ INFERENCE_MODULES = (
 
 
 def test_preprocessing_has_two_implementations_and_only_the_adapter_imports_fastai(run_dir):
-    """One interface, two implementations; fastai (seconds to import, unpickles code) reached only
+    """One interface, two implementations (flowerfast's, with its variant for exported runtimes,
+    and fastai's); fastai (seconds to import, unpickles code) reached only
     through flowerfast.infer.fastai_export, and only when a fastai export is opened."""
     import ast
 
@@ -283,10 +284,14 @@ def test_preprocessing_has_two_implementations_and_only_the_adapter_imports_fast
     def implementations(cls):
         return {c for sub in cls.__subclasses__() for c in (sub, *implementations(sub))}
 
+    from flowerfast.infer.exported import RuntimePreprocessing
+
     assert implementations(Preprocessing) == {
         FlowerfastPreprocessing,
+        RuntimePreprocessing,  # flowerfast's, its batch normalised by numpy for ONNX Runtime and OpenVINO
         flowerfast.infer.fastai_export.FastaiExportPreprocessing,
     }
+    assert RuntimePreprocessing.__bases__ == (FlowerfastPreprocessing,)
     assert isinstance(flowerfast.load_model(run_dir, device="cpu").preprocessing, FlowerfastPreprocessing)
 
     package = Path(flowerfast.__file__).parent

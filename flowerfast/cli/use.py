@@ -236,8 +236,8 @@ def _write_heatmaps(loaded, paths: list[Path], out_dir: Path) -> None:
 
 
 @app.command(
-    epilog="Examples: flowerfast export runs/resnet18-20240101-120000/ --format onnx --out flowers.onnx; "
-    "flowerfast export runs/flowers/ --int8 (OpenVINO int8, checked on the run's validation photos)"
+    epilog="Example: flowerfast export runs/resnet18-20240101-120000/ --format onnx --out flowers.onnx; "
+    "for OpenVINO int8, checked on the run's validation photos: flowerfast export runs/flowers/ --int8"
 )
 def export(
     model: Model,
