@@ -191,13 +191,12 @@ def int8_files(model: LoadedModel, wrapped: torch.nn.Module, example: torch.Tens
     than ``loss`` points on the validation photos."""
     from flowerfast.export import quantize
     from flowerfast.export.formats import openvino
-    from flowerfast.infer.exported import OpenVinoNetwork
 
     sample = quantize.calibration_sample(files)
     quantized = quantize.quantize(openvino.convert(wrapped, example), model, sample)
 
     def checker(staged: Path) -> dict:
-        found = quantize.compare_int8(model, OpenVinoNetwork(staged), files, labels, len(sample))
+        found = quantize.compare_int8(model, staged, files, labels, len(sample))
         return {"int8": quantize.refuse_if_worse(found, loss)}
 
     return openvino.serialized(quantized), checker

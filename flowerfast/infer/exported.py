@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -85,21 +86,32 @@ class OpenVinoNetwork:
         return self
 
 
+class Runtime(NamedTuple):
+    """What runs an exported file: the format's name in a sentence, the module that runs it, the
+    extra that brings it, and the network class."""
+
+    label: str
+    module: str
+    extra: str
+    network: type
+
+
 RUNTIMES = {
-    ".onnx": ("ONNX", "onnxruntime", "onnx", OnnxNetwork),
-    ".xml": ("OpenVINO", "openvino", "openvino", OpenVinoNetwork),
+    ".onnx": Runtime("ONNX", "onnxruntime", "onnx", OnnxNetwork),
+    ".xml": Runtime("OpenVINO", "openvino", "openvino", OpenVinoNetwork),
 }
-"""Each exported suffix: what the model is called, the module that runs it, the extra that brings
-it, and the network class."""
+"""The runtime of each exported suffix."""
 
 
 def require_runtime(path: Path) -> None:
     """A one-line error naming the extra when the runtime of ``path``'s format is missing."""
     import importlib.util
 
-    label, module, extra, _ = RUNTIMES[path.suffix.lower()]
-    if importlib.util.find_spec(module) is None:
-        raise FlowerfastError(f'running an {label} model needs {module}: pip install "flowerfast[{extra}]"')
+    runtime = RUNTIMES[path.suffix.lower()]
+    if importlib.util.find_spec(runtime.module) is None:
+        raise FlowerfastError(
+            f'running an {runtime.label} model needs {runtime.module}: pip install "flowerfast[{runtime.extra}]"'
+        )
 
 
 def read_export_info(path: Path) -> dict:
@@ -160,5 +172,5 @@ def load_exported(path: Path) -> tuple[OnnxNetwork | OpenVinoNetwork, ModelSpec,
         temperature=float(info.get("temperature", 1.0)),
         format="flowerfast-export",
     )
-    network = RUNTIMES[path.suffix.lower()][3](path)
+    network = RUNTIMES[path.suffix.lower()].network(path)
     return network, spec, RuntimePreprocessing(spec.size, spec.mean, spec.std)
