@@ -6,7 +6,7 @@ Each command module registers its commands on :data:`app` (``cli/app.py``); heav
 
 from __future__ import annotations
 
-from flowerfast.cli import compare, core, scoring, serve, use  # noqa: F401  (each module registers its commands)
+from flowerfast.cli import check, compare, core, scoring, serve, use  # noqa: F401  (each module registers its commands)
 from flowerfast.cli.app import app
 
 __all__ = ["app", "main"]

@@ -102,6 +102,8 @@ def compare(
     ctx: typer.Context,
     archs: Archs = None,
     data: o.Data = D.data,
+    labels: o.Labels = D.labels,
+    multi_label: o.MultiLabel = D.multi_label,
     epochs: o.Epochs = D.epochs,
     lr: o.Lr = D.lr,
     bs: o.Bs = D.bs,

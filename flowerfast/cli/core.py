@@ -19,6 +19,8 @@ from flowerfast.runs.config import LR_FIND_ITERATIONS
 def train(
     ctx: typer.Context,
     data: o.Data = D.data,
+    labels: o.Labels = D.labels,
+    multi_label: o.MultiLabel = D.multi_label,
     arch: o.Arch = D.arch,
     epochs: o.Epochs = D.epochs,
     lr: o.Lr = D.lr,
@@ -81,11 +83,19 @@ def train(
 def show_training_result(result) -> None:
     s = result.summary
     speed = f" ({s.train_images_per_second:.1f} train images/s)" if s.train_images_per_second else ""
-    console.print(
-        f"best valid accuracy {s.best_valid_accuracy:.1%} at epoch {s.best_epoch}, "
-        f"final {s.final_valid_accuracy:.1%}; {s.seconds:.0f}s{speed}",
-        markup=False,
-    )
+    if s.multi_label:
+        m = s.multi_label
+        console.print(
+            f"best valid mAP {m['mAP']:.3f} at epoch {s.best_epoch}: macro F1 {m['macro_f1']:.3f} at the thresholds "
+            f"tuned on the validation split ({m['macro_f1_at_0.5']:.3f} at 0.5); {s.seconds:.0f}s{speed}",
+            markup=False,
+        )
+    else:
+        console.print(
+            f"best valid accuracy {s.best_valid_accuracy:.1%} at epoch {s.best_epoch}, "
+            f"final {s.final_valid_accuracy:.1%}; {s.seconds:.0f}s{speed}",
+            markup=False,
+        )
     if s.stopped_early_at is not None:
         console.print(
             f"stopped early after epoch {s.stopped_early_at} of {s.planned_epochs}: validation accuracy "
@@ -99,6 +109,8 @@ def show_training_result(result) -> None:
 @app.command("lr-find", epilog="Example: flowerfast lr-find --arch resnet18 --size 128 --data photos/")
 def lr_find(
     data: o.Data = D.data,
+    labels: o.Labels = D.labels,
+    multi_label: o.MultiLabel = D.multi_label,
     arch: o.Arch = D.arch,
     bs: o.Bs = D.bs,
     size: o.Size = D.size,
@@ -126,6 +138,8 @@ def lr_find(
 
         config = TrainConfig(
             data=data,
+            labels=labels,
+            multi_label=multi_label,
             arch=arch,
             bs=bs,
             size=size,

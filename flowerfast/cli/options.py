@@ -52,6 +52,25 @@ Data = Annotated[
         show_default=False,
     ),
 ]
+Labels = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--labels",
+        metavar="FILE",
+        help="Labels from a table instead of class folders: a CSV (file and label columns, files relative to --data; "
+        "an is_valid or split column presets the split), Label Studio's JSON, JSON-MIN or CSV export, "
+        "or Roboflow's multi-label _classes.csv.",
+        show_default=False,
+    ),
+]
+MultiLabel = Annotated[
+    bool,
+    typer.Option(
+        "--multi-label",
+        help="Several labels per photo (separated by ; | , or spaces in a CSV): one sigmoid per class, "
+        "thresholds tuned per class, F1 and mAP.",
+    ),
+]
 Arch = Annotated[str, typer.Option("--arch", metavar="NAME", help="Architecture name (see `flowerfast archs`).")]
 Epochs = Annotated[
     int, typer.Option("--epochs", metavar="N", help="Epochs of full training (after any frozen epochs).")

@@ -53,7 +53,13 @@ def format_epoch(record: EpochRecord, total: int, best: bool) -> str:
         f"train_loss {record.train_loss:.4f}  train_acc(aug) {record.train_accuracy_aug:6.1%}  "
         + (f"train_acc(clean) {clean:6.1%}  " if clean is not None else "")
         + f"valid_loss {record.valid_loss:.4f}  valid_acc {record.valid_accuracy:6.1%}  "
-        f"lr {record.lr:.2e}  {record.seconds:5.1f}s" + ("  *best" if best else "")
+        + (
+            f"valid_f1 {record.valid_f1:.3f}  valid_mAP {record.valid_map:.3f}  "
+            if record.valid_map is not None
+            else ""
+        )
+        + f"lr {record.lr:.2e}  {record.seconds:5.1f}s"
+        + ("  *best" if best else "")
     )
 
 
@@ -138,6 +144,7 @@ class LineReporter(Reporter):
         "grad-cam": ("batches", 8),
         "lr-find": ("batches", 8),
         "scan": ("images", 1000),
+        "hash": ("images", 1000),
     }
     """Loops that log a line at each quarter in logs (unit, smallest total worth it); an epoch's
     loops have their own line, and the clean-train pass is short (a bar only)."""

@@ -52,6 +52,7 @@ def evaluate(
         ),
     ] = DEFAULT_TARGET_ACCURACY,
     tta: Tta = False,
+    labels: o.Labels = None,
     cam: Annotated[
         bool,
         typer.Option("--cam", help="Draw Grad-CAM heatmaps (where it looked) on mistakes.png (needs the cam extra)."),
@@ -78,7 +79,11 @@ def evaluate(
             target_accuracy=target_accuracy,
             tta=tta,
             cam=cam,
+            labels=labels,
         )
+        if getattr(result, "multi_label", False):
+            _finish_multi_label(result, out_dir, json_)
+            return
         files = save_report(result, out_dir)
     if json_:
         typer.echo(json.dumps({**result.to_dict(), "out": str(files.out_dir)}, indent=2))
@@ -97,6 +102,40 @@ def evaluate(
         + (", mistakes.png)" if files.mistakes else ")"),
         markup=False,
     )
+
+
+def _finish_multi_label(result, out_dir: Path, json_: bool) -> None:
+    """A multi-label evaluation's report files, then its JSON or its table."""
+    from flowerfast.infer.multilabel_eval import save_multi_label_report
+
+    out = save_multi_label_report(result, out_dir)
+    if json_:
+        typer.echo(json.dumps({**result.to_dict(), "out": str(out)}, indent=2))
+        return
+    s = result.scores
+    table = Table(title=f"{len(result.files)} photos ({result.source}), multi-label, at the model's thresholds")
+    for name in ("class", "threshold", "F1", "precision", "recall", "AP", "photos"):
+        table.add_column(name, justify="left" if name == "class" else "right")
+    for c, t, f, p, r, a, n in zip(
+        s.classes, s.thresholds, s.f1, s.precision, s.recall, s.average_precision, s.support
+    ):
+        table.add_row(
+            c,
+            f"{t:.3f}",
+            "-" if f is None else f"{f:.3f}",
+            f"{p:.3f}",
+            f"{r:.3f}",
+            "-" if a is None else f"{a:.3f}",
+            str(n),
+        )
+    console.print(table)
+    mean_ap = "-" if s.mean_average_precision is None else f"{s.mean_average_precision:.3f}"
+    console.print(
+        f"macro F1 {s.macro_f1:.3f} ({result.macro_f1_at_half:.3f} at 0.5); mAP {mean_ap}; "
+        f"every label right on {s.exact_match:.1%} of the photos; {s.label_accuracy:.1%} of the labels right",
+        markup=False,
+    )
+    console.print(f"report: {out}  (metrics.json, predictions.csv)", markup=False)
 
 
 def _selective_lines(result) -> list[str]:

@@ -157,7 +157,8 @@ def predict(
     with user_errors():
         from flowerfast.core.errors import FlowerfastError
         from flowerfast.data.imagefiles import collect_image_paths
-        from flowerfast.infer.predict import check_min_confidence, check_top_k, load_model
+        from flowerfast.infer.answers import check_min_confidence, check_top_k
+        from flowerfast.infer.predict import load_model
 
         check_min_confidence(min_confidence)
         if cam is not None:

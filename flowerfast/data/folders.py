@@ -40,7 +40,9 @@ class ImageFolder:
     """The result of scanning a data folder: classes, readable images and skipped files.
 
     ``preset_split`` holds each file's ``is_valid`` when the folder has train/ and valid/ (or val/)
-    subfolders; otherwise it is ``None`` and the split is made at random.
+    subfolders; otherwise it is ``None`` and the split is made at random. With ``multi_label``
+    (labels read from a table, :mod:`flowerfast.data.labelfiles`) a label is the photo's classes
+    joined by ``;`` (:func:`flowerfast.runs.folder.label_set` splits it), possibly none.
     """
 
     root: Path
@@ -49,6 +51,7 @@ class ImageFolder:
     labels: list[str]
     skipped: list[SkippedFile] = field(default_factory=list)
     preset_split: Optional[list[bool]] = None
+    multi_label: bool = False
 
 
 def _class_folders(parent: Path) -> list[Path]:

@@ -12,13 +12,15 @@ from typing import Optional, Sequence
 
 from flowerfast.core.errors import FlowerfastError
 from flowerfast.core.progress import Reporter
-from flowerfast.data.folders import SkippedFile, default_data_dir, natural_size, scan_image_folder
+from flowerfast.data.folders import SkippedFile, default_data_dir, natural_size
 from flowerfast.data.imagecache import ImageCache, decode, load_size
 from flowerfast.data.imagefiles import describe_error
+from flowerfast.data.labelfiles import scan_data
 from flowerfast.data.split import rows_from_split_file, split_rows
 from flowerfast.models.archs import IMAGENET_MEAN, IMAGENET_STD
 from flowerfast.runs.config import DEFAULTS, MIN_SCALE_SCRATCH
 from flowerfast.runs.folder import SplitRow
+from flowerfast.runs.records import label_set
 
 
 @dataclass
@@ -39,6 +41,7 @@ class FlowerData:
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     size: int = 224
     min_scale: float = MIN_SCALE_SCRATCH
+    multi_label: bool = False
 
     @property
     def n_train(self) -> int:
@@ -135,6 +138,11 @@ def augmentation_description(size: int, min_scale: float = MIN_SCALE_SCRATCH) ->
     )
 
 
+def classes_of(label):  # no annotations: fastai's transforms cast to them, and list[str] cannot be
+    """A multi-label item's classes from its label (fastai's ``MultiCategoryBlock`` takes a list)."""
+    return label_set(label)
+
+
 def build_dataloaders(
     rows: Sequence[SplitRow],
     classes: Sequence[str],
@@ -148,15 +156,17 @@ def build_dataloaders(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     min_scale: float = MIN_SCALE_SCRATCH,
+    multi_label: bool = False,
 ):
     """fastai DataBlock over the split rows: one DataLoaders with train and valid, normalised
-    with ``mean`` and ``std`` (those of the network's pretrained weights).
+    with ``mean`` and ``std`` (those of the network's pretrained weights). ``multi_label``: the
+    targets are fastai's ``MultiCategoryBlock`` (one 0/1 per class), else a ``CategoryBlock``.
 
     Photos are decoded and reduced through the image cache in ``cache_dir`` (``None``: no cache,
     decoded every time; the pixels are the same either way). ``loader`` gives the
     :class:`ImageLoader` to use instead (``cache_dir`` is then ignored).
     """
-    from fastai.data.block import CategoryBlock, DataBlock
+    from fastai.data.block import CategoryBlock, DataBlock, MultiCategoryBlock
     from fastai.data.core import Pipeline
     from fastai.data.transforms import IndexSplitter, ItemGetter
     from fastai.torch_core import set_seed
@@ -166,9 +176,9 @@ def build_dataloaders(
     items = [(str(r.file), r.label) for r in rows]
     valid_idx = [i for i, r in enumerate(rows) if r.is_valid]
     block = DataBlock(
-        blocks=(ImageBlock, CategoryBlock(vocab=list(classes))),
+        blocks=(ImageBlock, (MultiCategoryBlock if multi_label else CategoryBlock)(vocab=list(classes))),
         get_x=Pipeline([ItemGetter(0), loader if loader is not None else ImageLoader(size, cache_dir)]),
-        get_y=ItemGetter(1),
+        get_y=Pipeline([ItemGetter(1), classes_of]) if multi_label else ItemGetter(1),
         splitter=IndexSplitter(valid_idx),
         item_tfms=item_tfms,
         batch_tfms=batch_tfms,
@@ -193,6 +203,8 @@ def training_batch_size(rows: Sequence[SplitRow], bs: int, shards: int = 1) -> i
 
 def load_data(
     data: Optional[Path | str] = None,
+    labels: Optional[Path | str] = None,
+    multi_label: bool = False,
     size: Optional[int] = DEFAULTS.size,
     bs: int = DEFAULTS.bs,
     valid_pct: float = DEFAULTS.valid_pct,
@@ -210,6 +222,8 @@ def load_data(
     min_scale: float = MIN_SCALE_SCRATCH,
 ) -> FlowerData:
     """Scan a data folder, split it and build DataLoaders. ``data=None`` uses the embedded sample.
+    ``labels``: a label file naming the photos under ``data`` (:func:`flowerfast.data.labelfiles.scan_data`);
+    ``multi_label``: photos with several labels (or none).
 
     ``split_file`` reuses an earlier run's ``split.csv`` instead of splitting anew; otherwise the
     split is stratified by class unless ``stratify`` is false (see :func:`split_rows`). ``cache_dir``
@@ -223,7 +237,7 @@ def load_data(
     (:func:`natural_size`); the result's ``size`` says which.
     """
     root = Path(os.path.abspath(Path(data).expanduser())) if data is not None else default_data_dir()
-    folder = scan_image_folder(root, reporter=reporter)
+    folder = scan_data(root, labels=labels, multi_label=multi_label, reporter=reporter)
     if check_folder is not None:
         check_folder(folder)
     if split_file is not None:
@@ -246,6 +260,7 @@ def load_data(
         mean=mean,
         std=std,
         min_scale=min_scale,
+        multi_label=folder.multi_label,
     )
     return FlowerData(
         dls=dls,
@@ -262,4 +277,5 @@ def load_data(
         std=list(std),
         size=size,
         min_scale=min_scale,
+        multi_label=folder.multi_label,
     )

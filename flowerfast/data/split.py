@@ -11,6 +11,7 @@ from flowerfast.core.errors import FlowerfastError
 from flowerfast.data.folders import ImageFolder
 from flowerfast.runs.config import DEFAULTS
 from flowerfast.runs.folder import SplitRow, read_split_csv
+from flowerfast.runs.records import label_set
 
 
 def split_rows(
@@ -26,7 +27,8 @@ def split_rows(
         is_valid = folder.preset_split
     else:
         if stratify:
-            valid_set = stratified_valid_indices(folder.labels, valid_pct, seed)
+            strata = rarest_labels(folder.labels) if folder.multi_label else folder.labels
+            valid_set = stratified_valid_indices(strata, valid_pct, seed)
         else:
             from fastai.data.transforms import RandomSplitter
 
@@ -39,6 +41,17 @@ def split_rows(
     if all(r.is_valid for r in rows):
         raise FlowerfastError("the training set is empty: add images or lower $valid_pct", parameters=("valid_pct",))
     return rows
+
+
+def rarest_labels(labels: Sequence[str]) -> list[str]:
+    """Each multi-label photo's rarest class (by photos over the whole set; ``""`` for none), the
+    stratum its split is drawn in: stratified by whole label sets, a combination only one photo has
+    would always land in training, and a rare class could miss validation altogether."""
+    from collections import Counter
+
+    sets = [label_set(label) for label in labels]
+    freq = Counter(c for s in sets for c in s)
+    return [min(s, key=lambda c: (freq[c], c)) if s else "" for s in sets]
 
 
 def stratified_valid_indices(labels: Sequence[str], valid_pct: float, seed: int) -> set[int]:
@@ -74,7 +87,8 @@ def rows_from_split_file(folder: ImageFolder, split_file: Path) -> list[SplitRow
             f"{len(missing)} file(s) of {split_file} are not readable images of {folder.root} "
             f"(e.g. {missing[0]}): the split does not belong to this data folder"
         )
-    unknown = sorted({r.label for r in rows} - set(folder.classes))
+    named = {c for r in rows for c in label_set(r.label)} if folder.multi_label else {r.label for r in rows}
+    unknown = sorted(named - set(folder.classes))
     if unknown:
         raise FlowerfastError(f"{split_file} names classes that {folder.root} lacks: {', '.join(unknown)}")
     return rows
@@ -88,12 +102,12 @@ class ThinClassWarning(UserWarning):
     """A class has no training image, too few to learn it, or far fewer than another class."""
 
 
-def thin_class_warnings(rows: Iterable[SplitRow], classes: Iterable[str]) -> list[str]:
+def thin_class_warnings(rows: Iterable[SplitRow], classes: Iterable[str], multi_label: bool = False) -> list[str]:
     """One sentence per class the model can hardly learn: none, or fewer than a handful, of its
     images on the training side of the split (a small class can land wholly in validation); and
     one when the largest class has over ten times the training images of the smallest, where
     plain training learns to favour the large class."""
-    counts = class_counts(rows)
+    counts = class_counts(rows, multi_label)
     notes = []
     train = {c: counts.get(c, {}).get("train", 0) for c in classes}
     for c, n in train.items():
@@ -115,19 +129,28 @@ def thin_class_warnings(rows: Iterable[SplitRow], classes: Iterable[str]) -> lis
     return notes
 
 
-def balanced_class_weights(rows: Iterable[SplitRow], classes: Sequence[str]) -> list[float]:
+def balanced_class_weights(rows: Iterable[SplitRow], classes: Sequence[str], multi_label: bool = False) -> list[float]:
     """scikit-learn's "balanced" weights, ``n_train / (n_classes * n_train_of_class)``: each class
-    weighs as much in the loss as if the classes were the same size."""
-    counts = class_counts(rows)
+    weighs as much in the loss as if the classes were the same size.
+
+    Multi-label, each class is its own yes-or-no question, so its weight is the ``pos_weight`` of
+    PyTorch's ``BCEWithLogitsLoss``: the training photos without the class over those with it."""
+    rows = list(rows)
+    counts = class_counts(rows, multi_label)
     train = [counts.get(c, {}).get("train", 0) for c in classes]
+    if multi_label:
+        total = sum(not r.is_valid for r in rows)
+        return [(total - n) / n if n else 0.0 for n in train]
     total, k = sum(train), len(classes)
     return [total / (k * n) if n else 0.0 for n in train]
 
 
-def class_counts(rows: Iterable[SplitRow]) -> dict[str, dict[str, int]]:
-    """Images per class on each side of the split, for summaries."""
+def class_counts(rows: Iterable[SplitRow], multi_label: bool = False) -> dict[str, dict[str, int]]:
+    """Images per class on each side of the split, for summaries (multi-label: a photo counts for
+    each of its classes)."""
     counts: dict[str, dict[str, int]] = {}
     for r in rows:
         side = "valid" if r.is_valid else "train"
-        counts.setdefault(r.label, {"train": 0, "valid": 0})[side] += 1
+        for label in label_set(r.label) if multi_label else [r.label]:
+            counts.setdefault(label, {"train": 0, "valid": 0})[side] += 1
     return counts

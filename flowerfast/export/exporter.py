@@ -38,14 +38,18 @@ class ExportResult:
 
 class WithSoftmax(torch.nn.Module):
     """The classifier plus its calibration and softmax, so exported outputs are the probabilities
-    ``predict`` gives (the logits divided by the model's temperature inside the graph)."""
+    ``predict`` gives (the logits divided by the model's temperature inside the graph); for a
+    multi-label model a sigmoid per class instead, its thresholds in the JSON beside it."""
 
-    def __init__(self, network: torch.nn.Module, temperature: float = 1.0):
+    def __init__(self, network: torch.nn.Module, temperature: float = 1.0, multi_label: bool = False):
         super().__init__()
         self.network = network
         self.temperature = float(temperature)
+        self.multi_label = multi_label
 
     def forward(self, x):
+        if self.multi_label:
+            return torch.sigmoid(self.network(x))
         return torch.softmax(self.network(x) / self.temperature, dim=-1)
 
 
@@ -74,9 +78,12 @@ def preprocessing_info(model: LoadedModel, fmt: str) -> dict:
         "output": {
             "name": "probabilities",
             "shape": ["batch", len(spec.classes)],
-            "meaning": "softmax over classes of the logits divided by the temperature (in the graph)",
+            "meaning": "a sigmoid per class: the photo has each class whose probability reaches its threshold"
+            if spec.multi_label
+            else "softmax over classes of the logits divided by the temperature (in the graph)",
         },
         "temperature": spec.temperature,
+        **({"multi_label": True, "thresholds": spec.class_thresholds()} if spec.multi_label else {}),
         "steps": steps,
         "source_model": str(model.source),
         "arch": spec.arch,
@@ -129,10 +136,15 @@ def export_model(
     model = as_loaded_model(model_or_path, device="cpu", trust_pickle=trust_pickle)
     if model.device.type != "cpu":
         model = as_loaded_model(model.source, device="cpu", trust_pickle=True)  # already opened by the caller
+    if int8 and model.spec.multi_label:
+        raise FlowerfastError(
+            "$int8 checks top-1 accuracy against fp32, which a multi-label model does not have: export it in fp32",
+            parameters=("int8",),
+        )
     path = export_target(Path(out).expanduser() if out is not None else default_export_path(model, fmt), fmt, force)
     # A plain-layout copy: the exported weights should not depend on the layout used for speed here.
     network = copy.deepcopy(model.network).to(memory_format=torch.contiguous_format)
-    wrapped = WithSoftmax(network, model.spec.temperature).eval()
+    wrapped = WithSoftmax(network, model.spec.temperature, model.spec.multi_label).eval()
     shape = (model.preprocessing.channels, model.spec.size, model.spec.size)  # channels, height, width
     example = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
     info = preprocessing_info(model, fmt.name)

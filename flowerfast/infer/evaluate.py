@@ -30,8 +30,9 @@ from flowerfast.core.selective import (
 )
 from flowerfast.core.stats import confusion_counts
 from flowerfast.data.folders import SkippedFile
+from flowerfast.infer.answers import check_min_confidence
 from flowerfast.infer.photosets import images_to_score, run_of, warn_of_training_overlap
-from flowerfast.infer.predict import LoadedModel, as_loaded_model, check_min_confidence
+from flowerfast.infer.predict import LoadedModel, as_loaded_model
 from flowerfast.runs.config import DEFAULT_TARGET_ACCURACY, INFERENCE_BATCH_SIZE
 from flowerfast.runs.folder import relative_path
 
@@ -170,14 +171,19 @@ def evaluate(
     target_accuracy: float = DEFAULT_TARGET_ACCURACY,
     tta: bool = False,
     cam: bool = False,
-) -> EvaluationResult:
-    """Predict every image of a labelled folder and score the predictions.
+    labels: Optional[Path | str] = None,
+):
+    """Predict every image of a labelled folder and score the predictions: an
+    :class:`EvaluationResult`, or for a multi-label model a
+    :class:`~flowerfast.infer.multilabel_eval.MultiLabelEvaluation` (F1 and mAP at its thresholds).
 
     Without ``data_dir``, a run's model is scored on the run's own validation split (the images
     it never trained on). Given a folder, images the run trained on (same path, or same content
     under another name) are counted in ``trained_on`` and warned about: they make the accuracy
     optimistic. Class folders the model does not know are an error (their images could never be
     right); classes the model knows but the folder lacks are fine (they simply have no support).
+    ``labels`` names the folder's photos and their labels in a table
+    (:func:`flowerfast.data.labelfiles.scan_data`) instead of class folders.
 
     ``min_confidence`` adds the coverage and accuracy of answering only at that confidence;
     ``target_accuracy`` names the lowest minimum confidence that reaches it on these photos;
@@ -193,10 +199,10 @@ def evaluate(
 
         require_cam_extra()
     run = run_of(model_or_path)
-    root, all_files, all_labels, scan_skipped, source = images_to_score(run, data_dir)
     model: LoadedModel = as_loaded_model(model_or_path, device=device, trust_pickle=trust_pickle, precision=precision)
+    root, all_files, all_labels, scan_skipped, source = images_to_score(run, data_dir, labels, model.spec.multi_label)
     unknown = sorted(set(all_labels) - set(model.classes))
-    if unknown:
+    if unknown and not model.spec.multi_label:
         raise FlowerfastError(
             f"{root} has class folder(s) the model does not know: {', '.join(unknown)} "
             f"(model classes: {', '.join(model.classes)})"
@@ -209,6 +215,12 @@ def evaluate(
     labels = [all_labels[i] for i in keep]
     if not files:
         raise FlowerfastError(f"no readable images in {root}")
+    if model.spec.multi_label:
+        from flowerfast.infer.multilabel_eval import score_multi_label_photos
+
+        result = score_multi_label_photos(model.classes, model.thresholds, files, labels, probs.numpy(), root)
+        result.data_dir, result.skipped, result.source, result.trained_on = root, skipped, source, trained_on
+        return result
     result = scored(model.classes, files, labels, probs, mistakes)
     result.data_dir, result.skipped, result.source, result.trained_on = root, skipped, source, trained_on
     result.calibration, result.reliability = calibration_of(model, probs.numpy(), labels)

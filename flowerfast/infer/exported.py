@@ -170,6 +170,8 @@ def load_exported(path: Path) -> tuple[OnnxNetwork | OpenVinoNetwork, ModelSpec,
         mean=list(info["mean"]),
         std=list(info["std"]),
         temperature=float(info.get("temperature", 1.0)),
+        multi_label=bool(info.get("multi_label", False)),
+        thresholds=[float(t) for t in info.get("thresholds", [])],
         format="flowerfast-export",
     )
     network = RUNTIMES[path.suffix.lower()].network(path)

@@ -86,9 +86,11 @@ def training_overlap(run: RunFolder, files: Sequence[Path]) -> int:
     return count
 
 
-def images_to_score(run: Optional[RunFolder], data_dir: Optional[Path | str]):
-    """``(root, files, labels, skipped, source)``: the labelled folder's images, or without one
-    the run's own validation split."""
+def images_to_score(
+    run: Optional[RunFolder], data_dir: Optional[Path | str], labels: Optional[Path | str] = None, multi_label=False
+):
+    """``(root, files, labels, skipped, source)``: the labelled folder's images (labelled by its
+    class folders or by the ``labels`` table), or without one the run's own validation split."""
     if data_dir is None:
         if run is None:
             raise FlowerfastError(
@@ -97,7 +99,12 @@ def images_to_score(run: Optional[RunFolder], data_dir: Optional[Path | str]):
             )
         root, files, labels, skipped = validation_split(run)
         return root, files, labels, skipped, f"validation split of {run.path}"
-    folder = scan_image_folder(data_dir)
+    if labels is not None or multi_label:
+        from flowerfast.data.labelfiles import scan_data
+
+        folder = scan_data(data_dir, labels=labels, multi_label=multi_label)
+    else:
+        folder = scan_image_folder(data_dir)
     return folder.root, folder.files, folder.labels, folder.skipped, "folder"
 
 

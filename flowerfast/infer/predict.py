@@ -13,15 +13,15 @@ unpickling runs code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 
 from flowerfast.core.errors import FlowerfastError
-from flowerfast.core.selective import check_probability, is_answered
 from flowerfast.hardware.devices import autocast_dtype, resolve_device, resolve_precision
+from flowerfast.infer.answers import Prediction, check_min_confidence, check_top_k, predictions_from
 from flowerfast.infer.batches import ImageFileDataset, collate_images, default_workers
 from flowerfast.infer.exported import is_exported_file, load_exported
 from flowerfast.infer.optimize import for_inference, inference_layout
@@ -30,55 +30,6 @@ from flowerfast.models.classifier import ModelSpec, load_classifier_parts
 from flowerfast.runs.config import INFERENCE_BATCH_SIZE, PRECISIONS
 
 PICKLE_SUFFIXES = (".pkl", ".pth", ".pt", ".pickle")
-
-
-# ----------------------------------------------------------------------------------------------
-# Predictions
-
-
-@dataclass
-class Prediction:
-    """The model's answer for one file: ``predicted`` is the class it chose (flowerfast says
-    ``label`` only for a true class), ``top_k`` the most likely classes with their probabilities.
-    ``familiarity`` is how much the photo looks like the training photos
-    (:mod:`flowerfast.models.familiarity`; ``None`` for a model without it), ``unfamiliar`` when
-    below the model's threshold: likely not one of its classes at all. ``unknown`` when a minimum
-    confidence was asked for and the top probability is below it or the photo is unfamiliar:
-    then ``predicted`` is ``None`` and ``probability`` and ``top_k`` still say what the best guess
-    was. ``error`` is set (and the rest empty) for unreadable files."""
-
-    path: Path
-    predicted: Optional[str] = None
-    probability: Optional[float] = None
-    top_k: list[tuple[str, float]] = field(default_factory=list)
-    error: Optional[str] = None
-    unknown: bool = False
-    familiarity: Optional[float] = None
-    unfamiliar: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    def to_dict(self) -> dict:
-        return {
-            "path": str(self.path),
-            "predicted": self.predicted,
-            "unknown": self.unknown,
-            "unfamiliar": self.unfamiliar,
-            "familiarity": self.familiarity,
-            "probability": self.probability,
-            "top_k": [{"class": name, "probability": p} for name, p in self.top_k],
-            "error": self.error,
-        }
-
-
-def check_top_k(top_k: int, n_classes: int) -> int:
-    if top_k < 1 or top_k > n_classes:
-        raise FlowerfastError(
-            f"$top_k must be between 1 and {n_classes} (the model's classes), not {top_k}", parameters=("top_k",)
-        )
-    return top_k
 
 
 @dataclass
@@ -111,6 +62,11 @@ class LoadedModel:
     @property
     def classes(self) -> list[str]:
         return list(self.spec.classes)
+
+    @property
+    def thresholds(self) -> Optional[list[float]]:
+        """A multi-label model's threshold per class (``None``: a single-label model)."""
+        return self.spec.class_thresholds() if self.spec.multi_label else None
 
     @property
     def familiar_threshold(self) -> Optional[float]:
@@ -209,6 +165,8 @@ class LoadedModel:
         """The network's outputs to probabilities at the model's temperature (an export's are already)."""
         if self.outputs == "probabilities":
             return outputs.float()
+        if self.spec.multi_label:  # one yes-or-no per class
+            return torch.sigmoid(outputs.float())
         return torch.softmax(outputs.float() / self.spec.temperature, dim=-1)
 
     def logits_of(self, images: torch.Tensor) -> torch.Tensor:
@@ -263,48 +221,9 @@ class LoadedModel:
         check_top_k(top_k, self.spec.n_classes)
         check_min_confidence(min_confidence)
         paths, probs, fam, errors = self.scores(paths, bs=bs, workers=workers, reporter=reporter, tta=tta)
-        return predictions_from(paths, probs, errors, self.classes, top_k, min_confidence, fam, self.familiar_threshold)
-
-
-def check_min_confidence(min_confidence: Optional[float]) -> Optional[float]:
-    return None if min_confidence is None else check_probability(min_confidence, "min_confidence")
-
-
-def predictions_from(
-    paths: Sequence[Path],
-    probs: torch.Tensor,
-    errors: dict[int, str],
-    classes: Sequence[str],
-    top_k: int,
-    min_confidence: Optional[float] = None,
-    familiarity: Optional[torch.Tensor] = None,
-    familiar_threshold: Optional[float] = None,
-) -> list[Prediction]:
-    """:class:`Prediction` of each path from the rows of ``probs`` (and ``familiarity``), one
-    per readable path in order; the paths in ``errors`` carry their reason."""
-    values, indices = probs.topk(min(top_k, len(classes)), dim=1) if len(probs) else (probs, probs.long())
-    out, row = [], 0
-    for i, path in enumerate(paths):
-        if i in errors:
-            out.append(Prediction(path=path, error=errors[i]))
-            continue
-        top = [(classes[int(j)], float(v)) for v, j in zip(values[row], indices[row])]
-        fam = float(familiarity[row]) if familiarity is not None else None
-        unfamiliar = fam is not None and familiar_threshold is not None and fam < familiar_threshold
-        answered = is_answered(top[0][1], min_confidence, unfamiliar)
-        out.append(
-            Prediction(
-                path=path,
-                predicted=top[0][0] if answered else None,
-                probability=top[0][1],
-                top_k=top,
-                unknown=not answered,
-                familiarity=fam,
-                unfamiliar=unfamiliar,
-            )
+        return predictions_from(
+            paths, probs, errors, self.classes, top_k, min_confidence, fam, self.familiar_threshold, self.thresholds
         )
-        row += 1
-    return out
 
 
 # ----------------------------------------------------------------------------------------------

@@ -93,6 +93,8 @@ class ModelSpec:
     source: str = "torchvision"  # the library that builds ``arch``: "torchvision" or "timm"
     temperature: float = 1.0  # the logits are divided by it before the softmax (calibration; 1: none)
     familiarity: dict = field(default_factory=dict)  # models.familiarity.Familiarity's fields; {}: none fitted
+    multi_label: bool = False  # one sigmoid per class (each photo any number of classes), not a softmax
+    thresholds: list = field(default_factory=list)  # multi-label: each class's probability to answer it
     format: str = "flowerfast-model"
     format_version: int = FORMAT_VERSION
     versions: dict = field(default_factory=dict)
@@ -101,6 +103,10 @@ class ModelSpec:
     @property
     def n_classes(self) -> int:
         return len(self.classes)
+
+    def class_thresholds(self) -> list[float]:
+        """Each class's threshold of a multi-label model: as tuned on its validation split, else 0.5."""
+        return [float(t) for t in self.thresholds] if self.thresholds else [0.5] * self.n_classes
 
     @property
     def arch_ref(self) -> ArchRef:
@@ -308,6 +314,8 @@ DESCRIBING_FIELDS = (
     "std",
     "temperature",
     "familiarity",
+    "multi_label",
+    "thresholds",
 )
 """What a model description says about the network and its answers (not versions or extras)."""
 

@@ -79,6 +79,12 @@ def compare(
     from flowerfast.training.trackers import check_trackers
 
     check_trackers(base.trackers)  # an unknown tracker or a missing extra, before the comparison's folder
+    if base.multi_label:
+        raise FlowerfastError(
+            "a comparison's accuracy and paired test need one label per photo: train multi-label runs one by one "
+            "(flowerfast train $multi_label) and score them with flowerfast evaluate",
+            parameters=("multi_label",),
+        )
     if base.weights is not None:
         raise FlowerfastError(
             "$weights holds one backbone's state dict and cannot serve several architectures", parameters=("weights",)

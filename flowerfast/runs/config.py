@@ -32,7 +32,7 @@ INFERENCE_BATCH_SIZE = 64
 GPU or the CPU's cores busy, small enough for a CPU's memory at 224 px."""
 DEFAULT_TARGET_ACCURACY = 0.95
 """The accuracy on the answered photos that evaluate's suggested minimum confidence aims for."""
-PATH_OPTIONS = ("data", "weights", "out", "split_file", "cache_dir")
+PATH_OPTIONS = ("data", "labels", "weights", "out", "split_file", "cache_dir")
 
 
 @dataclass
@@ -40,6 +40,10 @@ class TrainConfig:
     """Every option of a run. ``None`` means "resolve a sensible default at run time".
 
     data: folder of class folders; ``None`` is the embedded sample set.
+    labels: a label file naming photos under ``data`` instead of class folders: a CSV of file and
+        label columns, or Label Studio's or Roboflow's export (:mod:`flowerfast.data.labelfiles`).
+    multi_label: each photo may carry several labels (or none): sigmoid outputs, one threshold
+        per class tuned on the validation split, F1 and mAP (fastai's ``MultiCategoryBlock``).
     size: the side of the square images the network sees; ``None``: the photos' own, between 64
         and 224 pixels (:func:`flowerfast.data.folders.natural_size`: 224 for most photos, 128 for the
         embedded sample), so small photos are not upscaled at the cost of three times the compute.
@@ -83,6 +87,8 @@ class TrainConfig:
     """
 
     data: Optional[Path] = None
+    labels: Optional[Path] = None
+    multi_label: bool = False
     arch: str = "tf_efficientnet_lite0"
     epochs: int = 10
     lr: Union[float, str, None] = None
@@ -171,6 +177,8 @@ class TrainConfig:
 
     def check_files(self) -> None:
         """The files the options name exist (and a weights file is not asked for from scratch)."""
+        if self.labels is not None and not Path(self.labels).is_file():
+            raise FlowerfastError(f"labels file not found: {self.labels}")
         if self.split_file is not None and not Path(self.split_file).is_file():
             raise FlowerfastError(f"split file not found: {self.split_file}")
         if self.weights is not None:

@@ -59,6 +59,11 @@ def load_run(run_dir: Path | str, name: Optional[str] = None) -> RunRecord:
         raise FlowerfastError(f"cannot read run folder {folder.path}: {type(exc).__name__}: {exc}") from None
     if not history:
         raise FlowerfastError(f"{folder.file(HISTORY)} has no epochs")
+    if summary.multi_label:
+        raise FlowerfastError(
+            f"{folder.path} is a multi-label run: a comparison's accuracy and paired test need one label per photo; "
+            f"score multi-label runs with flowerfast evaluate (F1 and mAP)"
+        )
     return RunRecord(
         name=name or str(summary.arch),
         folder=folder,

@@ -80,7 +80,7 @@ class ModelService:
         ``min_confidence`` (default: the server's) an answer is unknown."""
         import torch
 
-        from flowerfast.infer.predict import predictions_from
+        from flowerfast.infer.answers import predictions_from
 
         loop = asyncio.get_running_loop()
         decoded = await asyncio.gather(
@@ -97,7 +97,15 @@ class ModelService:
         probs = torch.stack([p for p, _ in rows])
         fam = None if rows[0][1] is None else torch.stack([f for _, f in rows])
         predictions = predictions_from(
-            names, probs, errors, self.loaded.classes, top_k, threshold, fam, self.loaded.familiar_threshold
+            names,
+            probs,
+            errors,
+            self.loaded.classes,
+            top_k,
+            threshold,
+            fam,
+            self.loaded.familiar_threshold,
+            self.loaded.thresholds,
         )
         return [p.to_dict() for p in predictions]
 

@@ -103,9 +103,12 @@ function showPrediction(card, prediction, file) {
     card.classList.add("unknown");
     body.append(element("div", "predicted unknown", "unknown"));
     const guess = `best guess ${prediction.top_k[0].class} at ${percent(prediction.probability)}`;
-    body.append(element("div", "muted why", prediction.unfamiliar ?
+    body.append(element("div", "muted why", prediction.labels ?
+      `no class reaches its threshold: ${guess}` : prediction.unfamiliar ?
       `unlike the photos it was trained on: ${guess}` :
       `not sure enough: ${guess}, below ${percent(model.min_confidence)}`));
+  } else if (prediction.labels) {  // a multi-label model: every class at or above its threshold
+    body.append(element("div", "predicted", prediction.labels.map((l) => l.class).join(", ")));
   } else {
     body.append(element("div", "predicted", prediction.predicted));
   }

@@ -10,11 +10,12 @@ import math
 import time
 from typing import Optional
 
+import torch
 from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.schedule import LRFinder, ParamScheduler
 
 from flowerfast.core.progress import Reporter
-from flowerfast.hardware.distributed import sum_counts, unwrapped
+from flowerfast.hardware.distributed import gather_objects, sum_counts, unwrapped
 from flowerfast.runs.folder import EpochRecord
 
 
@@ -40,20 +41,41 @@ class EpochStats(Callback):
         self.record = None
         self._t0 = time.perf_counter()
         self._sums = {True: [0.0, 0, 0], False: [0.0, 0, 0]}  # training? -> [loss*n, correct, n]
+        self._valid = []  # multi-label: the validation batches' probabilities and targets, for F1 and mAP
 
     def after_batch(self):
         y = self.learn.yb[0]
         n = y.shape[0]
         s = self._sums[self.training]
         s[0] = s[0] + self.learn.loss.detach().float() * n  # tensors: summed on the device
-        s[1] = s[1] + (self.learn.pred.detach().argmax(dim=-1) == y).sum()
+        pred = self.learn.pred.detach()
+        if y.ndim == 2:  # multi-hot targets: per-label accuracy at 0.5 (fastai's accuracy_multi)
+            probs = torch.sigmoid(pred.float())
+            s[1] = s[1] + ((probs >= 0.5) == y.bool()).float().mean(dim=1).sum()
+            if not self.training:
+                self._valid.append((probs.cpu(), y.cpu()))
+        else:
+            s[1] = s[1] + (pred.argmax(dim=-1) == y).sum()
         s[2] += n
+
+    def multi_label_scores(self) -> tuple[Optional[float], Optional[float]]:
+        """The epoch's validation macro F1 at 0.5 and mAP over every process's photos (multi-label)."""
+        from flowerfast.core.multilabel import score_multi_label
+
+        batches = [b for part in gather_objects(self._valid) for b in part]
+        if not batches:
+            return None, None
+        probs, targets = (torch.cat([b[k] for b in batches]).numpy() for k in (0, 1))
+        scores = score_multi_label(probs, targets, range(probs.shape[1]))
+        return scores.macro_f1, scores.mean_average_precision or 0.0
 
     def after_epoch(self):
         if self.epoch < self.start_epoch:  # done before a resume: fastai skipped it
             return
         clean = getattr(self.learn, "clean_train_accuracy", None)  # that callback, when the fit has it
         tl, tc, tn, vl, vc, vn = sum_counts([float(v) for side in (True, False) for v in self._sums[side]])
+        multi = sum_counts([float(bool(self._valid))])[0] > 0  # any process saw multi-hot targets
+        f1, mean_ap = self.multi_label_scores() if multi else (None, None)
         record = EpochRecord(
             epoch=self.epoch_offset + self.epoch + 1,
             phase=self.phase,
@@ -64,6 +86,8 @@ class EpochStats(Callback):
             lr=float(self.opt.hypers[-1]["lr"]),
             seconds=time.perf_counter() - self._t0,
             train_accuracy_clean=clean.accuracy if clean is not None else None,
+            valid_f1=f1,
+            valid_map=mean_ap,
         )
         if not (math.isfinite(record.train_loss) and math.isfinite(record.valid_loss)):
             # the weights are now NaN or infinite: record nothing, keep the last good best model
@@ -99,7 +123,10 @@ class CleanTrainAccuracy(Callback):
             probs, targets = predict_batches(
                 unwrapped(self.learn.model), self.dl, self.precision, reporter=self.reporter, kind="clean-train"
             )
-            correct, n = int((probs.argmax(dim=-1) == targets).sum()), len(targets)
+            if targets.ndim == 2:  # multi-label: per-label accuracy at 0.5
+                correct, n = float(((probs >= 0.5) == targets.bool()).float().mean(dim=1).sum()), len(targets)
+            else:
+                correct, n = int((probs.argmax(dim=-1) == targets).sum()), len(targets)
         correct, n = sum_counts([correct, n])
         self.accuracy = correct / n if n else None
 

@@ -83,8 +83,8 @@ class SaveBestModel(EpochEndCallback):
         )
 
     def epoch_recorded(self, record: EpochRecord) -> None:
-        if self.best_accuracy is None or record.valid_accuracy > self.best_accuracy:
-            self.best_accuracy, self.best_epoch = record.valid_accuracy, record.epoch
+        if self.best_accuracy is None or record.score > self.best_accuracy:
+            self.best_accuracy, self.best_epoch = record.score, record.epoch
             self.write()
 
 

@@ -84,12 +84,14 @@ def run_on_device(learn, device: torch.device, precision: str, compile: bool) ->
 def fastai_learner(data: FlowerData, backbone, head, cut, device, path: Optional[Path], class_weights):
     """fastai's ``vision_learner`` around flowerfast's own backbone and head (the data arrives
     normalised already): cross-entropy (weighted by ``class_weights``), Adam, accuracy, no
-    progress bars or logging of its own (the :class:`Reporter` shows progress)."""
+    progress bars or logging of its own (the :class:`Reporter` shows progress). Multi-label: binary
+    cross-entropy on each class's logit (``class_weights`` as its ``pos_weight``) and fastai's
+    ``accuracy_multi`` at 0.5."""
     import fastai.callback.fp16  # noqa: F401  (adds to_fp16)
     import fastai.callback.schedule  # noqa: F401  (adds fit_one_cycle and lr_find to Learner)
     from fastai.callback.progress import ProgressCallback
-    from fastai.losses import CrossEntropyLossFlat
-    from fastai.metrics import accuracy
+    from fastai.losses import BCEWithLogitsLossFlat, CrossEntropyLossFlat
+    from fastai.metrics import accuracy, accuracy_multi
     from fastai.vision.learner import vision_learner
 
     weight = torch.tensor(class_weights, dtype=torch.float32, device=device) if class_weights else None
@@ -100,9 +102,9 @@ def fastai_learner(data: FlowerData, backbone, head, cut, device, path: Optional
         pretrained=False,
         cut=cut,
         custom_head=head,
-        loss_func=CrossEntropyLossFlat(weight=weight),
+        loss_func=BCEWithLogitsLossFlat(pos_weight=weight) if data.multi_label else CrossEntropyLossFlat(weight=weight),
         opt_func=adam(device),
-        metrics=accuracy,
+        metrics=accuracy_multi if data.multi_label else accuracy,
         path=Path(path) if path is not None else Path(tempfile.mkdtemp(prefix="flowerfast-")),
     )
     if path is None:
@@ -162,6 +164,7 @@ def create_learner(
         mean=mean,
         std=std,
         source=ref.source,
+        multi_label=data.multi_label,
     )
     return LearnerBundle(
         learn=learn,
@@ -194,7 +197,7 @@ def adam(device: torch.device):
 def predict_batches(
     model, dl, precision: str = "fp32", reporter=None, kind: str = "predict", features: bool = False
 ) -> tuple[torch.Tensor, ...]:
-    """Softmax probabilities and targets of ``model`` over a fastai DataLoader, in eval mode; with
+    """Softmax probabilities (multi-label: sigmoid) and targets of ``model`` over a fastai DataLoader, in eval mode; with
     ``features``, the body's pooled unit features too (:mod:`flowerfast.models.familiarity`).
 
     A plain loop rather than ``Learner.get_preds``, so it can run inside a fit (from a callback)
@@ -220,7 +223,8 @@ def predict_batches(
                 ):
                     feature_map = model[0](xb) if features else None
                     out = model[1](feature_map) if features else model(xb)
-                probs.append(torch.softmax(out.float(), dim=-1).cpu())
+                multi = yb.ndim == 2  # multi-hot targets: one sigmoid per class
+                probs.append((torch.sigmoid(out.float()) if multi else torch.softmax(out.float(), dim=-1)).cpu())
                 targets.append(yb.cpu())
                 if features:
                     feats.append(pooled_features(feature_map).cpu())

@@ -97,7 +97,10 @@ def batch_picture(
     m = torch.tensor(list(mean)).view(1, 3, 1, 1)
     s = torch.tensor(list(std)).view(1, 3, 1, 1)
     images = (x * s + m).clamp(0, 1).permute(0, 2, 3, 1).numpy()
-    labels = [classes[int(i)] for i in yb[:n]]
+    if yb.ndim == 2:  # multi-hot targets: every class of the photo
+        labels = [";".join(c for c, on in zip(classes, row.tolist()) if on) for row in yb[:n]]
+    else:
+        labels = [classes[int(i)] for i in yb[:n]]
     return batch_png(images, labels, title=title)
 
 

@@ -33,7 +33,7 @@ from flowerfast.runs.folder import (
 from flowerfast.runs.resolved import ResolvedConfig
 from flowerfast.training.checkpoint import RESUME_MAY_CHANGE, Checkpoint, load_checkpoint
 from flowerfast.training.phases import FitOutcome, fit_phases
-from flowerfast.training.scoring import score_best_model
+from flowerfast.training.scoring import score_best_model, score_multi_label_model
 from flowerfast.training.session import RunSetup, prepare_run
 
 
@@ -214,9 +214,15 @@ def finish_training(setup: RunSetup, reporter: Reporter, callbacks: Sequence = (
                 else (run.final_model,)
             )
             reporter.stage("scoring the best model on the validation set")
-            rescored, calibration = score_best_model(setup)
+            if setup.data.multi_label:
+                rescored, scores = score_multi_label_model(setup)
+            else:
+                rescored, calibration = score_best_model(setup)
         summary = summarise(setup, outcome, rescored, seconds, final_paths[0])
-        summary.calibration = calibration.to_dict()
+        if setup.data.multi_label:
+            summary.multi_label = scores.to_dict()
+        else:
+            summary.calibration = calibration.to_dict()
         if main:
             draw_run_pictures(setup, outcome.history)
             setup.run.write_summary(summary)
@@ -240,8 +246,9 @@ def draw_run_pictures(setup: RunSetup, history: Sequence[EpochRecord]) -> None:
     run = setup.run
     predictions = run.read_valid_predictions()
     draw_curves(run, setup.config.options.arch, history)
-    draw_confusion(run, setup.data.classes, predictions)
-    draw_mistakes(run, setup.data.root, predictions)
+    if not setup.data.multi_label:  # a confusion matrix and top-1 mistakes need one label per photo
+        draw_confusion(run, setup.data.classes, predictions)
+        draw_mistakes(run, setup.data.root, predictions)
 
 
 def summarise(setup: RunSetup, outcome: FitOutcome, rescored: float, seconds: float, final_model: Path) -> RunSummary:
@@ -250,12 +257,14 @@ def summarise(setup: RunSetup, outcome: FitOutcome, rescored: float, seconds: fl
     return RunSummary(
         arch=config.options.arch,
         classes=list(setup.data.classes),
-        class_counts=class_counts(setup.data.rows),
+        class_counts=class_counts(setup.data.rows, setup.data.multi_label),
         pretrained=config.pretrained,
         weights_source=config.weights_source,
         epochs=len(history),
         best_epoch=outcome.best_epoch,
-        best_valid_accuracy=outcome.best_accuracy,
+        best_valid_accuracy=next((r.valid_accuracy for r in history if r.epoch == outcome.best_epoch), None)
+        if setup.data.multi_label
+        else outcome.best_accuracy,
         best_valid_accuracy_rescored=rescored,
         final_valid_accuracy=history[-1].valid_accuracy,
         final_train_loss=history[-1].train_loss,

@@ -134,6 +134,48 @@ def score_best_model(setup: RunSetup) -> tuple[float, Calibration]:
     return int((preds == targets).sum()) / len(targets), calibration
 
 
+def score_multi_label_model(setup: RunSetup):
+    """A multi-label run's best model on the validation images: each class's threshold tuned for
+    F1 there and saved into ``best.*`` (so predict, evaluate, serve and export answer with it),
+    ``valid_predictions.csv`` (the labels above the thresholds, every class's probability), and
+    the scores at 0.5 and at the tuned thresholds (:mod:`flowerfast.core.multilabel`). Returns the
+    per-label accuracy at the thresholds and the scores. The thresholds are tuned on the photos
+    they are scored on, so the tuned F1 is optimistic; the one at 0.5 is not, and both are kept."""
+    import dataclasses
+
+    from flowerfast.core.multilabel import score_multi_label, tune_thresholds
+
+    model, valid_rows, probs, targets, _ = best_model_predictions(setup)
+    probs, targets = probs.numpy(), targets.numpy()
+    thresholds = tune_thresholds(probs, targets)
+    scores = score_multi_label(probs, targets, setup.data.classes, thresholds)
+    scores.extra["macro_f1_at_0.5"] = score_multi_label(probs, targets, setup.data.classes).macro_f1
+    if distributed.current().is_main:
+        spec = dataclasses.replace(setup.bundle.spec, thresholds=thresholds)
+        save_model(model, spec, setup.run.model_stem(BEST))
+        write_multi_label_predictions(setup, valid_rows, probs, thresholds)
+    return scores.label_accuracy, scores
+
+
+def write_multi_label_predictions(setup: RunSetup, valid_rows, probs, thresholds) -> None:
+    """``valid_predictions.csv`` of a multi-label run: ``predicted`` the classes at or above their
+    thresholds joined by ``;`` (as ``label`` is), ``confidence`` the most likely class's probability."""
+    from flowerfast.runs.records import LABEL_SEPARATOR
+
+    classes = setup.data.classes
+    rows = [
+        ValidPrediction(
+            file=relative_path(row.file, setup.data.root),
+            label=row.label,
+            predicted=LABEL_SEPARATOR.join(c for c, p, t in zip(classes, pr, thresholds) if p >= t),
+            confidence=float(max(pr)),
+            probabilities=dict(zip(classes, (float(p) for p in pr))),
+        )
+        for row, pr in zip(valid_rows, probs.tolist())
+    ]
+    setup.run.write_valid_predictions(rows, classes)
+
+
 def write_valid_predictions(setup: RunSetup, valid_rows, preds, probs) -> None:
     """``valid_predictions.csv``: one row per validation image, with every class's probability."""
     classes = setup.data.classes

@@ -16,6 +16,7 @@ from typing import Callable, Iterator, Optional
 from flowerfast.core.errors import FlowerfastError
 from flowerfast.core.files import check_free_space, default_run_dir
 from flowerfast.core.progress import Reporter
+from flowerfast.data.checks import DuplicatePhotoWarning, duplicate_warnings
 from flowerfast.data.imagecache import default_cache_dir
 from flowerfast.data.loaders import FlowerData, load_data
 from flowerfast.data.split import ThinClassWarning, balanced_class_weights, class_counts, thin_class_warnings
@@ -89,7 +90,7 @@ def prepare_run(
     threads = use_threads(options.threads)
     cache_dir = (options.cache_dir or default_cache_dir()) if options.cache else None
     data, notes = scan_and_split(options, ref, device, workers, cache_dir, resume, reporter)
-    weights_per_class = balanced_class_weights(data.rows, data.classes) if options.class_weights == "balanced" else None
+    weights_per_class = loss_class_weights(options, data)
     with learner_workspace() as scratch:
         reporter.stage(f"building {options.arch}")
         bundle = build_learner(options, data, device, scratch, weights_per_class, resumed=resume is not None)
@@ -112,7 +113,7 @@ def prepare_run(
             versions=library_versions(),
             training=training,
             lr_finder=lr_source(lr_finder, bundle, run, reporter, resume),
-            class_counts=class_counts(data.rows),
+            class_counts=class_counts(data.rows, data.multi_label),
             class_weights=weights_per_class,
             processes=procs.world_size,
             fixed_bn=bundle.fixed_bn,
@@ -125,6 +126,13 @@ def prepare_run(
             check_same_resolution(resume, config)
         reporter.run_ready(config)
         yield RunSetup(config=config, data=data, bundle=bundle, run=run, checkpoint=resume[1] if resume else None)
+
+
+def loss_class_weights(options: TrainConfig, data) -> Optional[list[float]]:
+    """The loss's weight per class for ``--class-weights balanced`` (``None``: unweighted)."""
+    if options.class_weights != "balanced":
+        return None
+    return balanced_class_weights(data.rows, data.classes, data.multi_label)
 
 
 def build_learner(options: TrainConfig, data, device, scratch: Path, class_weights, resumed: bool):
@@ -206,6 +214,8 @@ def scan_and_split(options: TrainConfig, ref, device, workers: int, cache_dir, r
     with distributed.each_ready():  # a folder missing on one machine stops every process, named by rank 0
         data = load_data(
             options.data,
+            labels=options.labels,
+            multi_label=options.multi_label,
             size=options.size,
             bs=options.bs,
             valid_pct=options.valid_pct,
@@ -224,9 +234,14 @@ def scan_and_split(options: TrainConfig, ref, device, workers: int, cache_dir, r
         )
         if resume is not None:
             check_same_split(resume, data)
-    notes = thin_class_warnings(data.rows, data.classes)
+    notes = thin_class_warnings(data.rows, data.classes, data.multi_label)
     for note in notes:
         warnings.warn(note, ThinClassWarning, stacklevel=4)
+    if resume is None:  # the cheap checks of flowerfast check: copies across the split or under two labels
+        copies = duplicate_warnings(data.rows, data=options.data)
+        for note in copies:
+            warnings.warn(note, DuplicatePhotoWarning, stacklevel=4)
+        notes += copies
     return data, notes
 
 
