@@ -150,16 +150,22 @@ def lite_run(tmp_path_factory) -> Path:
     frozen epoch, then three; about 35 s on two cores), for the tests that need a model which
     knows flowers: "unknown" on photos that are not flowers, and where Grad-CAM looks. CPU, fp32.
     Measured: 72.5% on the 40 validation photos."""
+    return fine_tune_lite0(tmp_path_factory.mktemp("runs") / "lite0", epochs=3)
+
+
+def fine_tune_lite0(out: Path, epochs: int, **options) -> Path:
+    """Fine-tune the packaged ImageNet EfficientNet-Lite0 into ``out``: one frozen epoch, then
+    ``epochs``; CPU, fp32, no clean training-accuracy pass (the figures the fixtures quote)."""
     import flowerfast
 
-    out = tmp_path_factory.mktemp("runs") / "lite0"
     flowerfast.train(
         arch="tf_efficientnet_lite0",
-        epochs=3,
+        epochs=epochs,
         freeze_epochs=1,
         out=out,
         device="cpu",
         precision="fp32",
         clean_train_sample=0,
+        **options,
     )
     return out

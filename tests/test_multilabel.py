@@ -12,7 +12,7 @@ import pytest
 
 from flowerfast.core.multilabel import average_precision, score_multi_label, tune_thresholds
 from flowerfast.runs.folder import RunFolder
-from tests.conftest import SAMPLE, invoke
+from tests.conftest import SAMPLE, fine_tune_lite0, invoke
 
 COLOUR = {"daisy": "white", "dandelion": "yellow", "sunflower": "yellow", "rose": "red", "tulip": "red"}
 
@@ -55,27 +55,13 @@ def multi_run(tmp_path_factory) -> Path:
     """A real fine-tune of the packaged ImageNet EfficientNet-Lite0 on the embedded photos, each
     labelled with its flower and its colour (white, yellow or red) in a CSV: one frozen epoch,
     then two; CPU, fp32. Measured: mAP 0.785; macro F1 0.787 at the tuned thresholds, 0.630 at 0.5."""
-    import flowerfast
-
     table = tmp_path_factory.mktemp("labels") / "labels.csv"
     with open(table, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["file", "labels"])
         for f in sorted(SAMPLE.glob("*/*.jpg")):
             writer.writerow([f.relative_to(SAMPLE).as_posix(), f"{f.parent.name} {COLOUR[f.parent.name]}"])
-    out = tmp_path_factory.mktemp("runs") / "multi"
-    flowerfast.train(
-        labels=table,
-        multi_label=True,
-        arch="tf_efficientnet_lite0",
-        epochs=2,
-        freeze_epochs=1,
-        out=out,
-        device="cpu",
-        precision="fp32",
-        clean_train_sample=0,
-    )
-    return out
+    return fine_tune_lite0(tmp_path_factory.mktemp("runs") / "multi", epochs=2, labels=table, multi_label=True)
 
 
 def test_a_multi_label_run_learns_and_keeps_f1_and_map_per_epoch(multi_run):
