@@ -245,7 +245,7 @@ def test_balanced_weights_reach_the_loss():
         device=torch.device("cpu"),
         class_weights=[1.0, 2.0, 3.0, 4.0, 5.0],
     )
-    assert bundle.learn.loss_func.func.weight.tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert bundle.learn.loss_func.weight.tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]
     assert weights == pytest.approx([1.0] * 5)  # the embedded sample is balanced
 
 

@@ -8,6 +8,7 @@ import json
 import pytest
 from PIL import Image
 
+from flowerfast.runs.folder import RunFolder
 from tests.conftest import invoke, make_folder
 
 
@@ -134,11 +135,17 @@ def test_lr_find_uses_a_scratch_folder_and_removes_it(tmp_path, monkeypatch):
 
 
 def test_train_lr_auto_prints_the_learning_rate_it_chose(tmp_path, runner):
+    """With MixUp and CutMix on (fastai's MixUp can break after lr-find, fastai #3486): the finder
+    runs on mixed batches, then the same learner trains on mixed ones and validates on plain ones."""
     data = make_folder(tmp_path / "d", {"daisy": 12, "sunflower": 12})
     result = invoke(
         runner,
         [
             "train",
+            "--mixup",
+            "0.4",
+            "--cutmix",
+            "1.0",
             "--data",
             data,
             "--arch",
@@ -161,6 +168,9 @@ def test_train_lr_auto_prints_the_learning_rate_it_chose(tmp_path, runner):
     assert result.exit_code == 0, result.output
     chosen = json.loads((tmp_path / "run" / "config.json").read_text())["lr"]
     assert f"learning rate: {chosen:.2e} (chosen by lr-find (valley))" in result.output
+    (record,) = RunFolder(tmp_path / "run").read_history()  # validated on plain photos: real labels
+    n_valid = json.loads((tmp_path / "run" / "config.json").read_text())["n_valid"]
+    assert 0 < record.valid_loss < 5 and record.valid_accuracy in {k / n_valid for k in range(n_valid + 1)}
     plain = invoke(
         runner,
         [

@@ -161,6 +161,8 @@ def test_a_signal_keeps_a_resumable_checkpoint_and_says_how_to_resume(stop, code
     kept = load_checkpoint(out / CHECKPOINT).epoch
     assert kept >= 1 and ("epoch 1 is kept" if kept == 1 else f"epochs 1-{kept} are kept") in last
     assert any(line.startswith("epoch 2/4") for line in lines)
+    if stop == "sigterm":  # the checkpoint is the one Ctrl-C keeps, whose resume is checked below
+        return
 
     result = invoke(runner, ["train", "--resume", out])
     assert result.exit_code == 0, result.output

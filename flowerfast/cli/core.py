@@ -52,6 +52,14 @@ def train(
     fixed_bn: o.FixedBn = D.fixed_bn,
     body_lr: o.BodyLr = D.body_lr,
     min_scale: o.MinScale = D.min_scale,
+    time_budget: o.TimeBudget = None,
+    label_smoothing: o.LabelSmoothing = D.label_smoothing,
+    mixup: o.Mixup = D.mixup,
+    cutmix: o.Cutmix = D.cutmix,
+    ema: o.Ema = D.ema,
+    ema_decay: o.EmaDecay = D.ema_decay,
+    progressive: o.Progressive = None,
+    augment: o.Augment = D.augment,
     resume: o.Resume = None,
     json_: o.Json = False,
 ) -> None:
@@ -126,6 +134,10 @@ def lr_find(
     cache_dir: o.CacheDir = D.cache_dir,
     threads: o.Threads = D.threads,
     stratify: o.Stratify = D.stratify,
+    label_smoothing: o.LabelSmoothing = D.label_smoothing,
+    mixup: o.Mixup = D.mixup,
+    cutmix: o.Cutmix = D.cutmix,
+    augment: o.Augment = D.augment,
     json_: o.Json = False,
     num_it: int = typer.Option(
         LR_FIND_ITERATIONS, "--num-it", metavar="N", help="Mini-batches the learning rate rises over."
@@ -155,6 +167,10 @@ def lr_find(
             cache_dir=cache_dir,
             threads=threads,
             stratify=stratify,
+            label_smoothing=label_smoothing,
+            mixup=mixup,
+            cutmix=cutmix,
+            augment=augment,
         ).validate()
         result = find_lr(config, reporter=make_reporter(to_stderr=json_), num_it=num_it)
     if json_:

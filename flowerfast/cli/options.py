@@ -290,6 +290,53 @@ FixedBn = Annotated[
         show_default=False,
     ),
 ]
+TimeBudget = Annotated[
+    Optional[str],
+    typer.Option(
+        "--time",
+        metavar="DURATION",
+        help="Train for this long (90s, 10m, 1.5h; a bare number is minutes): the epochs are planned after each one "
+        "to fill the budget, the one-cycle schedule fitted to them; --epochs is then ignored.",
+        show_default=False,
+    ),
+]
+LabelSmoothing = Annotated[
+    float,
+    typer.Option("--label-smoothing", metavar="FLOAT", help="Share of each target spread over the other classes."),
+]
+Mixup = Annotated[
+    float, typer.Option("--mixup", metavar="ALPHA", help="MixUp of training batches, Beta(ALPHA, ALPHA) (0: off).")
+]
+Cutmix = Annotated[
+    float, typer.Option("--cutmix", metavar="ALPHA", help="CutMix of training batches, Beta(ALPHA, ALPHA) (0: off).")
+]
+Ema = Annotated[
+    bool,
+    typer.Option(
+        "--ema/--no-ema",
+        help="Also keep a moving average of the weights, validated each epoch; the best model is whichever is better.",
+    ),
+]
+EmaDecay = Annotated[float, typer.Option("--ema-decay", metavar="FLOAT", help="The moving average's decay per step.")]
+Progressive = Annotated[
+    Optional[str],
+    typer.Option(
+        "--progressive",
+        metavar="SIZES",
+        help="Progressive resizing: training sizes, smallest first (64,96,128), each for an equal share of the epochs; "
+        "validation and the model use the last.",
+        show_default=False,
+    ),
+]
+Augment = Annotated[
+    str,
+    typer.Option(
+        "--augment",
+        metavar="POLICY",
+        help="standard (fastai's flips, rotation, zoom, warp, lighting), trivial (plus TrivialAugmentWide) "
+        "or randaugment (plus RandAugment).",
+    ),
+]
 Resume = Annotated[
     Optional[Path],
     typer.Option(

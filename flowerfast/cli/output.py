@@ -58,6 +58,7 @@ def format_epoch(record: EpochRecord, total: int, best: bool) -> str:
             if record.valid_map is not None
             else ""
         )
+        + (f"ema {record.ema_valid_score:.3f}  " if record.ema_valid_score is not None else "")
         + f"lr {record.lr:.2e}  {record.seconds:5.1f}s"
         + ("  *best" if best else "")
     )

@@ -106,35 +106,12 @@ class UnreadablePhotoWarning(UserWarning):
     """A photo that was readable when the folder was scanned could not be read during the run."""
 
 
-def train_transforms(
-    size: int,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    min_scale: float = MIN_SCALE_SCRATCH,
-):
-    """Item and batch transforms: random resized crop, flips and fastai's augmentations, the
-    normalisation of the pretrained weights (``mean``, ``std``: ImageNet's for torchvision's),
-    then random erasing (which expects normalised input). On the validation set
-    fastai applies only the resize and centre crop of ``RandomResizedCrop``; the rest is train-only.
-    They run on the photo as :class:`ImageLoader` gives it (shorter side at most ``2 * size``).
-    """
-    from fastai.data.transforms import Normalize
-    from fastai.vision.augment import RandomErasing, RandomResizedCrop, aug_transforms
-
-    item_tfms = [RandomResizedCrop(size, min_scale=min_scale)]
-    batch_tfms = [
-        *aug_transforms(),
-        Normalize.from_stats(list(mean), list(std)),
-        RandomErasing(p=0.25, max_count=1),
-    ]
-    return item_tfms, batch_tfms
-
-
-def augmentation_description(size: int, min_scale: float = MIN_SCALE_SCRATCH) -> str:
-    """:func:`train_transforms` in words, for reports."""
+def augmentation_description(size: int, min_scale: float = MIN_SCALE_SCRATCH, policy: str = "standard") -> str:
+    """:func:`flowerfast.data.augment.train_transforms` in words, for reports."""
+    extra = {"trivial": "; TrivialAugmentWide", "randaugment": "; RandAugment"}.get(policy, "")
     return (
-        f"RandomResizedCrop({size}, min_scale={min_scale:g}); fastai aug_transforms (flips, rotation up to 10 degrees, "
-        "zoom up to 1.1, warp 0.2, lighting 0.2); the weights' normalisation; RandomErasing(p=0.25)"
+        f"RandomResizedCrop({size}, min_scale={min_scale:g}){extra}; fastai aug_transforms (flips, rotation up to "
+        "10 degrees, zoom up to 1.1, warp 0.2, lighting 0.2); the weights' normalisation; RandomErasing(p=0.25)"
     )
 
 
@@ -157,6 +134,7 @@ def build_dataloaders(
     std: Sequence[float] = IMAGENET_STD,
     min_scale: float = MIN_SCALE_SCRATCH,
     multi_label: bool = False,
+    augment: str = "standard",
 ):
     """fastai DataBlock over the split rows: one DataLoaders with train and valid, normalised
     with ``mean`` and ``std`` (those of the network's pretrained weights). ``multi_label``: the
@@ -172,7 +150,9 @@ def build_dataloaders(
     from fastai.torch_core import set_seed
     from fastai.vision.data import ImageBlock
 
-    item_tfms, batch_tfms = train_transforms(size, mean, std, min_scale)
+    from flowerfast.data.augment import train_transforms
+
+    item_tfms, batch_tfms = train_transforms(size, mean, std, min_scale, augment)
     items = [(str(r.file), r.label) for r in rows]
     valid_idx = [i for i, r in enumerate(rows) if r.is_valid]
     block = DataBlock(
@@ -220,6 +200,7 @@ def load_data(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     min_scale: float = MIN_SCALE_SCRATCH,
+    augment: str = "standard",
 ) -> FlowerData:
     """Scan a data folder, split it and build DataLoaders. ``data=None`` uses the embedded sample.
     ``labels``: a label file naming the photos under ``data`` (:func:`flowerfast.data.labelfiles.scan_data`);
@@ -234,7 +215,8 @@ def load_data(
     training images with ``bs`` images per batch (so the batch is capped at that share).
     ``mean`` and ``std`` normalise the images as the network's pretrained weights expect
     (:func:`flowerfast.models.archs.normalisation`). ``size=None`` takes the photos' own
-    (:func:`natural_size`); the result's ``size`` says which.
+    (:func:`natural_size`); the result's ``size`` says which. ``augment``: the training photos'
+    extra policy (:func:`flowerfast.data.augment.train_transforms`).
     """
     root = Path(os.path.abspath(Path(data).expanduser())) if data is not None else default_data_dir()
     folder = scan_data(root, labels=labels, multi_label=multi_label, reporter=reporter)
@@ -261,6 +243,7 @@ def load_data(
         std=std,
         min_scale=min_scale,
         multi_label=folder.multi_label,
+        augment=augment,
     )
     return FlowerData(
         dls=dls,

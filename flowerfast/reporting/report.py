@@ -268,8 +268,22 @@ def training_settings(config: ResolvedConfig, summary) -> dict[str, Any]:
         "body lr": config.body_lr if config.pretrained else None,
         "precision": config.precision,
         "split": "stratified" if config.options.stratify else "random",
-        "augmentation": augmentation_description(size, config.min_scale) if size else None,
+        "augmentation": augmentation_description(size, config.min_scale, config.options.augment) if size else None,
+        "recipe": recipe_description(config.options) or None,
     }
+
+
+def recipe_description(options) -> str:
+    """The recipe options a run was given beyond the defaults, in words."""
+    parts = [
+        f"time budget {options.time_budget:g} s" if options.time_budget else "",
+        f"label smoothing {options.label_smoothing:g}" if options.label_smoothing else "",
+        f"MixUp alpha {options.mixup:g}" if options.mixup else "",
+        f"CutMix alpha {options.cutmix:g}" if options.cutmix else "",
+        f"weight average (decay {options.ema_decay:g})" if options.ema else "",
+        f"progressive sizes {','.join(map(str, options.progressive))}" if options.progressive else "",
+    ]
+    return "; ".join(p for p in parts if p)
 
 
 def published_parameters(arch: str) -> Optional[int]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from flowerfast.core.errors import FlowerfastError
+from flowerfast.runs.values import parse_duration, parse_sizes
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 MAX_LOADER_WORKERS = 8
@@ -33,6 +34,10 @@ GPU or the CPU's cores busy, small enough for a CPU's memory at 224 px."""
 DEFAULT_TARGET_ACCURACY = 0.95
 """The accuracy on the answered photos that evaluate's suggested minimum confidence aims for."""
 PATH_OPTIONS = ("data", "labels", "weights", "out", "split_file", "cache_dir")
+AUGMENT_POLICIES = ("standard", "trivial", "randaugment")
+DEFAULT_EMA_DECAY = 0.998
+MAX_BUDGET_EPOCHS = 1000
+"""The most epochs a ``time_budget`` plans: a bound on fastai's epoch loop, never a target."""
 
 
 @dataclass
@@ -84,6 +89,18 @@ class TrainConfig:
     fixed_bn: keep the pretrained body's batch-norm statistics fixed (eval mode) in training, and
         freeze the body whole in the frozen phase; ``None`` means so for pretrained weights (from
         random weights the statistics must be learnt).
+    time_budget: seconds of training (``--time 10m``): after each epoch the full phase's epochs are
+        planned to fill what is left and its one-cycle schedule is fitted to them
+        (:mod:`flowerfast.training.budget`); ``epochs`` is then ignored.
+    label_smoothing: the share of each target spread over the other classes (0: none).
+    mixup, cutmix: Beta(alpha, alpha) of MixUp and CutMix (0: off; both on: one or the other per
+        batch, at random), training batches only (:mod:`flowerfast.training.mixing`).
+    ema: validate and keep an exponential moving average of the weights too (decay ``ema_decay``
+        per step); the best model is whichever of the two validates better.
+    progressive: training image sizes, smallest first (e.g. ``[64, 96, 128]``), each for an equal
+        share of the epochs; validation and the saved model use the last, which is ``size``.
+    augment: ``standard`` (fastai's flips, rotation, zoom, warp, lighting), or that plus
+        torchvision's ``trivial`` (TrivialAugmentWide) or ``randaugment`` policy.
     """
 
     data: Optional[Path] = None
@@ -119,6 +136,14 @@ class TrainConfig:
     sync_bn: bool = False
     fixed_bn: Optional[bool] = None
     min_scale: Optional[float] = None
+    time_budget: Optional[float] = None
+    label_smoothing: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    ema: bool = False
+    ema_decay: float = DEFAULT_EMA_DECAY
+    progressive: Optional[list[int]] = None
+    augment: str = "standard"
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> "TrainConfig":
@@ -172,8 +197,38 @@ class TrainConfig:
                 parameters=("clean_train_sample",),
             )
         self.lr = parse_lr(self.lr)
+        self.check_recipe()
         self.check_files()
         return self
+
+    def check_recipe(self) -> None:
+        """The recipe options (time budget, smoothing, mixing, weight average, augmentation, sizes) in range."""
+        self.time_budget = parse_duration(self.time_budget)
+        if not 0 <= self.label_smoothing < 1:
+            raise FlowerfastError(
+                f"$label_smoothing must be at least 0 and below 1 (got {self.label_smoothing})",
+                parameters=("label_smoothing",),
+            )
+        for name in ("mixup", "cutmix"):
+            if not getattr(self, name) >= 0:
+                raise FlowerfastError(
+                    f"${name} must be 0 (off) or a positive alpha (got {getattr(self, name)})", parameters=(name,)
+                )
+        if not 0 < self.ema_decay < 1:
+            raise FlowerfastError(
+                f"$ema_decay must be between 0 and 1 (got {self.ema_decay})", parameters=("ema_decay",)
+            )
+        if self.augment not in AUGMENT_POLICIES:
+            raise FlowerfastError(
+                f"$augment must be one of {', '.join(AUGMENT_POLICIES)} (got {self.augment!r})", parameters=("augment",)
+            )
+        self.progressive = parse_sizes(self.progressive)
+        if self.progressive and self.size is not None and self.progressive[-1] != self.size:
+            raise FlowerfastError(
+                f"$progressive must end at $size ({self.size}), the size the model is validated and saved at "
+                f"(got {','.join(map(str, self.progressive))})",
+                parameters=("progressive", "size"),
+            )
 
     def check_files(self) -> None:
         """The files the options name exist (and a weights file is not asked for from scratch)."""

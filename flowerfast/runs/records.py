@@ -66,6 +66,8 @@ class EpochRecord:
     ``lr`` is the head's learning rate at the end of the epoch. A multi-label run's accuracies are
     per label at 0.5 (fastai's ``accuracy_multi``), and it adds the validation split's macro F1 at
     0.5 and mAP (:mod:`flowerfast.core.multilabel`); its best epoch is the one with the best mAP.
+    ``ema_valid_score`` (``--ema``) is the same validation score (accuracy, or mAP) of the moving
+    average of the weights; the best model is the better of the two.
     """
 
     epoch: int
@@ -79,6 +81,7 @@ class EpochRecord:
     train_accuracy_clean: Optional[float] = None
     valid_f1: Optional[float] = None
     valid_map: Optional[float] = None
+    ema_valid_score: Optional[float] = None
 
     FIELDS = (
         "epoch",
@@ -92,12 +95,23 @@ class EpochRecord:
         "seconds",
         "valid_f1",
         "valid_map",
+        "ema_valid_score",
     )
 
     @property
     def score(self) -> float:
         """What the best epoch is chosen by: validation mAP for a multi-label run, else accuracy."""
         return self.valid_map if self.valid_map is not None else self.valid_accuracy
+
+    @property
+    def ema_is_better(self) -> bool:
+        """Whether the moving average of the weights (``--ema``) validated better than the weights."""
+        return self.ema_valid_score is not None and self.ema_valid_score > self.score
+
+    @property
+    def best_score(self) -> float:
+        """The better of :attr:`score` and the moving average's: what the best model is chosen by."""
+        return self.ema_valid_score if self.ema_is_better else self.score
 
     def as_row(self) -> list:
         """Values for ``history.csv``, floats to 6 significant digits."""
@@ -117,6 +131,7 @@ class EpochRecord:
             train_accuracy_clean=_float(row.get("train_accuracy_clean")),
             valid_f1=_float(row.get("valid_f1")),
             valid_map=_float(row.get("valid_map")),
+            ema_valid_score=_float(row.get("ema_valid_score")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -159,6 +174,8 @@ class RunSummary:
     planned_epochs: Optional[int] = None
     calibration: Optional[dict[str, float]] = None  # the best model's temperature, ECE and NLL before and after
     multi_label: Optional[dict[str, Any]] = None  # a multi-label run's best model: F1, mAP, thresholds per class
+    best_model_is_average: Optional[bool] = None  # --ema: whether best.safetensors holds the moving average
+    time_budget: Optional[float] = None  # --time: the seconds the epochs were planned to
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -31,8 +31,9 @@ class EpochStats(Callback):
 
     order = 60
 
-    def __init__(self, phase: str = "train", epoch_offset: int = 0, start_epoch: int = 0):
+    def __init__(self, phase: str = "train", epoch_offset: int = 0, start_epoch: int = 0, multi_label: bool = False):
         self.phase, self.epoch_offset, self.start_epoch = phase, epoch_offset, start_epoch
+        self.multi_label = multi_label
         self.records: list[EpochRecord] = []
         self.record: Optional[EpochRecord] = None  # this epoch's, for the callbacks after this one
         self.diverged_at: Optional[int] = None
@@ -49,13 +50,13 @@ class EpochStats(Callback):
         s = self._sums[self.training]
         s[0] = s[0] + self.learn.loss.detach().float() * n  # tensors: summed on the device
         pred = self.learn.pred.detach()
-        if y.ndim == 2:  # multi-hot targets: per-label accuracy at 0.5 (fastai's accuracy_multi)
+        if self.multi_label:  # per-label accuracy at 0.5 (fastai's accuracy_multi); mixed targets at their half
             probs = torch.sigmoid(pred.float())
-            s[1] = s[1] + ((probs >= 0.5) == y.bool()).float().mean(dim=1).sum()
+            s[1] = s[1] + ((probs >= 0.5) == (y >= 0.5)).float().mean(dim=1).sum()
             if not self.training:
                 self._valid.append((probs.cpu(), y.cpu()))
-        else:
-            s[1] = s[1] + (pred.argmax(dim=-1) == y).sum()
+        else:  # a mixed batch's targets are class shares: its photo's larger share is the label
+            s[1] = s[1] + (pred.argmax(dim=-1) == (y.argmax(dim=-1) if y.ndim == 2 else y)).sum()
         s[2] += n
 
     def multi_label_scores(self) -> tuple[Optional[float], Optional[float]]:
@@ -74,8 +75,8 @@ class EpochStats(Callback):
             return
         clean = getattr(self.learn, "clean_train_accuracy", None)  # that callback, when the fit has it
         tl, tc, tn, vl, vc, vn = sum_counts([float(v) for side in (True, False) for v in self._sums[side]])
-        multi = sum_counts([float(bool(self._valid))])[0] > 0  # any process saw multi-hot targets
-        f1, mean_ap = self.multi_label_scores() if multi else (None, None)
+        f1, mean_ap = self.multi_label_scores() if self.multi_label else (None, None)
+        average = getattr(self.learn, "weight_average", None)  # that callback, when the fit has it
         record = EpochRecord(
             epoch=self.epoch_offset + self.epoch + 1,
             phase=self.phase,
@@ -88,6 +89,7 @@ class EpochStats(Callback):
             train_accuracy_clean=clean.accuracy if clean is not None else None,
             valid_f1=f1,
             valid_map=mean_ap,
+            ema_valid_score=average.score if average is not None else None,
         )
         if not (math.isfinite(record.train_loss) and math.isfinite(record.valid_loss)):
             # the weights are now NaN or infinite: record nothing, keep the last good best model

@@ -53,6 +53,9 @@ class Checkpoint:
     rng_ranks: list[dict] = field(default_factory=list)
     """In a job of several processes, each process's generators (``rng`` is rank 0's): every
     process draws its own augmentations, and resumes its own stream."""
+    ema: Optional[dict] = None
+    """``--ema``: the moving average of the weights and its step count
+    (:meth:`flowerfast.training.ema.WeightAverage.state_dict`)."""
 
     def rng_of(self, rank: int) -> dict:
         """The generators process ``rank`` resumes with (``rng`` for a run of one process)."""

@@ -57,25 +57,30 @@ class WriteHistory(EpochEndCallback):
 
 class SaveBestModel(EpochEndCallback):
     """Saves ``best.safetensors`` whenever validation accuracy improves on the best so far (a
-    resumed run's best carries on from its checkpoint)."""
+    resumed run's best carries on from its checkpoint). With ``--ema`` the moving average of the
+    weights competes too: whichever of the two validates better that epoch is the candidate, and
+    ``best_is_average`` says which one the best model is."""
 
     order = 63
 
     def __init__(
-        self, write: Callable[[], None], best_accuracy: Optional[float] = None, best_epoch: Optional[int] = None
+        self,
+        write: Callable[[Optional[object]], None],
+        best_accuracy: Optional[float] = None,
+        best_epoch: Optional[int] = None,
     ):
         self.write = write
         self.best_accuracy, self.best_epoch = best_accuracy, best_epoch
+        self.best_is_average = False
 
     @classmethod
     def for_run(cls, setup: RunSetup) -> SaveBestModel:
         """The run's own best model file, and the best so far of a resumed run."""
 
-        def write() -> None:
+        def write(model=None) -> None:
             if distributed.current().is_main:
-                save_model(
-                    distributed.unwrapped(setup.bundle.learn.model), setup.bundle.spec, setup.run.model_stem(BEST)
-                )
+                model = model if model is not None else distributed.unwrapped(setup.bundle.learn.model)
+                save_model(model, setup.bundle.spec, setup.run.model_stem(BEST))
 
         start = setup.checkpoint
         return cls(
@@ -83,9 +88,10 @@ class SaveBestModel(EpochEndCallback):
         )
 
     def epoch_recorded(self, record: EpochRecord) -> None:
-        if self.best_accuracy is None or record.score > self.best_accuracy:
-            self.best_accuracy, self.best_epoch = record.score, record.epoch
-            self.write()
+        if self.best_accuracy is None or record.best_score > self.best_accuracy:
+            self.best_accuracy, self.best_epoch = record.best_score, record.epoch
+            self.best_is_average = record.ema_is_better
+            self.write(self.learn.weight_average.average if record.ema_is_better else None)
 
 
 class SaveCheckpoint(EpochEndCallback):

@@ -81,20 +81,22 @@ def run_on_device(learn, device: torch.device, precision: str, compile: bool) ->
     return channels_last
 
 
-def fastai_learner(data: FlowerData, backbone, head, cut, device, path: Optional[Path], class_weights):
+def fastai_learner(
+    data: FlowerData, backbone, head, cut, device, path: Optional[Path], class_weights, label_smoothing: float = 0.0
+):
     """fastai's ``vision_learner`` around flowerfast's own backbone and head (the data arrives
-    normalised already): cross-entropy (weighted by ``class_weights``), Adam, accuracy, no
-    progress bars or logging of its own (the :class:`Reporter` shows progress). Multi-label: binary
-    cross-entropy on each class's logit (``class_weights`` as its ``pos_weight``) and fastai's
-    ``accuracy_multi`` at 0.5."""
+    normalised already): cross-entropy (weighted by ``class_weights``, smoothed by
+    ``label_smoothing``; :mod:`flowerfast.training.losses`), Adam, accuracy, no progress bars or
+    logging of its own (the :class:`Reporter` shows progress). Multi-label: binary cross-entropy on
+    each class's logit (``class_weights`` as its ``pos_weight``) and fastai's ``accuracy_multi`` at 0.5."""
     import fastai.callback.fp16  # noqa: F401  (adds to_fp16)
     import fastai.callback.schedule  # noqa: F401  (adds fit_one_cycle and lr_find to Learner)
     from fastai.callback.progress import ProgressCallback
-    from fastai.losses import BCEWithLogitsLossFlat, CrossEntropyLossFlat
     from fastai.metrics import accuracy, accuracy_multi
     from fastai.vision.learner import vision_learner
 
-    weight = torch.tensor(class_weights, dtype=torch.float32, device=device) if class_weights else None
+    from flowerfast.training.losses import training_loss
+
     learn = vision_learner(
         data.dls,
         lambda *args, **kwargs: backbone,
@@ -102,7 +104,7 @@ def fastai_learner(data: FlowerData, backbone, head, cut, device, path: Optional
         pretrained=False,
         cut=cut,
         custom_head=head,
-        loss_func=BCEWithLogitsLossFlat(pos_weight=weight) if data.multi_label else CrossEntropyLossFlat(weight=weight),
+        loss_func=training_loss(data.multi_label, class_weights, label_smoothing, device),
         opt_func=adam(device),
         metrics=accuracy_multi if data.multi_label else accuracy,
         path=Path(path) if path is not None else Path(tempfile.mkdtemp(prefix="flowerfast-")),
@@ -126,6 +128,7 @@ def create_learner(
     path: Optional[Path] = None,
     class_weights: Optional[list[float]] = None,
     fixed_bn: Optional[bool] = DEFAULTS.fixed_bn,
+    label_smoothing: float = DEFAULTS.label_smoothing,
 ) -> LearnerBundle:
     """Build the classifier for ``data.classes`` and wrap it in a fastai Learner (Adam, accuracy).
 
@@ -133,7 +136,8 @@ def create_learner(
     network by :func:`flowerfast.hardware.devices.resolve_precision`; the network and its batches are channels-last
     where that layout is faster (:func:`flowerfast.hardware.devices.preferred_layout`); ``compile`` runs
     it through ``torch.compile`` (in place, so the weights keep their names).
-    ``class_weights`` (one per class, in ``data.classes`` order) weight the cross-entropy loss.
+    ``class_weights`` (one per class, in ``data.classes`` order) weight the cross-entropy loss;
+    ``label_smoothing`` spreads that share of each target over the other classes.
     ``path`` is the Learner's scratch folder (see :func:`learner_workspace`); by default a new
     temporary folder, removed when the Learner is garbage-collected or the program exits.
     ``fixed_bn`` keeps the body's batch-norm statistics as the pretrained weights have them
@@ -146,7 +150,7 @@ def create_learner(
     backbone, info = load_backbone(ref, pretrained=pretrained, weights=weights)
     model, backbone, cut, nf = assemble_classifier(backbone, ref, len(data.classes), size=size)
     precision = resolve_precision(precision, device, training_network=model)
-    learn = fastai_learner(data, backbone, model[1], cut, device, path, class_weights)
+    learn = fastai_learner(data, backbone, model[1], cut, device, path, class_weights, label_smoothing)
     fixed_bn = info.pretrained if fixed_bn is None else bool(fixed_bn)
     if fixed_bn:
         from flowerfast.training.finetune import FixedBodyNormStats

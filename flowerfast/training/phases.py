@@ -13,8 +13,11 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 from flowerfast.core.progress import Reporter
 from flowerfast.hardware import distributed
+from flowerfast.runs.config import MAX_BUDGET_EPOCHS
 from flowerfast.runs.folder import CHECKPOINT, EpochRecord
+from flowerfast.training.callbacks import CleanTrainAccuracy, EpochStats, ReportProgress
 from flowerfast.training.checkpoint import Checkpoint, capture_rng, data_files, restore_rng, split_sha256
+from flowerfast.training.ema import WeightAverage
 from flowerfast.training.keeping import (
     EarlyStopping,
     EpochClock,
@@ -24,6 +27,7 @@ from flowerfast.training.keeping import (
     SaveCheckpoint,
     WriteHistory,
 )
+from flowerfast.training.schedule import EpochPlan, FollowPlan
 
 if TYPE_CHECKING:
     from flowerfast.training.session import RunSetup
@@ -38,6 +42,8 @@ class FitOutcome:
     best_epoch: Optional[int]
     best_accuracy: Optional[float]
     stopped_early_at: Optional[int] = None
+    planned_epochs: Optional[int] = None
+    best_is_average: bool = False
 
 
 @dataclass
@@ -51,9 +57,17 @@ class RunCallbacks:
     stopper: EarlyStopping
     clock: EpochClock
     others: list = field(default_factory=list)
+    average: Optional[WeightAverage] = None
 
     def all(self) -> list:
-        return [self.history, self.best, self.checkpoint, *self.others, self.stopper]
+        return [
+            self.history,
+            self.best,
+            self.checkpoint,
+            *self.others,
+            self.stopper,
+            *([self.average] if self.average else []),
+        ]
 
 
 def run_callbacks(setup: RunSetup, reporter: Reporter, extra: Sequence = ()) -> RunCallbacks:
@@ -63,8 +77,13 @@ def run_callbacks(setup: RunSetup, reporter: Reporter, extra: Sequence = ()) -> 
     start, options = setup.checkpoint, setup.config.options
     history, best = WriteHistory(setup), SaveBestModel.for_run(setup)
     clock = EpochClock(start.seconds if start else 0.0)
+    average = (
+        WeightAverage(options.ema_decay, setup.bundle.precision, setup.data.multi_label, start.ema if start else None)
+        if options.ema
+        else None
+    )
     checkpoint = SaveCheckpoint(
-        lambda epoch: snapshot(setup, epoch, history.records, best, clock.seconds()),
+        lambda epoch: snapshot(setup, epoch, history.records, best, clock.seconds(), average),
         setup.run.file(CHECKPOINT),
         reporter,
     )
@@ -76,6 +95,7 @@ def run_callbacks(setup: RunSetup, reporter: Reporter, extra: Sequence = ()) -> 
         stopper=EarlyStopping(options.patience, best),
         clock=clock,
         others=others,
+        average=average,
     )
 
 
@@ -103,20 +123,21 @@ def fit_phases(setup: RunSetup, reporter: Reporter, callbacks: Sequence = (), tr
     done = start.epoch if start else 0
     keep = run_callbacks(setup, reporter, extra=[LogToTrackers(trackers)] if trackers else ())
     clean_dl = clean_train_dl(setup, config.clean_train_images, config.options.seed)
-    reporter.epochs_started(sum(n for _, n in config.phases))
-    begin_or_continue(setup, keep, reporter)
+    plan = epoch_plan(setup, keep.clock)
+    reporter.epochs_started(plan.total)
+    begin_or_continue(setup, keep, reporter, plan.total)
     keep.clock.start()
     if keep.stopper.due(done):  # a resumed run that had stopped early: nothing left to train
         keep.stopper.stopped_at = done
     try:
         with data_parallel(setup.bundle.learn, setup.bundle.device, sync_bn=config.options.sync_bn):
             offset = 0
-            for name, n_epochs in config.phases:
+            for name, n_epochs in fit_lengths(setup):
                 if keep.stopper.stopped_at is not None:
                     break
                 if offset + n_epochs > done:
                     phase = Phase(name, n_epochs, offset, skip=max(0, done - offset))
-                    fit_phase(setup, phase, keep, [*keep.all(), *callbacks], clean_dl, reporter)
+                    fit_phase(setup, phase, keep, [*keep.all(), *callbacks], clean_dl, reporter, plan)
                 offset += n_epochs
     finally:
         reporter.finished()
@@ -125,10 +146,41 @@ def fit_phases(setup: RunSetup, reporter: Reporter, callbacks: Sequence = (), tr
         best_epoch=keep.best.best_epoch,
         best_accuracy=keep.best.best_accuracy,
         stopped_early_at=keep.stopper.stopped_at,
+        planned_epochs=plan.total,
+        best_is_average=next((r.ema_is_better for r in keep.history.records if r.epoch == keep.best.best_epoch), False),
     )
 
 
-def begin_or_continue(setup: RunSetup, keep: RunCallbacks, reporter: Reporter) -> None:
+def fit_lengths(setup: RunSetup) -> list[tuple[str, int]]:
+    """The epochs each ``fit_one_cycle`` is started with: the run's phases, except that a budgeted
+    full phase is given room for :data:`MAX_BUDGET_EPOCHS` and stops where its plan ends."""
+    budget = setup.config.options.time_budget
+    return [(name, MAX_BUDGET_EPOCHS if budget and name == "full" else n) for name, n in setup.config.phases]
+
+
+def epoch_plan(setup: RunSetup, clock: EpochClock) -> EpochPlan:
+    """The run's :class:`EpochPlan`; a resumed budgeted run plans what is left of its budget from
+    the cost of its last epoch before the interruption."""
+    options, frozen = setup.config.options, setup.config.freeze_epochs or 0
+    plan = EpochPlan(
+        full_epochs=options.epochs,
+        frozen_epochs=frozen,
+        budget=options.time_budget,
+        sizes=options.progressive,
+        clock=clock,
+    )
+    history = setup.checkpoint.records() if setup.checkpoint else []
+    full = [r for r in history if r.phase == "full"]
+    if plan.budget is not None and history:
+        if full:
+            plan.cost = (full[-1].seconds, plan.train_size(len(full) - 1) or 0)
+        else:
+            plan.frozen_cost = history[-1].seconds
+        plan.replan(len(full))
+    return plan
+
+
+def begin_or_continue(setup: RunSetup, keep: RunCallbacks, reporter: Reporter, total: int) -> None:
     """A new run seeds this process's augmentations and writes its epoch-0 checkpoint; a resumed
     one loads its model."""
     from fastai.torch_core import set_seed
@@ -138,23 +190,33 @@ def begin_or_continue(setup: RunSetup, keep: RunCallbacks, reporter: Reporter) -
         set_seed(setup.config.options.seed + distributed.current().rank)  # each process its own augmentations
         keep.checkpoint.write(0)
     else:
-        total = sum(n for _, n in setup.config.phases)
         reporter.stage(f"resuming after epoch {start.epoch} of {total}")
         reporter.checkpoint_saved(start.epoch, setup.run.file(CHECKPOINT))
         setup.bundle.learn.model.load_state_dict(start.model)
 
 
 def fit_phase(
-    setup: RunSetup, phase: Phase, keep: RunCallbacks, callbacks: Sequence, clean_dl, reporter: Reporter
+    setup: RunSetup,
+    phase: Phase,
+    keep: RunCallbacks,
+    callbacks: Sequence,
+    clean_dl,
+    reporter: Reporter,
+    plan: Optional[EpochPlan] = None,
 ) -> None:
     """One phase's ``fit_one_cycle``: the frozen one trains the head alone at ``lr`` (the peak
     almost at once), the full one the body at ``body_lr`` and the head at ``lr``. The phase a
     resumed run stopped in gets its optimizer state and random generators back."""
-    from flowerfast.training.callbacks import CleanTrainAccuracy, EpochStats, ReportProgress
-
     config, learn, start = setup.config, setup.bundle.learn, setup.checkpoint
-    stats = EpochStats(phase=phase.name, epoch_offset=phase.offset, start_epoch=phase.skip)
-    cbs = [stats, ReportProgress(reporter, epoch_offset=phase.offset), *callbacks]
+    stats = EpochStats(
+        phase=phase.name, epoch_offset=phase.offset, start_epoch=phase.skip, multi_label=setup.data.multi_label
+    )
+    cbs = [
+        stats,
+        ReportProgress(reporter, epoch_offset=phase.offset),
+        *callbacks,
+        *recipe_callbacks(setup, phase, plan, reporter),
+    ]
     if config.clean_train_images > 0:  # a process whose share is empty still adds its zeros
         cbs.append(CleanTrainAccuracy(clean_dl, setup.bundle.precision, start_epoch=phase.skip, reporter=reporter))
     if phase.name == "frozen":  # either call resets Adam's state, as between an uninterrupted run's phases
@@ -180,8 +242,23 @@ def fit_phase(
         )
 
 
+def recipe_callbacks(setup: RunSetup, phase: Phase, plan: Optional[EpochPlan], reporter: Reporter) -> list:
+    """The callbacks of a fit that follows an epoch plan (a time budget, progressive resizing).
+    (MixUp and CutMix belong to the learner, :func:`flowerfast.training.session.build_learner`.)"""
+    from flowerfast.data.augment import growing_crop
+
+    if plan is None or (plan.budget is None and not plan.sizes):
+        return []
+    return [FollowPlan(plan, phase.name, growing_crop(setup.data.dls), reporter)]
+
+
 def snapshot(
-    setup: RunSetup, epoch: int, history: list[EpochRecord], best: SaveBestModel, seconds: float
+    setup: RunSetup,
+    epoch: int,
+    history: list[EpochRecord],
+    best: SaveBestModel,
+    seconds: float,
+    average: Optional[WeightAverage] = None,
 ) -> Checkpoint:
     """The run's state after ``epoch`` completed epochs, as :class:`~flowerfast.training.checkpoint.Checkpoint`.
 
@@ -205,4 +282,5 @@ def snapshot(
         best_epoch=best.best_epoch,
         best_accuracy=best.best_accuracy,
         seconds=seconds,
+        ema=average.state_dict() if average is not None else None,
     )

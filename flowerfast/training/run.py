@@ -279,5 +279,7 @@ def summarise(setup: RunSetup, outcome: FitOutcome, rescored: float, seconds: fl
         best_model=str(setup.run.best_model),
         final_model=str(final_model),
         stopped_early_at=outcome.stopped_early_at,
-        planned_epochs=sum(n for _, n in config.phases),
+        planned_epochs=outcome.planned_epochs or sum(n for _, n in config.phases),
+        best_model_is_average=outcome.best_is_average if config.options.ema else None,
+        time_budget=config.options.time_budget,
     )

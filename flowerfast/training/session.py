@@ -137,8 +137,9 @@ def loss_class_weights(options: TrainConfig, data) -> Optional[list[float]]:
 
 def build_learner(options: TrainConfig, data, device, scratch: Path, class_weights, resumed: bool):
     """The run's learner in its scratch folder; a resumed run loads no starting weights (its
-    checkpoint holds the model)."""
-    return create_learner(
+    checkpoint holds the model). With ``--mixup`` or ``--cutmix`` the learner mixes every batch it
+    trains on, lr-find's too, so the learning rate found is the one for the loss it will train on."""
+    bundle = create_learner(
         data,
         arch=options.arch,
         size=data.size,
@@ -150,7 +151,13 @@ def build_learner(options: TrainConfig, data, device, scratch: Path, class_weigh
         path=scratch,
         class_weights=class_weights,
         fixed_bn=options.fixed_bn,
+        label_smoothing=options.label_smoothing,
     )
+    if options.mixup > 0 or options.cutmix > 0:
+        from flowerfast.training.mixing import MixBatches
+
+        bundle.learn.add_cb(MixBatches(options.mixup, options.cutmix, len(data.classes)))
+    return bundle
 
 
 def resumed_weights_info(checkpoint: Checkpoint) -> WeightsInfo:
@@ -216,7 +223,7 @@ def scan_and_split(options: TrainConfig, ref, device, workers: int, cache_dir, r
             options.data,
             labels=options.labels,
             multi_label=options.multi_label,
-            size=options.size,
+            size=options.size if options.size is not None or not options.progressive else options.progressive[-1],
             bs=options.bs,
             valid_pct=options.valid_pct,
             seed=options.seed,
@@ -231,6 +238,7 @@ def scan_and_split(options: TrainConfig, ref, device, workers: int, cache_dir, r
             mean=mean,
             std=std,
             min_scale=crop_min_scale(options),
+            augment=options.augment,
         )
         if resume is not None:
             check_same_split(resume, data)

@@ -1,0 +1,87 @@
+"""An exponential moving average of the weights (``--ema``), validated each epoch beside them.
+
+Why: late in training the weights wander around a minimum from batch to batch; their average over
+the last few hundred steps usually sits nearer its centre and validates better (timm's ``ModelEma``,
+Polyak averaging). The average costs one copy of the network and one extra validation pass per
+epoch; the best model kept is whichever of the two validates better
+(:class:`~flowerfast.training.keeping.SaveBestModel`).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Optional
+
+import torch
+from fastai.callback.core import Callback
+
+from flowerfast.hardware.distributed import gather_objects, sum_counts, unwrapped
+
+
+class WeightAverage(Callback):
+    """Keeps ``average``, the moving average of the model's weights (and batch-norm statistics),
+    updated after every optimizer step with decay ``min(decay, (1 + t) / (10 + t))`` at step ``t``,
+    so the first steps do not anchor it to the starting weights. After each epoch it is
+    validated (``score``: accuracy, or mAP for multi-label) before :class:`EpochStats` records
+    the epoch. One object serves every fit of a run; ``state`` resumes it from a checkpoint."""
+
+    order = 57  # after_epoch: after CleanTrainAccuracy (55), before EpochStats (60)
+
+    def __init__(self, decay: float, precision: str, multi_label: bool, state: Optional[dict] = None):
+        self.decay, self.precision, self.multi_label = decay, precision, multi_label
+        self.state, self.steps = state, int(state["steps"]) if state else 0
+        self.average: Optional[torch.nn.Module] = None
+        self.score: Optional[float] = None
+
+    def before_fit(self):
+        model = unwrapped(self.learn.model)
+        if self.average is None:
+            self.average = copy.deepcopy(model).eval().requires_grad_(False)
+            if self.state is not None:
+                self.average.load_state_dict(self.state["model"])
+        self.pairs = list(zip(self.average.state_dict().values(), model.state_dict().values()))
+
+    def after_step(self):
+        self.steps += 1
+        keep = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        with torch.no_grad():
+            for mine, theirs in self.pairs:
+                if mine.is_floating_point():
+                    mine.lerp_(theirs.detach(), 1 - keep)
+                else:
+                    mine.copy_(theirs)
+
+    def before_epoch(self):
+        self.score, self.trained = None, False
+
+    def before_train(self):  # not called for an epoch a resumed fit skips
+        self.trained = True
+
+    def after_epoch(self):
+        if self.trained:
+            self.score = validation_score(self.average, self.dls.valid, self.precision, self.multi_label)
+
+    def state_dict(self) -> Optional[dict]:
+        """What a checkpoint keeps: the average and its step count."""
+        if self.average is None:
+            return self.state
+        return {
+            "model": {k: v.detach().to("cpu").clone() for k, v in self.average.state_dict().items()},
+            "steps": self.steps,
+        }
+
+
+def validation_score(model, dl, precision: str, multi_label: bool) -> Optional[float]:
+    """``model``'s accuracy on ``dl`` (multi-label: mAP), over every process's share of it."""
+    from flowerfast.core.multilabel import score_multi_label
+    from flowerfast.training.learner import predict_batches
+
+    probs, targets = predict_batches(model, dl, precision)
+    if multi_label:
+        parts = [p for p in gather_objects((probs, targets)) if len(p[0])]
+        if not parts:
+            return None
+        probs, targets = (torch.cat([p[k] for p in parts]).numpy() for k in (0, 1))
+        return score_multi_label(probs, targets, range(probs.shape[1])).mean_average_precision or 0.0
+    correct, n = sum_counts([int((probs.argmax(dim=-1) == targets).sum()), len(targets)])
+    return correct / n if n else None

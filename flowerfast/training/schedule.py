@@ -1,0 +1,156 @@
+"""The epochs of a run laid out in time: how many the full phase gets within a time budget
+(``--time``), where each batch sits in its one-cycle schedule, and each epoch's training size
+(``--progressive``), all held by one :class:`EpochPlan` that one callback per fit follows.
+
+Why plan again after every epoch: an epoch's cost is only known once one has run (the first also
+fills the image cache, later ones are faster, a frozen one is cheaper than a full one). After
+each epoch the full phase is given the most epochs whose predicted cost fits what is left of the
+budget, and the one-cycle schedule is stretched or shrunk to them: the position of each batch in
+the schedule is its share of the *planned* epochs, written into fastai's ``pct_train`` before
+fastai's ``ParamScheduler`` reads it. Training stops when the plan is done, so the learning rate
+has annealed when the time is up and the best model is saved as in any run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+from fastai.callback.core import Callback, CancelFitException
+
+from flowerfast.core.progress import Reporter
+from flowerfast.hardware import distributed
+from flowerfast.runs.config import MAX_BUDGET_EPOCHS
+
+FROZEN_TO_FULL = 2.0
+"""A full epoch's cost over a frozen one's: the guess between the frozen epochs and the first
+batches of the full phase, which replace it."""
+PROBE_BATCHES = 4
+"""Training batches timed at the start of a budgeted run's first full epoch, for its first plan."""
+
+
+def size_at(sizes: Sequence[int], epoch: int, epochs: int) -> int:
+    """The training size of the full phase's ``epoch`` (from 0) of ``epochs``: ``sizes`` in equal shares."""
+    return sizes[min(len(sizes) - 1, epoch * len(sizes) // max(epochs, 1))]
+
+
+@dataclass
+class EpochPlan:
+    """The full phase's epochs (``full_epochs``, planned to ``budget`` seconds of ``clock`` when a
+    budget is given) and the training sizes (``sizes``; ``None``: the model's size throughout)."""
+
+    full_epochs: int
+    frozen_epochs: int = 0
+    budget: Optional[float] = None
+    sizes: Optional[list[int]] = None
+    clock: object = None
+    cost: Optional[tuple[float, int]] = None  # seconds of a full epoch at a training size
+    frozen_cost: Optional[float] = None
+    changes: list[int] = field(default_factory=list)
+    last: Optional[tuple[float, bool, Optional[int]]] = None  # the epoch under way: start, full?, size
+
+    @property
+    def total(self) -> int:
+        return self.frozen_epochs + self.full_epochs
+
+    def train_size(self, full_epoch: Optional[int]) -> Optional[int]:
+        """The training size of the full phase's epoch ``full_epoch`` (``None``: a frozen epoch)."""
+        if not self.sizes:
+            return None
+        return self.sizes[0] if full_epoch is None else size_at(self.sizes, full_epoch, self.full_epochs)
+
+    def epoch_cost(self, size: Optional[int]) -> Optional[float]:
+        """The predicted seconds of a full epoch at ``size``: the last one timed, scaled by pixels."""
+        if self.cost is not None:
+            seconds, at = self.cost
+        elif self.frozen_cost is not None:  # frozen epochs train at the first size
+            seconds, at = self.frozen_cost * FROZEN_TO_FULL, self.train_size(None) or 0
+        else:
+            return None
+        return seconds * ((size / at) ** 2 if size and at else 1.0)
+
+    def replan(self, done: int) -> bool:
+        """Plan the full phase to fill what is left of the budget, ``done`` of its epochs run;
+        whether the plan changed. At least one full epoch; every process plans the same."""
+        if self.budget is None or self.epoch_cost(None) is None:
+            return False
+        left = self.budget - self.clock.seconds()
+        if not self.sizes:  # every epoch costs the same
+            planned = done + max(0, int(left // self.epoch_cost(None)))
+        else:
+            planned = done
+            for n in range(done + 1, MAX_BUDGET_EPOCHS + 1):
+                if sum(self.epoch_cost(size_at(self.sizes, e, n)) for e in range(done, n)) > left:
+                    break
+                planned = n
+        planned = min(MAX_BUDGET_EPOCHS, max(planned, done, 1))
+        planned = min(distributed.gather_objects(planned))
+        changed = planned != self.full_epochs
+        self.full_epochs = planned
+        if changed:
+            self.changes.append(planned)
+        return changed
+
+
+class FollowPlan(Callback):
+    """Makes one fit follow the :class:`EpochPlan`: each training epoch at its size (the training
+    loader's :class:`~flowerfast.data.augment.GrowingCrop`), each full-phase batch at its place
+    in the planned one-cycle schedule, and the fit stopped when the plan is done. With a budget,
+    the plan is redone before every epoch from what the one before cost, its validation and
+    saving included (and, in a run with no full epoch timed yet, after its first few batches)."""
+
+    order = 50  # before_batch: before fastai's ParamScheduler (60) reads pct_train
+
+    def __init__(self, plan: EpochPlan, phase: str, crop, reporter: Reporter):
+        self.plan, self.phase, self.crop, self.reporter = plan, phase, crop, reporter
+
+    @property
+    def full(self) -> bool:
+        return self.phase == "full"
+
+    def before_epoch(self):
+        self.measure_last_epoch()
+        if self.full and self.epoch >= self.plan.full_epochs:
+            raise CancelFitException()
+        size = self.plan.train_size(self.epoch if self.full else None)
+        if size is not None and self.crop is not None:
+            self.crop.set_train_size(size)
+
+    def before_train(self):  # not called for an epoch a resumed fit skips
+        self.t0 = time.perf_counter()
+        self.plan.last = (self.t0, self.full, self.plan.train_size(self.epoch if self.full else None))
+
+    def before_batch(self):
+        if not (self.training and self.full and self.plan.budget is not None):
+            return
+        if self.plan.cost is None and self.iter == PROBE_BATCHES:
+            self.probe()
+        self.learn.pct_train = min(1.0, (self.epoch + self.iter / self.n_iter) / self.plan.full_epochs)
+
+    def measure_last_epoch(self) -> None:
+        """The epoch just ended, from its first batch to now, as the cost of its kind; a new plan."""
+        if self.plan.last is None:
+            return
+        start, full, size = self.plan.last
+        self.plan.last = None
+        if full:
+            self.plan.cost = (time.perf_counter() - start, size or 0)
+        else:
+            self.plan.frozen_cost = time.perf_counter() - start
+        self.announce(self.plan.replan(self.epoch if self.full else 0))
+
+    def probe(self) -> None:
+        """The first plan of a run with no full epoch timed: its first batches, plus a quarter for
+        validation and the epoch's end."""
+        seconds = (time.perf_counter() - self.t0) / PROBE_BATCHES * self.n_iter * 1.25
+        self.plan.cost = (seconds, self.plan.train_size(self.epoch) or 0)
+        self.announce(self.plan.replan(self.epoch))
+        self.plan.cost = None  # the whole epoch's time replaces the guess
+
+    def announce(self, changed: bool) -> None:
+        if changed:
+            self.reporter.epochs_started(self.plan.total)
+            left = max(0.0, self.plan.budget - self.plan.clock.seconds())
+            self.reporter.stage(f"time budget: {self.plan.total} epochs planned, {math.ceil(left)} s left")

@@ -1,0 +1,288 @@
+"""The training recipe's options: a time budget the epochs are planned to, label smoothing, MixUp
+and CutMix, a moving average of the weights, progressive resizing and the augmentation policies;
+each against its definition, and together in one real run that is interrupted and resumed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import flowerfast
+from flowerfast.core.errors import FlowerfastError
+from flowerfast.runs.config import TrainConfig, parse_duration
+from flowerfast.runs.folder import CHECKPOINT, RunFolder
+from flowerfast.training.schedule import EpochPlan, size_at
+from tests.conftest import invoke, sample_files
+from tests.test_resume import StopAfterEpochs
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90s", 90), ("10m", 600), ("1.5h", 5400), ("1h30m", 5400), ("7", 420), (" 2m 30s ", 150)]
+)
+def test_durations_read_as_people_write_them(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--time", "10x"], "--time must be a duration such as 90s, 10m or 1.5h (got '10x')"),
+        (["--time", "0m"], "--time must be a positive duration (got '0m')"),
+        (["--progressive", "96,64"], "--progressive must be two or more increasing sizes of at least 32 pixels"),
+        (["--progressive", "64,96", "--size", "128"], "--progressive must end at --size (128)"),
+        (["--label-smoothing", "1"], "--label-smoothing must be at least 0 and below 1 (got 1.0)"),
+        (["--mixup", "-0.2"], "--mixup must be 0 (off) or a positive alpha (got -0.2)"),
+        (["--ema-decay", "1.5"], "--ema-decay must be between 0 and 1 (got 1.5)"),
+        (["--augment", "autoaugment"], "--augment must be one of standard, trivial, randaugment (got 'autoaugment')"),
+    ],
+)
+def test_bad_recipe_options_are_one_line_errors(args, message, runner, tmp_path):
+    result = invoke(runner, ["train", "--out", str(tmp_path / "run"), *args])
+    assert result.exit_code != 0
+    assert message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_soft_targets_give_the_cross_entropy_of_their_labels_and_smoothing_is_torchs():
+    from flowerfast.training.losses import SoftBinaryCrossEntropy, SoftCrossEntropy
+
+    torch.manual_seed(0)
+    pred, labels = torch.randn(8, 5), torch.randint(5, (8,))
+    weight = torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0])
+    onehot = F.one_hot(labels, 5).float()
+    assert SoftCrossEntropy()(pred, onehot) == pytest.approx(float(F.cross_entropy(pred, labels)), abs=1e-6)
+    smoothed = SoftCrossEntropy(weight=weight, label_smoothing=0.1)(pred, labels)
+    assert smoothed == pytest.approx(float(F.cross_entropy(pred, labels, weight=weight, label_smoothing=0.1)), abs=1e-6)
+    # smoothing by hand: (1 - s) on the label, s / 5 on every class
+    by_hand = -(((1 - 0.1) * onehot + 0.1 / 5) * F.log_softmax(pred, dim=1)).sum(dim=1).mean()
+    assert SoftCrossEntropy(label_smoothing=0.1)(pred, onehot) == pytest.approx(float(by_hand), abs=1e-6)
+    bce = SoftBinaryCrossEntropy(label_smoothing=0.2)(pred, onehot)
+    assert bce == pytest.approx(float(F.binary_cross_entropy_with_logits(pred, onehot * 0.8 + 0.1)), abs=1e-6)
+
+
+def test_mixup_and_cutmix_mix_targets_in_the_shares_they_mix_pixels():
+    from flowerfast.training.mixing import mix_batch
+
+    torch.manual_seed(1)
+    x = torch.stack([torch.full((3, 16, 16), float(i)) for i in range(6)])  # photo i is all i
+    target = F.one_hot(torch.arange(6), 6).float()
+    mixed, soft, share = mix_batch(x, target, mixup=0.4, cutmix=0.0)
+    assert soft.sum(dim=1).tolist() == pytest.approx([1.0] * 6)
+    for i in range(6):  # photo i is share * i + (1 - share) * j, and its target says so
+        others = [k for k in range(6) if soft[i, k] > 0 and k != i]
+        j = others[0] if others else i  # shuffled onto itself: unmixed
+        assert float(mixed[i].mean()) == pytest.approx(share * i + (1 - share) * j, abs=1e-5)
+        assert float(soft[i, i]) == pytest.approx(share if others else 1.0, abs=1e-6)
+    mixed, soft, share = mix_batch(x, target, mixup=0.0, cutmix=1.0)
+    for i in range(6):
+        kept = float((mixed[i] == i).float().mean())  # the pixels still photo i's own
+        partner = [k for k in range(6) if soft[i, k] > 0 and k != i]
+        if partner:
+            assert kept == pytest.approx(share, abs=1e-6) and soft[i, i] == pytest.approx(share)
+    assert not torch.equal(mixed, x)
+
+
+def test_the_moving_average_follows_each_step_with_its_warmed_up_decay():
+    from flowerfast.training.ema import WeightAverage
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    average = WeightAverage(decay=0.9, precision="fp32", multi_label=False)
+    average.learn = SimpleNamespace(model=model)
+    average.before_fit()
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    for step in range(1, 30):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+            model[1].num_batches_tracked += 1
+        average.after_step()
+        keep = min(0.9, (1 + step) / (10 + step))
+        for k, v in model.state_dict().items():
+            expected[k] = keep * expected[k] + (1 - keep) * v if v.is_floating_point() else v.clone()
+    for k, v in average.average.state_dict().items():
+        assert torch.allclose(v.float(), expected[k].float(), atol=1e-6), k
+    state = average.state_dict()
+    assert state["steps"] == 29 and set(state["model"]) == set(model.state_dict())
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def seconds(self) -> float:
+        return self.now
+
+
+def test_the_plan_fills_what_is_left_of_the_budget_and_costs_small_epochs_by_their_pixels():
+    clock = FakeClock()
+    plan = EpochPlan(full_epochs=10, budget=100.0, clock=clock)
+    plan.cost = (9.0, 0)
+    clock.now = 9.0
+    assert plan.replan(1) and plan.full_epochs == 1 + 10  # 91 s left: 10 more epochs of 9 s
+    clock.now = 95.0
+    assert plan.replan(9) and plan.full_epochs == 9  # running late: no epoch fits, stop now
+    assert EpochPlan(full_epochs=3, budget=1.0, clock=clock, frozen_cost=5.0).replan(0)  # at least one full epoch
+    assert [size_at([32, 64], e, 6) for e in range(6)] == [32, 32, 32, 64, 64, 64]
+    progressive = EpochPlan(full_epochs=4, budget=40.0, sizes=[32, 64], clock=FakeClock())
+    progressive.cost = (8.0, 64)  # an epoch at 64 px costs 8 s, at 32 px a quarter of that
+    progressive.replan(0)
+    n = progressive.full_epochs
+    cost = sum(8.0 * (size_at([32, 64], e, n) / 64) ** 2 for e in range(n))
+    assert cost <= 40.0 < sum(8.0 * (size_at([32, 64], e, n + 1) / 64) ** 2 for e in range(n + 1))
+    assert n == 8  # 4 epochs at 32 px (2 s each) and 4 at 64 px (8 s each)
+
+
+def test_training_crops_grow_while_validation_stays_at_the_models_size():
+    from fastai.vision.core import PILImage
+
+    from flowerfast.data.augment import GrowingCrop
+
+    crop = GrowingCrop(64, min_scale=0.35)
+    photo = PILImage.create(Image.open(sample_files("daisy", 1)[0]).convert("RGB"))
+    assert crop(photo, split_idx=0).size == (64, 64)
+    crop.set_train_size(32)
+    assert crop(photo, split_idx=0).size == (32, 32)
+    assert crop(photo, split_idx=1).size == (64, 64)
+
+
+@pytest.mark.parametrize("policy", ["trivial", "randaugment"])
+def test_an_augmentation_policy_changes_training_crops_only(policy):
+    from fastai.vision.core import PILImage
+
+    from flowerfast.data.augment import PolicyAugment
+
+    augment = PolicyAugment(policy)
+    photo = PILImage.create(Image.open(sample_files("rose", 1)[0]).convert("RGB"))
+    torch.manual_seed(0)
+    changed = [augment(photo, split_idx=0) for _ in range(8)]
+    assert all(isinstance(c, PILImage) and c.size == photo.size for c in changed)
+    assert any(c.tobytes() != photo.tobytes() for c in changed)
+    assert augment(photo, split_idx=1).tobytes() == photo.tobytes()
+
+
+class TrainingSizes:
+    """A fastai callback noting the side of each epoch's training batches, and of validation's."""
+
+    def __new__(cls, seen: dict):
+        from fastai.callback.core import Callback
+
+        class Sizes(Callback):
+            def before_batch(self):
+                key = ("train", self.epoch) if self.training else ("valid", self.epoch)
+                seen.setdefault(key, set()).add(int(self.xb[0].shape[-1]))
+
+        return Sizes()
+
+
+RECIPE = dict(
+    arch="resnet18",
+    pretrained=False,
+    size=48,
+    progressive=[32, 48],
+    time_budget=16.0,
+    ema=True,
+    ema_decay=0.9,
+    mixup=0.4,
+    cutmix=1.0,
+    label_smoothing=0.1,
+    augment="trivial",
+    bs=16,
+    device="cpu",
+    precision="fp32",
+    workers=0,
+    clean_train_sample=0,
+)
+
+
+@pytest.fixture(scope="module")
+def budgeted(tmp_path_factory) -> tuple[Path, dict, dict]:
+    """Every recipe option in one run from random weights on the embedded photos, with a budget of
+    16 s; stopped (as by Ctrl-C) after two epochs, then resumed to the end."""
+    out = tmp_path_factory.mktemp("runs") / "recipe"
+    seen: dict = {}
+    with pytest.raises(KeyboardInterrupt):
+        flowerfast.train(out=out, callbacks=[StopAfterEpochs(2), TrainingSizes(seen)], **RECIPE)
+    checkpoint = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=True)
+    before = {"epoch": checkpoint["epoch"], "ema_steps": checkpoint["ema"]["steps"], "seconds": checkpoint["seconds"]}
+    flowerfast.resume(out, callbacks=[TrainingSizes(seen)])
+    return out, seen, before
+
+
+def test_a_budgeted_run_plans_its_epochs_to_the_budget_across_a_resume(budgeted):
+    out, _, before = budgeted
+    folder = RunFolder(out)
+    summary, history, config = (
+        folder.read_summary(),
+        folder.read_history(),
+        json.loads((out / "config.json").read_text()),
+    )
+    assert before["epoch"] == 2 and before["ema_steps"] == 2 * 10  # 160 training photos, batches of 16
+    assert config["options"]["time_budget"] == 16.0 and summary.time_budget == 16.0
+    assert len(history) == summary.planned_epochs >= 4  # the plan was run to its end, not cut off
+    assert [r.epoch for r in history] == list(range(1, len(history) + 1))
+    longest = max(r.seconds for r in history)
+    assert sum(r.seconds for r in history) <= 16.0 + 2 * longest + 2.0  # both sessions together
+    peak = max(r.lr for r in history)
+    assert history[-1].lr < peak / 100  # the one-cycle schedule annealed by the planned end
+    assert not (out / CHECKPOINT).exists()
+
+
+def test_progressive_resizing_trains_small_first_and_validates_at_the_models_size(budgeted):
+    out, seen, _ = budgeted
+    n = len(RunFolder(out).read_history())
+    train_sizes = [seen[("train", e)] for e in range(n) if ("train", e) in seen]
+    assert train_sizes[0] == {32} and train_sizes[-1] == {48}
+    assert all(sizes == {48} for key, sizes in seen.items() if key[0] == "valid")
+    assert json.loads(RunFolder(out).best_model.with_suffix(".json").read_text())["size"] == 48
+
+
+def test_the_moving_average_is_validated_and_the_better_weights_are_the_best_model(budgeted):
+    out, _, _ = budgeted
+    folder = RunFolder(out)
+    summary, history = folder.read_summary(), folder.read_history()
+    assert all(r.ema_valid_score is not None for r in history)
+    best = next(r for r in history if r.epoch == summary.best_epoch)
+    assert summary.best_model_is_average == best.ema_is_better
+    assert summary.best_valid_accuracy == pytest.approx(max(max(r.valid_accuracy, r.ema_valid_score) for r in history))
+    # rescoring the saved best model gives the best figure: it holds whichever weights scored it
+    assert summary.best_valid_accuracy_rescored == pytest.approx(summary.best_valid_accuracy, abs=1e-9)
+
+
+def test_a_mixed_run_predicts_its_validation_photos_as_training_scored_them(budgeted):
+    """Mixing is for training batches only: the saved model, loaded for prediction, answers the
+    plain validation photos as the run's own scoring did."""
+    out, _, _ = budgeted
+    folder = RunFolder(out)
+    rows = folder.read_valid_predictions()
+    model = flowerfast.load_model(folder.best_model)
+    paths, probs, errors = model.probabilities([Path(folder.read_config().data) / r.file for r in rows])
+    assert not errors and len(paths) == len(rows) == 40
+    assert probs.sum(dim=1).tolist() == pytest.approx([1.0] * len(rows), abs=1e-5)
+    agree = sum(model.classes[int(i)] == r.predicted for i, r in zip(probs.argmax(dim=1), rows))
+    assert agree >= len(rows) - 1  # at most one near-tie decided the other way by another kernel
+
+
+def test_lr_find_takes_the_recipe_options(runner, tmp_path):
+    result = invoke(
+        runner,
+        ["lr-find", "--arch", "resnet18", "--no-pretrained", "--size", "32", "--bs", "16", "--num-it", "40",
+         "--mixup", "0.4", "--label-smoothing", "0.1", "--augment", "trivial", "--out", str(tmp_path / "lr")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "lr" / "lr_find.png").is_file()
+    config = json.loads((tmp_path / "lr" / "config.json").read_text())
+    assert config["mixup"] == 0.4 and config["label_smoothing"] == 0.1 and config["augment"] == "trivial"
+
+
+def test_the_library_names_its_parameters_in_recipe_errors():
+    with pytest.raises(FlowerfastError, match=r"^progressive must end at size \(64\)"):
+        TrainConfig(size=64, progressive=[32, 48]).validate()
+    with pytest.raises(FlowerfastError, match=r"^time_budget must be a duration"):
+        TrainConfig(time_budget="soon").validate()
