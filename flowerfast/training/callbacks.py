@@ -61,14 +61,7 @@ class EpochStats(Callback):
 
     def multi_label_scores(self) -> tuple[Optional[float], Optional[float]]:
         """The epoch's validation macro F1 at 0.5 and mAP over every process's photos (multi-label)."""
-        from flowerfast.core.multilabel import score_multi_label
-
-        batches = [b for part in gather_objects(self._valid) for b in part]
-        if not batches:
-            return None, None
-        probs, targets = (torch.cat([b[k] for b in batches]).numpy() for k in (0, 1))
-        scores = score_multi_label(probs, targets, range(probs.shape[1]))
-        return scores.macro_f1, scores.mean_average_precision or 0.0
+        return multi_label_scores(self._valid)
 
     def after_epoch(self):
         if self.epoch < self.start_epoch:  # done before a resume: fastai skipped it
@@ -97,6 +90,19 @@ class EpochStats(Callback):
             raise CancelFitException()
         self.records.append(record)
         self.record = record
+
+
+def multi_label_scores(batches: list) -> tuple[Optional[float], Optional[float]]:
+    """Macro F1 at 0.5 and mAP of ``(probabilities, targets)`` batches gathered from every process
+    (``None, None`` when no process has any)."""
+    from flowerfast.core.multilabel import score_multi_label
+
+    gathered = [b for part in gather_objects(batches) for b in part]
+    if not gathered:
+        return None, None
+    probs, targets = (torch.cat([b[k] for b in gathered]).numpy() for k in (0, 1))
+    scores = score_multi_label(probs, targets, range(probs.shape[1]))
+    return scores.macro_f1, scores.mean_average_precision or 0.0
 
 
 class CleanTrainAccuracy(Callback):

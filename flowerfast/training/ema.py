@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from fastai.callback.core import Callback
 
-from flowerfast.hardware.distributed import gather_objects, sum_counts, unwrapped
+from flowerfast.hardware.distributed import sum_counts, unwrapped
 
 
 class WeightAverage(Callback):
@@ -73,15 +73,11 @@ class WeightAverage(Callback):
 
 def validation_score(model, dl, precision: str, multi_label: bool) -> Optional[float]:
     """``model``'s accuracy on ``dl`` (multi-label: mAP), over every process's share of it."""
-    from flowerfast.core.multilabel import score_multi_label
+    from flowerfast.training.callbacks import multi_label_scores
     from flowerfast.training.learner import predict_batches
 
     probs, targets = predict_batches(model, dl, precision)
     if multi_label:
-        parts = [p for p in gather_objects((probs, targets)) if len(p[0])]
-        if not parts:
-            return None
-        probs, targets = (torch.cat([p[k] for p in parts]).numpy() for k in (0, 1))
-        return score_multi_label(probs, targets, range(probs.shape[1])).mean_average_precision or 0.0
+        return multi_label_scores([(probs, targets)] if len(probs) else [])[1]
     correct, n = sum_counts([int((probs.argmax(dim=-1) == targets).sum()), len(targets)])
     return correct / n if n else None
