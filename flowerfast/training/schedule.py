@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from fastai.callback.core import Callback, CancelFitException
@@ -28,7 +28,8 @@ FROZEN_TO_FULL = 2.0
 """A full epoch's cost over a frozen one's: the guess between the frozen epochs and the first
 batches of the full phase, which replace it."""
 PROBE_BATCHES = 4
-"""Training batches timed at the start of a budgeted run's first full epoch, for its first plan."""
+"""Training batches timed at the start of a budgeted run's first full epoch, for its first plan
+(after its first batch, which also pays for one-time set-up: kernels chosen, memory allocated)."""
 
 
 def size_at(sizes: Sequence[int], epoch: int, epochs: int) -> int:
@@ -48,7 +49,6 @@ class EpochPlan:
     clock: object = None
     cost: Optional[tuple[float, int]] = None  # seconds of a full epoch at a training size
     frozen_cost: Optional[float] = None
-    changes: list[int] = field(default_factory=list)
     last: Optional[tuple[float, bool, Optional[int]]] = None  # the epoch under way: start, full?, size
 
     @property
@@ -89,8 +89,6 @@ class EpochPlan:
         planned = min(distributed.gather_objects(planned))
         changed = planned != self.full_epochs
         self.full_epochs = planned
-        if changed:
-            self.changes.append(planned)
         return changed
 
 
@@ -125,7 +123,9 @@ class FollowPlan(Callback):
     def before_batch(self):
         if not (self.training and self.full and self.plan.budget is not None):
             return
-        if self.plan.cost is None and self.iter == PROBE_BATCHES:
+        if self.plan.cost is None and self.iter == 1:
+            self.probe_t0 = time.perf_counter()
+        if self.plan.cost is None and self.iter == PROBE_BATCHES + 1:
             self.probe()
         self.learn.pct_train = min(1.0, (self.epoch + self.iter / self.n_iter) / self.plan.full_epochs)
 
@@ -144,7 +144,7 @@ class FollowPlan(Callback):
     def probe(self) -> None:
         """The first plan of a run with no full epoch timed: its first batches, plus a quarter for
         validation and the epoch's end."""
-        seconds = (time.perf_counter() - self.t0) / PROBE_BATCHES * self.n_iter * 1.25
+        seconds = (time.perf_counter() - self.probe_t0) / PROBE_BATCHES * self.n_iter * 1.25
         self.plan.cost = (seconds, self.plan.train_size(self.epoch) or 0)
         self.announce(self.plan.replan(self.epoch))
         self.plan.cost = None  # the whole epoch's time replaces the guess
