@@ -188,6 +188,29 @@ def test_killing_one_process_ends_the_job_with_one_line_and_a_resumable_checkpoi
     assert_finished_cleanly(out)
 
 
+def test_a_time_budget_and_a_weight_average_hold_on_both_processes(tmp_path, photos):
+    """``--time``: every process must plan the same epochs, or one would wait for ever on a
+    collective the other never joins; ``--ema``: the average is scored over the whole validation
+    set, as the weights are, and its score decides the best model on every process alike."""
+    budget = 10.0
+    proc = torchrun(TRAIN + ["--data", photos, "--time", "10s", "--ema", "--out", "run"], tmp_path, tmp_path / "trace")
+    lines = run_until(proc, "never")
+    assert proc.returncode == 0, (tmp_path / "stderr.txt").read_text()
+    run = RunFolder(tmp_path / "run")
+    summary, history = run.read_summary(), run.read_history()
+    assert summary.time_budget == budget and len(history) == summary.planned_epochs == summary.epochs >= 2
+    rank0, rank1 = (shards(read_trace(tmp_path / "trace", r), "train") for r in (0, 1))
+    assert len(rank0) == len(rank1) == summary.epochs  # both processes ran every planned epoch
+    assert sum(r.seconds for r in history) <= budget + max(r.seconds for r in history) + 2.0
+    plans = [line for line in lines if line.startswith("time budget: ")]
+    assert plans and plans[-1].startswith(f"time budget: {summary.epochs} epochs planned")
+    for r in history:  # a share of all 9 validation photos, not of one process's 4 or 5
+        assert r.ema_valid_score * 9 == pytest.approx(round(r.ema_valid_score * 9), abs=1e-4)  # 6 digits in the CSV
+    assert summary.best_valid_accuracy_rescored == pytest.approx(summary.best_valid_accuracy, abs=1e-9)
+    finals = [[e["sha256"] for e in read_trace(tmp_path / "trace", r) if e["event"] == "final_weights"] for r in (0, 1)]
+    assert len(finals[0]) == 1 and finals[0] == finals[1]
+
+
 def test_lr_find_runs_on_both_processes_and_rank_0_writes_its_files(tmp_path, photos):
     proc = torchrun(
         [

@@ -17,7 +17,7 @@ import flowerfast
 from flowerfast.core.errors import FlowerfastError
 from flowerfast.runs.config import TrainConfig, parse_duration
 from flowerfast.runs.folder import CHECKPOINT, RunFolder
-from flowerfast.training.schedule import EpochPlan, size_at
+from flowerfast.training.schedule import EpochCost, EpochPlan, size_at
 from tests.conftest import invoke, sample_files
 from tests.test_resume import StopAfterEpochs
 
@@ -123,20 +123,29 @@ class FakeClock:
 def test_the_plan_fills_what_is_left_of_the_budget_and_costs_small_epochs_by_their_pixels():
     clock = FakeClock()
     plan = EpochPlan(full_epochs=10, budget=100.0, clock=clock)
-    plan.cost = (9.0, 0)
+    plan.cost = EpochCost(7.0, 2.0)
     clock.now = 9.0
     assert plan.replan(1) and plan.full_epochs == 1 + 10  # 91 s left: 10 more epochs of 9 s
     clock.now = 95.0
     assert plan.replan(9) and plan.full_epochs == 9  # running late: no epoch fits, stop now
-    assert EpochPlan(full_epochs=3, budget=1.0, clock=clock, frozen_cost=5.0).replan(0)  # at least one full epoch
-    assert [size_at([32, 64], e, 6) for e in range(6)] == [32, 32, 32, 64, 64, 64]
+    frozen = EpochPlan(full_epochs=3, budget=1.0, clock=clock, frozen_cost=EpochCost(5.0))
+    assert frozen.replan(0) and frozen.full_epochs == 1  # at least one full epoch
     progressive = EpochPlan(full_epochs=4, budget=40.0, sizes=[32, 64], clock=FakeClock())
-    progressive.cost = (8.0, 64)  # an epoch at 64 px costs 8 s, at 32 px a quarter of that
+    progressive.cost = EpochCost(6.0, 2.0, 64)  # training at 32 px costs a quarter; validation does not shrink
+    assert progressive.epoch_cost(32) == 6.0 / 4 + 2.0
     progressive.replan(0)
     n = progressive.full_epochs
-    cost = sum(8.0 * (size_at([32, 64], e, n) / 64) ** 2 for e in range(n))
-    assert cost <= 40.0 < sum(8.0 * (size_at([32, 64], e, n + 1) / 64) ** 2 for e in range(n + 1))
-    assert n == 8  # 4 epochs at 32 px (2 s each) and 4 at 64 px (8 s each)
+    cost = sum(progressive.epoch_cost(size_at([32, 64], e, n)) for e in range(n))
+    assert cost <= 40.0 < sum(progressive.epoch_cost(size_at([32, 64], e, n + 1)) for e in range(n + 1))
+    assert n == 6  # 3 epochs at 32 px (3.5 s each) and 3 at 64 px (8 s each)
+
+
+def test_progressive_sizes_share_the_epochs_and_the_last_ones_train_at_the_last_size():
+    assert [size_at([32, 64], e, 6) for e in range(6)] == [32, 32, 32, 64, 64, 64]
+    assert [size_at([64, 96, 128], e, 4) for e in range(4)] == [64, 96, 128, 128]
+    assert [size_at([64, 96, 128], e, 2) for e in range(2)] == [96, 128]  # too few epochs: the smallest go
+    assert [size_at([64, 96, 128], e, 1) for e in range(1)] == [128]
+    assert size_at([64, 96, 128], 5, 3) == 128  # past the plan (a plan shrunk under a running epoch)
 
 
 def test_training_crops_grow_while_validation_stays_at_the_models_size():

@@ -27,7 +27,7 @@ from flowerfast.training.keeping import (
     SaveCheckpoint,
     WriteHistory,
 )
-from flowerfast.training.schedule import EpochPlan, FollowPlan
+from flowerfast.training.schedule import EpochCost, EpochPlan, FollowPlan
 
 if TYPE_CHECKING:
     from flowerfast.training.session import RunSetup
@@ -171,11 +171,11 @@ def epoch_plan(setup: RunSetup, clock: EpochClock) -> EpochPlan:
     )
     history = setup.checkpoint.records() if setup.checkpoint else []
     full = [r for r in history if r.phase == "full"]
-    if plan.budget is not None and history:
+    if plan.budget is not None and history:  # history.csv has the epoch's seconds, not their parts
         if full:
-            plan.cost = (full[-1].seconds, plan.train_size(len(full) - 1) or 0)
+            plan.cost = EpochCost(full[-1].seconds, 0.0, plan.train_size(len(full) - 1) or 0)
         else:
-            plan.frozen_cost = history[-1].seconds
+            plan.frozen_cost = EpochCost(history[-1].seconds, 0.0, plan.train_size(None) or 0)
         plan.replan(len(full))
     return plan
 

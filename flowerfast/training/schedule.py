@@ -25,16 +25,34 @@ from flowerfast.hardware import distributed
 from flowerfast.runs.config import MAX_BUDGET_EPOCHS
 
 FROZEN_TO_FULL = 2.0
-"""A full epoch's cost over a frozen one's: the guess between the frozen epochs and the first
-batches of the full phase, which replace it."""
+"""A full epoch's training batches over a frozen one's: the guess between the frozen epochs and
+the first batches of the full phase, which replace it."""
 PROBE_BATCHES = 4
 """Training batches timed at the start of a budgeted run's first full epoch, for its first plan
 (after its first batch, which also pays for one-time set-up: kernels chosen, memory allocated)."""
 
 
 def size_at(sizes: Sequence[int], epoch: int, epochs: int) -> int:
-    """The training size of the full phase's ``epoch`` (from 0) of ``epochs``: ``sizes`` in equal shares."""
-    return sizes[min(len(sizes) - 1, epoch * len(sizes) // max(epochs, 1))]
+    """The training size of the full phase's ``epoch`` (from 0) of ``epochs``: ``sizes`` in equal
+    shares, counted from the end, so that the last epochs always train at the last size (the one
+    the model is validated and saved at), and with fewer epochs than sizes the smallest go first."""
+    n = max(epochs, 1)
+    return sizes[max(0, len(sizes) - 1 - (n - 1 - min(epoch, n - 1)) * len(sizes) // n)]
+
+
+@dataclass
+class EpochCost:
+    """What one epoch cost: its training batches (``train`` seconds at ``size`` px; they scale
+    with the pixels of the training size) and the rest (validation, the clean training sample,
+    saving: at the model's size whatever the training size, so they do not)."""
+
+    train: float
+    rest: float = 0.0
+    size: int = 0
+
+    def at(self, size: Optional[int]) -> float:
+        scale = (size / self.size) ** 2 if size and self.size else 1.0
+        return self.train * scale + self.rest
 
 
 @dataclass
@@ -47,9 +65,10 @@ class EpochPlan:
     budget: Optional[float] = None
     sizes: Optional[list[int]] = None
     clock: object = None
-    cost: Optional[tuple[float, int]] = None  # seconds of a full epoch at a training size
-    frozen_cost: Optional[float] = None
+    cost: Optional[EpochCost] = None  # the last full epoch's
+    frozen_cost: Optional[EpochCost] = None
     last: Optional[tuple[float, bool, Optional[int]]] = None  # the epoch under way: start, full?, size
+    trained: Optional[float] = None  # when its training batches ended
 
     @property
     def total(self) -> int:
@@ -62,14 +81,14 @@ class EpochPlan:
         return self.sizes[0] if full_epoch is None else size_at(self.sizes, full_epoch, self.full_epochs)
 
     def epoch_cost(self, size: Optional[int]) -> Optional[float]:
-        """The predicted seconds of a full epoch at ``size``: the last one timed, scaled by pixels."""
+        """The predicted seconds of a full epoch at ``size``: the last one timed, its training
+        batches scaled by pixels."""
         if self.cost is not None:
-            seconds, at = self.cost
-        elif self.frozen_cost is not None:  # frozen epochs train at the first size
-            seconds, at = self.frozen_cost * FROZEN_TO_FULL, self.train_size(None) or 0
-        else:
-            return None
-        return seconds * ((size / at) ** 2 if size and at else 1.0)
+            return self.cost.at(size)
+        if self.frozen_cost is not None:
+            frozen = self.frozen_cost
+            return EpochCost(frozen.train * FROZEN_TO_FULL, frozen.rest, frozen.size).at(size)
+        return None
 
     def replan(self, done: int) -> bool:
         """Plan the full phase to fill what is left of the budget, ``done`` of its epochs run;
@@ -119,6 +138,10 @@ class FollowPlan(Callback):
     def before_train(self):  # not called for an epoch a resumed fit skips
         self.t0 = time.perf_counter()
         self.plan.last = (self.t0, self.full, self.plan.train_size(self.epoch if self.full else None))
+        self.plan.trained = None
+
+    def after_train(self):
+        self.plan.trained = time.perf_counter()
 
     def before_batch(self):
         if not (self.training and self.full and self.plan.budget is not None):
@@ -133,19 +156,21 @@ class FollowPlan(Callback):
         """The epoch just ended, from its first batch to now, as the cost of its kind; a new plan."""
         if self.plan.last is None:
             return
-        start, full, size = self.plan.last
-        self.plan.last = None
+        (start, full, size), now = self.plan.last, time.perf_counter()
+        trained = self.plan.trained or now
+        cost = EpochCost(train=trained - start, rest=now - trained, size=size or 0)
+        self.plan.last = self.plan.trained = None
         if full:
-            self.plan.cost = (time.perf_counter() - start, size or 0)
+            self.plan.cost = cost
         else:
-            self.plan.frozen_cost = time.perf_counter() - start
+            self.plan.frozen_cost = cost
         self.announce(self.plan.replan(self.epoch if self.full else 0))
 
     def probe(self) -> None:
         """The first plan of a run with no full epoch timed: its first batches, plus a quarter for
         validation and the epoch's end."""
-        seconds = (time.perf_counter() - self.probe_t0) / PROBE_BATCHES * self.n_iter * 1.25
-        self.plan.cost = (seconds, self.plan.train_size(self.epoch) or 0)
+        seconds = (time.perf_counter() - self.probe_t0) / PROBE_BATCHES * self.n_iter
+        self.plan.cost = EpochCost(seconds, seconds / 4, self.plan.train_size(self.epoch) or 0)
         self.announce(self.plan.replan(self.epoch))
         self.plan.cost = None  # the whole epoch's time replaces the guess
 
