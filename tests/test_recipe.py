@@ -128,6 +128,10 @@ def test_the_plan_fills_what_is_left_of_the_budget_and_costs_small_epochs_by_the
     assert plan.replan(1) and plan.full_epochs == 1 + 10  # 91 s left: 10 more epochs of 9 s
     clock.now = 95.0
     assert plan.replan(9) and plan.full_epochs == 9  # running late: no epoch fits, stop now
+    clock.now = 50.0
+    assert not plan.replan(9, may_grow=False) and plan.full_epochs == 9  # ended, annealed: no going back up
+    clock.now = 95.0
+    assert plan.replan(5, may_grow=False) and plan.full_epochs == 5  # but shrinking is still allowed
     frozen = EpochPlan(full_epochs=3, budget=1.0, clock=clock, frozen_cost=EpochCost(5.0))
     assert frozen.replan(0) and frozen.full_epochs == 1  # at least one full epoch
     progressive = EpochPlan(full_epochs=4, budget=40.0, sizes=[32, 64], clock=FakeClock())

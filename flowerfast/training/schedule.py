@@ -24,9 +24,11 @@ from flowerfast.core.progress import Reporter
 from flowerfast.hardware import distributed
 from flowerfast.runs.config import MAX_BUDGET_EPOCHS
 
-FROZEN_TO_FULL = 2.0
-"""A full epoch's training batches over a frozen one's: the guess between the frozen epochs and
-the first batches of the full phase, which replace it."""
+FROZEN_TO_FULL = 2.6
+"""A full epoch's training batches over a frozen one's, for the plan made after the frozen epochs
+(the first full epoch's measured cost replaces it). Measured for EfficientNet-Lite0 at 128 px,
+batch 32, on a 2-core CPU: 2.66 and 2.59 (training batches alone); whole epochs, validation
+included, were 2.0 to 2.1 on the shared flowers (``benchmarks/bench_recipe.py``)."""
 PROBE_BATCHES = 4
 """Training batches timed at the start of a budgeted run's first full epoch, for its first plan
 (after its first batch, which also pays for one-time set-up: kernels chosen, memory allocated)."""
@@ -90,9 +92,11 @@ class EpochPlan:
             return EpochCost(frozen.train * FROZEN_TO_FULL, frozen.rest, frozen.size).at(size)
         return None
 
-    def replan(self, done: int) -> bool:
+    def replan(self, done: int, may_grow: bool = True) -> bool:
         """Plan the full phase to fill what is left of the budget, ``done`` of its epochs run;
-        whether the plan changed. At least one full epoch; every process plans the same."""
+        whether the plan changed. At least one full epoch; every process plans the same. With
+        ``may_grow`` false (the plan has run to its end: its learning rate has annealed) it may
+        only stay, since more epochs would take the one-cycle schedule back up its curve."""
         if self.budget is None or self.epoch_cost(None) is None:
             return False
         left = self.budget - self.clock.seconds()
@@ -105,6 +109,8 @@ class EpochPlan:
                     break
                 planned = n
         planned = min(MAX_BUDGET_EPOCHS, max(planned, done, 1))
+        if not may_grow:
+            planned = min(planned, self.full_epochs)
         planned = min(distributed.gather_objects(planned))
         changed = planned != self.full_epochs
         self.full_epochs = planned
@@ -146,9 +152,10 @@ class FollowPlan(Callback):
     def before_batch(self):
         if not (self.training and self.full and self.plan.budget is not None):
             return
-        if self.plan.cost is None and self.iter == 1:
+        unplanned = self.plan.cost is None and self.plan.frozen_cost is None  # no epoch timed yet
+        if unplanned and self.iter == 1:
             self.probe_t0 = time.perf_counter()
-        if self.plan.cost is None and self.iter == PROBE_BATCHES + 1:
+        if unplanned and self.iter == PROBE_BATCHES + 1:
             self.probe()
         self.learn.pct_train = min(1.0, (self.epoch + self.iter / self.n_iter) / self.plan.full_epochs)
 
@@ -164,11 +171,12 @@ class FollowPlan(Callback):
             self.plan.cost = cost
         else:
             self.plan.frozen_cost = cost
-        self.announce(self.plan.replan(self.epoch if self.full else 0))
+        ended = self.full and self.epoch >= self.plan.full_epochs
+        self.announce(self.plan.replan(self.epoch if self.full else 0, may_grow=not ended))
 
     def probe(self) -> None:
-        """The first plan of a run with no full epoch timed: its first batches, plus a quarter for
-        validation and the epoch's end."""
+        """The first plan of a run with no epoch timed (no frozen one either): its first batches,
+        plus a quarter for validation and the epoch's end."""
         seconds = (time.perf_counter() - self.probe_t0) / PROBE_BATCHES * self.n_iter
         self.plan.cost = EpochCost(seconds, seconds / 4, self.plan.train_size(self.epoch) or 0)
         self.announce(self.plan.replan(self.epoch))
@@ -178,4 +186,5 @@ class FollowPlan(Callback):
         if changed:
             self.reporter.epochs_started(self.plan.total)
             left = max(0.0, self.plan.budget - self.plan.clock.seconds())
-            self.reporter.stage(f"time budget: {self.plan.total} epochs planned, {math.ceil(left)} s left")
+            epochs = "1 epoch" if self.plan.total == 1 else f"{self.plan.total} epochs"
+            self.reporter.stage(f"time budget: {epochs} planned, {math.ceil(left)} s left")
