@@ -133,9 +133,14 @@ class FollowPlan(Callback):
     def full(self) -> bool:
         return self.phase == "full"
 
+    @property
+    def plan_done(self) -> bool:
+        """Whether the full phase's planned epochs have all run (its learning rate has annealed)."""
+        return self.full and self.epoch >= self.plan.full_epochs
+
     def before_epoch(self):
         self.measure_last_epoch()
-        if self.full and self.epoch >= self.plan.full_epochs:
+        if self.plan_done:
             raise CancelFitException()
         size = self.plan.train_size(self.epoch if self.full else None)
         if size is not None and self.crop is not None:
@@ -144,7 +149,6 @@ class FollowPlan(Callback):
     def before_train(self):  # not called for an epoch a resumed fit skips
         self.t0 = time.perf_counter()
         self.plan.last = (self.t0, self.full, self.plan.train_size(self.epoch if self.full else None))
-        self.plan.trained = None
 
     def after_train(self):
         self.plan.trained = time.perf_counter()
@@ -171,8 +175,7 @@ class FollowPlan(Callback):
             self.plan.cost = cost
         else:
             self.plan.frozen_cost = cost
-        ended = self.full and self.epoch >= self.plan.full_epochs
-        self.announce(self.plan.replan(self.epoch if self.full else 0, may_grow=not ended))
+        self.announce(self.plan.replan(self.epoch if self.full else 0, may_grow=not self.plan_done))
 
     def probe(self) -> None:
         """The first plan of a run with no epoch timed (no frozen one either): its first batches,
