@@ -286,3 +286,31 @@ def test_only_the_named_parameters_become_flags_and_a_dollar_in_a_path_stays():
     error = FlowerfastError("$out /a/$$b/$output_dir exists: choose another $out", parameters=("out",))
     assert str(error) == "out /a/$$b/$output_dir exists: choose another out"
     assert as_flags(error) == "--out /a/$$b/$output_dir exists: choose another --out"
+
+
+@pytest.mark.parametrize("error", ["library", "lost"])
+def test_a_sigterm_while_the_error_line_is_written_does_not_cut_it_short(monkeypatch, error):
+    """torchrun stops a job's other processes as soon as one fails, so rank 0 can be sent SIGTERM
+    while it is printing its own one-line error: the line is written whole and the exit code kept."""
+    import os
+    import signal
+
+    import typer
+
+    from flowerfast.cli import failures
+    from flowerfast.core.errors import FlowerfastError, ProcessLost
+
+    printed = []
+
+    def terminated_while_printing(message, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # handled (or not) before the next line runs
+        printed.append(message)
+
+    monkeypatch.setattr(failures.err_console, "print", terminated_while_printing)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(typer.Exit) as ended:
+        with failures.user_errors():
+            raise (FlowerfastError("no photos") if error == "library" else ProcessLost("process 1 stopped"))
+    assert ended.value.exit_code == 1
+    assert printed == ["[bold red]error:[/bold red] " + ("no photos" if error == "library" else "process 1 stopped")]
+    assert signal.getsignal(signal.SIGTERM) == before  # the command's handler is gone with it

@@ -129,6 +129,13 @@ def _raise_terminated(signum, frame) -> None:
     raise Terminated()
 
 
+def ignore_terminate() -> None:
+    """From here the command is ending on its own line: a SIGTERM now (torchrun stops the other
+    processes of a job as soon as one fails) would only cut that line short with a traceback."""
+    with contextlib.suppress(ValueError):  # not the main thread: nothing was installed
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 @contextlib.contextmanager
 def terminate_as_exception() -> Iterator[None]:
     """While a command runs, SIGTERM (a job scheduler, ``kill``) unwinds the stack like Ctrl-C
@@ -177,14 +184,18 @@ def user_errors(stopped: Optional[Callable[[], str]] = None) -> Iterator[None]:
         except ReportedByRankZero:
             raise typer.Exit(1) from None
         except ProcessLost as exc:  # the job cannot go on; its last checkpoint can
+            ignore_terminate()
             fail(f"{exc}; {stopped()}" if stopped is not None else str(exc))
         except FlowerfastError as exc:
+            ignore_terminate()
             fail(as_flags(exc))
         except KeyboardInterrupt:
+            ignore_terminate()
             if process_label() is None:
                 err_console.print(f"[bold red]{stop_word('interrupted')}[/bold red]: {after_stop()}")
             raise typer.Exit(130) from None
         except Terminated:
+            ignore_terminate()
             if process_label() is None:
                 err_console.print(f"[bold red]{stop_word('terminated')}[/bold red]: {after_stop()}")
             raise typer.Exit(143) from None
