@@ -112,6 +112,37 @@ def test_the_moving_average_follows_each_step_with_its_warmed_up_decay():
     assert state["steps"] == 29 and set(state["model"]) == set(model.state_dict())
 
 
+def test_the_moving_average_is_scored_on_the_validation_batches_beside_the_model():
+    """The average answers each batch of fastai's validation pass (not the training batches); its
+    score is the accuracy of those answers, or their mAP in a multi-label run."""
+    from flowerfast.core.multilabel import score_multi_label
+    from flowerfast.training.ema import WeightAverage
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    x = torch.randn(10, 3, 2, 2)
+    for multi_label, y in ((False, torch.randint(0, 3, (10,))), (True, (torch.rand(10, 3) > 0.5).float())):
+        average = WeightAverage(decay=0.9, precision="fp32", multi_label=multi_label)
+        learn = SimpleNamespace(model=model, training=True, xb=(torch.randn(4, 3, 2, 2),), yb=(y[:4],))
+        average.learn = learn
+        average.before_fit(), average.before_epoch(), average.before_train()
+        with torch.no_grad():
+            model[1].weight.add_(1.0)  # the model moves on; the average has not stepped
+        average.after_batch()  # a training batch: not scored
+        learn.training = False
+        for batch in (slice(0, 4), slice(4, 10)):
+            learn.xb, learn.yb = (x[batch],), (y[batch],)
+            average.after_batch()
+        average.after_epoch()
+        out = average.average(x)
+        if multi_label:
+            expected = score_multi_label(torch.sigmoid(out).numpy(), y.numpy(), range(3)).mean_average_precision
+        else:
+            expected = int((out.argmax(dim=-1) == y).sum()) / len(y)
+        assert expected != pytest.approx(0.0) and average.score == pytest.approx(expected, abs=1e-9)
+        assert not torch.equal(out, model(x))  # the average's answers, not the model's
+
+
 class FakeClock:
     def __init__(self):
         self.now = 0.0
@@ -142,6 +173,18 @@ def test_the_plan_fills_what_is_left_of_the_budget_and_costs_small_epochs_by_the
     cost = sum(progressive.epoch_cost(size_at([32, 64], e, n)) for e in range(n))
     assert cost <= 40.0 < sum(progressive.epoch_cost(size_at([32, 64], e, n + 1)) for e in range(n + 1))
     assert n == 6  # 3 epochs at 32 px (3.5 s each) and 3 at 64 px (8 s each)
+
+
+def test_a_resumed_plan_prices_an_epoch_from_its_recorded_parts():
+    """``history.csv`` keeps an epoch's training seconds beside its whole seconds, so a resumed
+    plan scales only the training part by the training size, as the uninterrupted run did."""
+    from flowerfast.runs.records import EpochRecord
+
+    record = EpochRecord(1, "full", 1.0, 0.5, 1.0, 0.5, 1e-3, seconds=10.0, train_seconds=6.0)
+    assert EpochCost.of_record(record, 64).at(128) == pytest.approx(6.0 * 4 + 4.0)
+    assert EpochCost.of_record(record, None).at(None) == pytest.approx(10.0)
+    record.train_seconds = None  # a history written without the column: all of it scales
+    assert EpochCost.of_record(record, 64).at(128) == pytest.approx(40.0)
 
 
 def test_progressive_sizes_share_the_epochs_and_the_last_ones_train_at_the_last_size():
@@ -240,6 +283,7 @@ def test_a_budgeted_run_plans_its_epochs_to_the_budget_across_a_resume(budgeted)
     assert config["options"]["time_budget"] == 30.0 and summary.time_budget == 30.0
     assert len(history) == summary.planned_epochs >= 4  # the plan was run to its end, not cut off
     assert [r.epoch for r in history] == list(range(1, len(history) + 1))
+    assert all(0 < r.train_seconds < r.seconds for r in history)  # the resumed plan priced from these
     longest = max(r.seconds for r in history)
     assert sum(r.seconds for r in history) <= 30.0 + 2 * longest + 2.0  # both sessions together
     peak = max(r.lr for r in history)

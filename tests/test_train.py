@@ -34,6 +34,7 @@ HISTORY_COLUMNS = [
     "valid_f1",
     "valid_map",
     "ema_valid_score",
+    "train_seconds",
 ]
 
 

@@ -67,7 +67,9 @@ class EpochRecord:
     per label at 0.5 (fastai's ``accuracy_multi``), and it adds the validation split's macro F1 at
     0.5 and mAP (:mod:`flowerfast.core.multilabel`); its best epoch is the one with the best mAP.
     ``ema_valid_score`` (``--ema``) is the same validation score (accuracy, or mAP) of the moving
-    average of the weights; the best model is the better of the two.
+    average of the weights; the best model is the better of the two. ``seconds`` is the epoch from
+    its first training batch to its validation's end, ``train_seconds`` the training batches' part
+    (a ``--time`` plan scales that part alone by the training size).
     """
 
     epoch: int
@@ -82,6 +84,7 @@ class EpochRecord:
     valid_f1: Optional[float] = None
     valid_map: Optional[float] = None
     ema_valid_score: Optional[float] = None
+    train_seconds: Optional[float] = None
 
     FIELDS = (
         "epoch",
@@ -96,6 +99,7 @@ class EpochRecord:
         "valid_f1",
         "valid_map",
         "ema_valid_score",
+        "train_seconds",
     )
 
     @property
@@ -132,6 +136,7 @@ class EpochRecord:
             valid_f1=_float(row.get("valid_f1")),
             valid_map=_float(row.get("valid_map")),
             ema_valid_score=_float(row.get("ema_valid_score")),
+            train_seconds=_float(row.get("train_seconds")),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -40,9 +40,15 @@ class EpochStats(Callback):
 
     def before_epoch(self):
         self.record = None
-        self._t0 = time.perf_counter()
+        self._t0, self._train_seconds = time.perf_counter(), None
         self._sums = {True: [0.0, 0, 0], False: [0.0, 0, 0]}  # training? -> [loss*n, correct, n]
         self._valid = []  # multi-label: the validation batches' probabilities and targets, for F1 and mAP
+
+    def before_train(self):
+        self._train_t0 = time.perf_counter()
+
+    def after_train(self):
+        self._train_seconds = time.perf_counter() - self._train_t0
 
     def after_batch(self):
         y = self.learn.yb[0]
@@ -83,6 +89,7 @@ class EpochStats(Callback):
             valid_f1=f1,
             valid_map=mean_ap,
             ema_valid_score=average.score if average is not None else None,
+            train_seconds=self._train_seconds,
         )
         if not (math.isfinite(record.train_loss) and math.isfinite(record.valid_loss)):
             # the weights are now NaN or infinite: record nothing, keep the last good best model

@@ -171,11 +171,11 @@ def epoch_plan(setup: RunSetup, clock: EpochClock) -> EpochPlan:
     )
     history = setup.checkpoint.records() if setup.checkpoint else []
     full = [r for r in history if r.phase == "full"]
-    if plan.budget is not None and history:  # history.csv has the epoch's seconds, not their parts
+    if plan.budget is not None and history:
         if full:
-            plan.cost = EpochCost(full[-1].seconds, 0.0, plan.train_size(len(full) - 1) or 0)
+            plan.cost = EpochCost.of_record(full[-1], plan.train_size(len(full) - 1))
         else:
-            plan.frozen_cost = EpochCost(history[-1].seconds, 0.0, plan.train_size(None) or 0)
+            plan.frozen_cost = EpochCost.of_record(history[-1], plan.train_size(None))
         plan.replan(len(full))
     return plan
 

@@ -23,6 +23,7 @@ from fastai.callback.core import Callback, CancelFitException
 from flowerfast.core.progress import Reporter
 from flowerfast.hardware import distributed
 from flowerfast.runs.config import MAX_BUDGET_EPOCHS
+from flowerfast.runs.records import EpochRecord
 
 FROZEN_TO_FULL = 2.6
 """A full epoch's training batches over a frozen one's, for the plan made after the frozen epochs
@@ -51,6 +52,14 @@ class EpochCost:
     train: float
     rest: float = 0.0
     size: int = 0
+
+    @classmethod
+    def of_record(cls, record: EpochRecord, size: Optional[int]) -> "EpochCost":
+        """An epoch's cost as ``history.csv`` recorded it (a resumed run's plan): its training
+        batches and the rest of its seconds (a record without the parts: all of them as training,
+        which scales a small epoch's cost up too far, so the plan errs short)."""
+        train = record.train_seconds if record.train_seconds is not None else record.seconds
+        return cls(train, max(0.0, record.seconds - train), size or 0)
 
     def at(self, size: Optional[int]) -> float:
         scale = (size / self.size) ** 2 if size and self.size else 1.0
