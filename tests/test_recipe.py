@@ -175,6 +175,22 @@ def test_the_plan_fills_what_is_left_of_the_budget_and_costs_small_epochs_by_the
     assert n == 6  # 3 epochs at 32 px (3.5 s each) and 3 at 64 px (8 s each)
 
 
+def test_once_two_sizes_are_timed_an_epoch_is_priced_through_them():
+    """A batch has costs that do not shrink with its photos (loading, the optimizer's step), so
+    scaling the training seconds by pixels overprices the larger sizes; with two sizes timed, the
+    price is a fixed part plus one per pixel, through the nearest two."""
+    plan = EpochPlan(full_epochs=6, budget=600.0, sizes=[64, 96, 128], clock=FakeClock())
+    plan.full_epoch_timed(EpochCost(30.0, 14.0, 64))
+    assert plan.epoch_cost(128) == pytest.approx(30.0 * 4 + 14.0)  # one size timed: by pixels
+    plan.full_epoch_timed(EpochCost(44.5, 13.0, 96))
+    assert plan.epoch_cost(96) == pytest.approx(44.5 + 13.0)  # as timed, with the last epoch's rest
+    assert plan.epoch_cost(64) == pytest.approx(30.0 + 13.0)
+    per_pixel = (44.5 - 30.0) / (96**2 - 64**2)
+    assert plan.epoch_cost(128) == pytest.approx(44.5 + per_pixel * (128**2 - 96**2) + 13.0)
+    plan.full_epoch_timed(EpochCost(77.0, 12.0, 128))
+    assert plan.epoch_cost(112) == pytest.approx(44.5 + (77.0 - 44.5) / (128**2 - 96**2) * (112**2 - 96**2) + 12.0)
+
+
 def test_a_resumed_plan_prices_an_epoch_from_its_recorded_parts():
     """``history.csv`` keeps an epoch's training seconds beside its whole seconds, so a resumed
     plan scales only the training part by the training size, as the uninterrupted run did."""
@@ -193,6 +209,11 @@ def test_progressive_sizes_share_the_epochs_and_the_last_ones_train_at_the_last_
     assert [size_at([64, 96, 128], e, 2) for e in range(2)] == [96, 128]  # too few epochs: the smallest go
     assert [size_at([64, 96, 128], e, 1) for e in range(1)] == [128]
     assert size_at([64, 96, 128], 5, 3) == 128  # past the plan (a plan shrunk under a running epoch)
+    plan = EpochPlan(full_epochs=4, sizes=[64, 96, 128])
+    assert [plan.train_size(e) for e in range(4)] == [64, 96, 128, 128]
+    plan.full_epoch_timed(EpochCost(40.0, 12.0, 96))  # the second epoch, at 96 px; then the plan grows
+    plan.full_epochs = 9  # whose share of 64 px would now reach past the third epoch: not going back down
+    assert [plan.train_size(e) for e in range(2, 9)] == [96, 96, 96, 96, 128, 128, 128]
 
 
 def test_training_crops_grow_while_validation_stays_at_the_models_size():

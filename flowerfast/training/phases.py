@@ -173,7 +173,7 @@ def epoch_plan(setup: RunSetup, clock: EpochClock) -> EpochPlan:
     full = [r for r in history if r.phase == "full"]
     if plan.budget is not None and history:
         if full:
-            plan.cost = EpochCost.of_record(full[-1], plan.train_size(len(full) - 1))
+            plan.full_epoch_timed(EpochCost.of_record(full[-1], plan.train_size(len(full) - 1)))
         else:
             plan.frozen_cost = EpochCost.of_record(history[-1], plan.train_size(None))
         plan.replan(len(full))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from fastai.callback.core import Callback, CancelFitException
@@ -28,8 +28,10 @@ from flowerfast.runs.records import EpochRecord
 FROZEN_TO_FULL = 2.6
 """A full epoch's training batches over a frozen one's, for the plan made after the frozen epochs
 (the first full epoch's measured cost replaces it). Measured for EfficientNet-Lite0 at 128 px,
-batch 32, on a 2-core CPU: 2.66 and 2.59 (training batches alone); whole epochs, validation
-included, were 2.0 to 2.1 on the shared flowers (``benchmarks/bench_recipe.py``)."""
+batch 32, on 2-core CPUs: 2.66 and 2.59 on one, 2.27 on another (training batches alone); whole
+epochs, validation included, were 1.8 to 2.1 on the shared flowers (``benchmarks/bench_recipe.py``).
+The larger figure errs on the safe side: a plan priced too high is short by an epoch, and grows
+once the first full epoch is timed, early in its one-cycle schedule."""
 PROBE_BATCHES = 4
 """Training batches timed at the start of a budgeted run's first full epoch, for its first plan
 (after its first batch, which also pays for one-time set-up: kernels chosen, memory allocated)."""
@@ -78,6 +80,8 @@ class EpochPlan:
     clock: object = None
     cost: Optional[EpochCost] = None  # the last full epoch's
     frozen_cost: Optional[EpochCost] = None
+    trained_at: dict = field(default_factory=dict)  # training size -> the last full epoch's training seconds there
+    floor: int = 0  # the last full epoch's training size: a plan that grows does not take the photos back down
     last: Optional[tuple[float, bool, Optional[int]]] = None  # the epoch under way: start, full?, size
     trained: Optional[float] = None  # when its training batches ended
 
@@ -89,13 +93,32 @@ class EpochPlan:
         """The training size of the full phase's epoch ``full_epoch`` (``None``: a frozen epoch)."""
         if not self.sizes:
             return None
-        return self.sizes[0] if full_epoch is None else size_at(self.sizes, full_epoch, self.full_epochs)
+        return self.sizes[0] if full_epoch is None else self.size_in_plan(full_epoch, self.full_epochs)
+
+    def size_in_plan(self, epoch: int, epochs: int) -> int:
+        """The training size of the full phase's ``epoch`` in a plan of ``epochs``: its share of
+        ``sizes``, and never below the size already reached."""
+        return max(size_at(self.sizes, epoch, epochs), self.floor)
+
+    def full_epoch_timed(self, cost: EpochCost) -> None:
+        """A full epoch's measured cost: the one the next are priced from."""
+        self.cost, self.floor = cost, cost.size
+        self.trained_at[cost.size] = cost.train
 
     def epoch_cost(self, size: Optional[int]) -> Optional[float]:
-        """The predicted seconds of a full epoch at ``size``: the last one timed, its training
-        batches scaled by pixels."""
+        """The predicted seconds of a full epoch at ``size``: the rest of the last one timed, and
+        its training batches, as timed at that size, else scaled by pixels from the last epoch
+        (with one size timed; an upper bound, since a batch has costs that do not shrink with its
+        photos: loading, the optimizer's step) or drawn through the two timed sizes nearest to it,
+        a fixed part plus one per pixel."""
         if self.cost is not None:
-            return self.cost.at(size)
+            if size in self.trained_at:
+                return self.trained_at[size] + self.cost.rest
+            if not size or len(self.trained_at) < 2:
+                return self.cost.at(size)
+            (a, ta), (b, tb) = sorted(self.trained_at.items(), key=lambda kv: (abs(kv[0] - size), kv[0]))[:2]
+            per_pixel = (tb - ta) / (b * b - a * a)
+            return max(ta + per_pixel * (size * size - a * a), 0.0) + self.cost.rest
         if self.frozen_cost is not None:
             frozen = self.frozen_cost
             return EpochCost(frozen.train * FROZEN_TO_FULL, frozen.rest, frozen.size).at(size)
@@ -114,7 +137,7 @@ class EpochPlan:
         else:
             planned = done
             for n in range(done + 1, MAX_BUDGET_EPOCHS + 1):
-                if sum(self.epoch_cost(size_at(self.sizes, e, n)) for e in range(done, n)) > left:
+                if sum(self.epoch_cost(self.size_in_plan(e, n)) for e in range(done, n)) > left:
                     break
                 planned = n
         planned = min(MAX_BUDGET_EPOCHS, max(planned, done, 1))
@@ -181,7 +204,7 @@ class FollowPlan(Callback):
         cost = EpochCost(train=trained - start, rest=now - trained, size=size or 0)
         self.plan.last = self.plan.trained = None
         if full:
-            self.plan.cost = cost
+            self.plan.full_epoch_timed(cost)
         else:
             self.plan.frozen_cost = cost
         self.announce(self.plan.replan(self.epoch if self.full else 0, may_grow=not self.plan_done))
