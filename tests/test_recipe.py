@@ -166,9 +166,10 @@ def test_the_plan_fills_what_is_left_of_the_budget_and_costs_small_epochs_by_the
     frozen = EpochPlan(full_epochs=3, budget=1.0, clock=clock, frozen_cost=EpochCost(5.0))
     assert frozen.replan(0) and frozen.full_epochs == 1  # at least one full epoch
     progressive = EpochPlan(full_epochs=4, budget=40.0, sizes=[32, 64], clock=FakeClock())
-    progressive.cost = EpochCost(6.0, 2.0, 64)  # training at 32 px costs a quarter; validation does not shrink
-    assert progressive.epoch_cost(32) == 6.0 / 4 + 2.0
-    progressive.replan(0)
+    progressive.full_epoch_timed(EpochCost(1.5, 2.0, 32))  # training at 64 px costs 4 times; validation does not grow
+    assert progressive.epoch_cost(64) == 1.5 * 4 + 2.0
+    progressive.clock.now = 1.5 + 2.0  # after that first epoch
+    progressive.replan(1)
     n = progressive.full_epochs
     cost = sum(progressive.epoch_cost(size_at([32, 64], e, n)) for e in range(n))
     assert cost <= 40.0 < sum(progressive.epoch_cost(size_at([32, 64], e, n + 1)) for e in range(n + 1))
@@ -189,6 +190,51 @@ def test_once_two_sizes_are_timed_an_epoch_is_priced_through_them():
     assert plan.epoch_cost(128) == pytest.approx(44.5 + per_pixel * (128**2 - 96**2) + 13.0)
     plan.full_epoch_timed(EpochCost(77.0, 12.0, 128))
     assert plan.epoch_cost(112) == pytest.approx(44.5 + (77.0 - 44.5) / (128**2 - 96**2) * (112**2 - 96**2) + 12.0)
+
+
+def follow_a_budgeted_fit(plan: EpochPlan, clock: FakeClock, batch_seconds, rest: float, batches: int = 40):
+    """Drive :class:`FollowPlan` through a full phase as fastai would, on ``clock``: a training
+    batch at ``size`` px costs ``batch_seconds(size)``, validation and the rest ``rest``; the
+    training size of each epoch run."""
+    from fastai.callback.core import CancelFitException
+
+    from flowerfast.core.progress import Reporter
+    from flowerfast.training.schedule import FollowPlan
+
+    follow = FollowPlan(plan, "full", None, Reporter())
+    follow.learn = SimpleNamespace(training=True, n_iter=batches, epoch=0, iter=0, pct_train=0.0)
+    sizes = []
+    for epoch in range(100):
+        follow.learn.epoch = epoch
+        try:
+            follow.before_epoch()
+        except CancelFitException:
+            return sizes
+        follow.before_train()
+        sizes.append(plan.train_size(epoch))
+        for i in range(batches):
+            follow.learn.iter = i
+            follow.before_batch()
+            clock.now += batch_seconds(sizes[-1])
+        follow.after_train()
+        clock.now += rest
+    raise AssertionError("the plan never ended")
+
+
+def test_a_progressive_plan_times_each_new_size_early_and_fills_the_budget(monkeypatch):
+    """Priced by pixels from 64 px, a 128 px epoch costs 4 times as much, but a batch has costs
+    that do not shrink with its photos: here it costs 2.5 times. The plan made on the guess is
+    short, and it would end, its learning rate annealed, with time for more epochs left; timing
+    the first batches at each new size lets it grow while it still can."""
+    from flowerfast.training import schedule
+
+    clock = FakeClock()
+    monkeypatch.setattr(schedule, "time", SimpleNamespace(perf_counter=clock.seconds))
+    plan = EpochPlan(full_epochs=3, budget=300.0, sizes=[64, 96, 128], clock=clock)
+    batch = {64: 1.0, 96: 1.6, 128: 2.5}  # 40, 64 and 100 s an epoch of 40 batches
+    sizes = follow_a_budgeted_fit(plan, clock, batch.__getitem__, rest=10.0)
+    assert sizes == [64, 128, 128]  # priced by pixels after the first: [64, 128], ended at 160 s
+    assert clock.now == pytest.approx(270.0) and plan.full_epochs == 3
 
 
 def test_a_resumed_plan_prices_an_epoch_from_its_recorded_parts():

@@ -27,14 +27,17 @@ from flowerfast.runs.records import EpochRecord
 
 FROZEN_TO_FULL = 2.6
 """A full epoch's training batches over a frozen one's, for the plan made after the frozen epochs
-(the first full epoch's measured cost replaces it). Measured for EfficientNet-Lite0 at 128 px,
-batch 32, on 2-core CPUs: 2.66 and 2.59 on one, 2.27 on another (training batches alone); whole
-epochs, validation included, were 1.8 to 2.1 on the shared flowers (``benchmarks/bench_recipe.py``).
-The larger figure errs on the safe side: a plan priced too high is short by an epoch, and grows
-once the first full epoch is timed, early in its one-cycle schedule."""
+(the first full epoch's first batches replace it, see :data:`PROBE_BATCHES`). Measured for
+EfficientNet-Lite0 at 128 px, batch 32, on 2-core CPUs: 2.66 and 2.59 on one, 2.27 on another
+(training batches alone); whole epochs, validation included, were 1.8 to 2.1 on the shared flowers
+(``benchmarks/bench_recipe.py``). The larger figure errs on the safe side: a plan priced too high
+is short by an epoch, and grows a few batches into the first full epoch, at the start of its
+one-cycle schedule."""
 PROBE_BATCHES = 4
-"""Training batches timed at the start of a budgeted run's first full epoch, for its first plan
-(after its first batch, which also pays for one-time set-up: kernels chosen, memory allocated)."""
+"""Training batches timed at the start of a budgeted full epoch at a training size not yet timed
+(the run's first, each new ``--progressive`` size), for a plan made then rather than at the
+epoch's end (after its first batch, which also pays for one-time set-up at a new size: kernels
+chosen, memory allocated)."""
 
 
 def size_at(sizes: Sequence[int], epoch: int, epochs: int) -> int:
@@ -81,13 +84,21 @@ class EpochPlan:
     cost: Optional[EpochCost] = None  # the last full epoch's
     frozen_cost: Optional[EpochCost] = None
     trained_at: dict = field(default_factory=dict)  # training size -> the last full epoch's training seconds there
-    floor: int = 0  # the last full epoch's training size: a plan that grows does not take the photos back down
     last: Optional[tuple[float, bool, Optional[int]]] = None  # the epoch under way: start, full?, size
     trained: Optional[float] = None  # when its training batches ended
 
     @property
     def total(self) -> int:
         return self.frozen_epochs + self.full_epochs
+
+    @property
+    def floor(self) -> int:
+        """The last full epoch's training size: a plan that grows does not take the photos back down."""
+        return self.cost.size if self.cost is not None else 0
+
+    def timed(self, size: Optional[int]) -> bool:
+        """Whether a full epoch has been timed at training size ``size`` (``None``: the model's)."""
+        return (size or 0) in self.trained_at
 
     def train_size(self, full_epoch: Optional[int]) -> Optional[int]:
         """The training size of the full phase's epoch ``full_epoch`` (``None``: a frozen epoch)."""
@@ -102,7 +113,7 @@ class EpochPlan:
 
     def full_epoch_timed(self, cost: EpochCost) -> None:
         """A full epoch's measured cost: the one the next are priced from."""
-        self.cost, self.floor = cost, cost.size
+        self.cost = cost
         self.trained_at[cost.size] = cost.train
 
     def epoch_cost(self, size: Optional[int]) -> Optional[float]:
@@ -154,12 +165,16 @@ class FollowPlan(Callback):
     loader's :class:`~flowerfast.data.augment.GrowingCrop`), each full-phase batch at its place
     in the planned one-cycle schedule, and the fit stopped when the plan is done. With a budget,
     the plan is redone before every epoch from what the one before cost, its validation and
-    saving included (and, in a run with no full epoch timed yet, after its first few batches)."""
+    saving included, and after the first few batches of a full epoch at a size not yet timed (the
+    first full epoch; with ``--progressive``, each new size): priced by pixels from a smaller size
+    a larger one costs too much, and a plan cut short on that guess could end, its learning rate
+    annealed, before the true cost was known."""
 
     order = 50  # before_batch: before fastai's ParamScheduler (60) reads pct_train
 
     def __init__(self, plan: EpochPlan, phase: str, crop, reporter: Reporter):
         self.plan, self.phase, self.crop, self.reporter = plan, phase, crop, reporter
+        self.probing = False  # timing this epoch's first batches (see probe)
 
     @property
     def full(self) -> bool:
@@ -179,8 +194,9 @@ class FollowPlan(Callback):
             self.crop.set_train_size(size)
 
     def before_train(self):  # not called for an epoch a resumed fit skips
-        self.t0 = time.perf_counter()
-        self.plan.last = (self.t0, self.full, self.plan.train_size(self.epoch if self.full else None))
+        size = self.plan.train_size(self.epoch if self.full else None)
+        self.plan.last = (time.perf_counter(), self.full, size)
+        self.probing = self.full and self.plan.budget is not None and not self.plan.timed(size)
 
     def after_train(self):
         self.plan.trained = time.perf_counter()
@@ -188,10 +204,9 @@ class FollowPlan(Callback):
     def before_batch(self):
         if not (self.training and self.full and self.plan.budget is not None):
             return
-        unplanned = self.plan.cost is None and self.plan.frozen_cost is None  # no epoch timed yet
-        if unplanned and self.iter == 1:
+        if self.probing and self.iter == 1:
             self.probe_t0 = time.perf_counter()
-        if unplanned and self.iter == PROBE_BATCHES + 1:
+        if self.probing and self.iter == PROBE_BATCHES + 1:
             self.probe()
         self.learn.pct_train = min(1.0, (self.epoch + self.iter / self.n_iter) / self.plan.full_epochs)
 
@@ -210,12 +225,18 @@ class FollowPlan(Callback):
         self.announce(self.plan.replan(self.epoch if self.full else 0, may_grow=not self.plan_done))
 
     def probe(self) -> None:
-        """The first plan of a run with no epoch timed (no frozen one either): its first batches,
-        plus a quarter for validation and the epoch's end."""
+        """A plan from this epoch's first batches, at a training size not yet timed: until the
+        epoch's end they stand for the last epoch timed, its training seconds at this size beside
+        the rest of the last epoch timed (a frozen one's; with none, a quarter for validation and
+        the epoch's end)."""
         seconds = (time.perf_counter() - self.probe_t0) / PROBE_BATCHES * self.n_iter
-        self.plan.cost = EpochCost(seconds, seconds / 4, self.plan.train_size(self.epoch) or 0)
+        size = self.plan.train_size(self.epoch) or 0
+        cost, trained_at = self.plan.cost, dict(self.plan.trained_at)
+        before = cost if cost is not None else self.plan.frozen_cost
+        self.plan.cost = EpochCost(seconds, before.rest if before is not None else seconds / 4, size)
+        self.plan.trained_at[size] = seconds
         self.announce(self.plan.replan(self.epoch))
-        self.plan.cost = None  # the whole epoch's time replaces the guess
+        self.plan.cost, self.plan.trained_at = cost, trained_at  # the whole epoch's time replaces the guess
 
     def announce(self, changed: bool) -> None:
         if changed:
