@@ -225,18 +225,15 @@ class FollowPlan(Callback):
         self.announce(self.plan.replan(self.epoch if self.full else 0, may_grow=not self.plan_done))
 
     def probe(self) -> None:
-        """A plan from this epoch's first batches, at a training size not yet timed: until the
-        epoch's end they stand for the last epoch timed, its training seconds at this size beside
-        the rest of the last epoch timed (a frozen one's; with none, a quarter for validation and
-        the epoch's end)."""
+        """A plan from this epoch's first batches, at a training size not yet timed: they stand
+        for the last epoch timed, its training seconds at this size beside the rest of the last
+        epoch timed (a frozen one's; with none, a quarter for validation and the epoch's end),
+        until the epoch's end times it whole (:meth:`EpochPlan.full_epoch_timed`)."""
         seconds = (time.perf_counter() - self.probe_t0) / PROBE_BATCHES * self.n_iter
-        size = self.plan.train_size(self.epoch) or 0
-        cost, trained_at = self.plan.cost, dict(self.plan.trained_at)
-        before = cost if cost is not None else self.plan.frozen_cost
-        self.plan.cost = EpochCost(seconds, before.rest if before is not None else seconds / 4, size)
-        self.plan.trained_at[size] = seconds
+        before = self.plan.cost if self.plan.cost is not None else self.plan.frozen_cost
+        rest = before.rest if before is not None else seconds / 4
+        self.plan.full_epoch_timed(EpochCost(seconds, rest, self.plan.train_size(self.epoch) or 0))
         self.announce(self.plan.replan(self.epoch))
-        self.plan.cost, self.plan.trained_at = cost, trained_at  # the whole epoch's time replaces the guess
 
     def announce(self, changed: bool) -> None:
         if changed:
