@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Optional
 
 import pytest
 import torch
@@ -158,7 +159,8 @@ def test_the_plan_fills_what_is_left_of_the_budget_and_costs_small_epochs_by_the
     clock.now = 9.0
     assert plan.replan(1) and plan.full_epochs == 1 + 10  # 91 s left: 10 more epochs of 9 s
     clock.now = 95.0
-    assert plan.replan(9) and plan.full_epochs == 9  # running late: no epoch fits, stop now
+    assert plan.replan(9) and plan.full_epochs == 10  # running late: no epoch fits, one more to anneal in
+    assert plan.replan(9, resumed=True) and plan.full_epochs == 9  # a resumed run's earlier plan is unknown: stop
     clock.now = 50.0
     assert not plan.replan(9, may_grow=False) and plan.full_epochs == 9  # ended, annealed: no going back up
     clock.now = 95.0
@@ -192,10 +194,13 @@ def test_once_two_sizes_are_timed_an_epoch_is_priced_through_them():
     assert plan.epoch_cost(112) == pytest.approx(44.5 + (77.0 - 44.5) / (128**2 - 96**2) * (112**2 - 96**2) + 12.0)
 
 
-def follow_a_budgeted_fit(plan: EpochPlan, clock: FakeClock, batch_seconds, rest: float, batches: int = 40):
+def follow_a_budgeted_fit(
+    plan: EpochPlan, clock: FakeClock, batch_seconds, rest: float, batches: int = 40, schedule: Optional[list] = None
+):
     """Drive :class:`FollowPlan` through a full phase as fastai would, on ``clock``: a training
     batch at ``size`` px costs ``batch_seconds(size)``, validation and the rest ``rest``; the
-    training size of each epoch run."""
+    training size of each epoch run. ``schedule`` gets each batch's place in the one-cycle
+    schedule (fastai's ``pct_train``)."""
     from fastai.callback.core import CancelFitException
 
     from flowerfast.core.progress import Reporter
@@ -215,6 +220,8 @@ def follow_a_budgeted_fit(plan: EpochPlan, clock: FakeClock, batch_seconds, rest
         for i in range(batches):
             follow.learn.iter = i
             follow.before_batch()
+            if schedule is not None:
+                schedule.append(follow.learn.pct_train)
             clock.now += batch_seconds(sizes[-1])
         follow.after_train()
         clock.now += rest
@@ -235,6 +242,24 @@ def test_a_progressive_plan_times_each_new_size_early_and_fills_the_budget(monke
     sizes = follow_a_budgeted_fit(plan, clock, batch.__getitem__, rest=10.0)
     assert sizes == [64, 128, 128]  # priced by pixels after the first: [64, 128], ended at 160 s
     assert clock.now == pytest.approx(270.0) and plan.full_epochs == 3
+
+
+def test_a_run_that_falls_behind_its_plan_anneals_in_one_more_epoch(monkeypatch):
+    """Epochs of 50 s fill a budget of 300 s with 6; from 200 s on, batches cost half as much
+    again, so after the fifth epoch (at 270 s) no epoch fits. Stopping then would leave the
+    learning rate five sixths of the way down its schedule; the run ends with one more epoch
+    instead, its schedule shortened to end in it, 40 s over the budget."""
+    from flowerfast.training import schedule
+
+    clock = FakeClock()
+    monkeypatch.setattr(schedule, "time", SimpleNamespace(perf_counter=clock.seconds))
+    plan = EpochPlan(full_epochs=3, budget=300.0, clock=clock)
+    places = []
+    sizes = follow_a_budgeted_fit(plan, clock, lambda size: 1.0 if clock.now < 200 else 1.5, 10.0, schedule=places)
+    assert len(sizes) == plan.full_epochs == 6
+    assert clock.now == pytest.approx(270.0 + 70.0)
+    assert places[-1] == pytest.approx((6 - 1 / 40) / 6)  # the last batch's place: annealed
+    assert places[5 * 40] > places[5 * 40 - 1]  # the shortened schedule goes on down, not back up
 
 
 def test_a_resumed_plan_prices_an_epoch_from_its_recorded_parts():

@@ -176,7 +176,7 @@ def epoch_plan(setup: RunSetup, clock: EpochClock) -> EpochPlan:
             plan.full_epoch_timed(EpochCost.of_record(full[-1], plan.train_size(len(full) - 1)))
         else:
             plan.frozen_cost = EpochCost.of_record(history[-1], plan.train_size(None))
-        plan.replan(len(full))
+        plan.replan(len(full), resumed=True)
     return plan
 
 

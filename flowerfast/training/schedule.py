@@ -8,7 +8,8 @@ each epoch the full phase is given the most epochs whose predicted cost fits wha
 budget, and the one-cycle schedule is stretched or shrunk to them: the position of each batch in
 the schedule is its share of the *planned* epochs, written into fastai's ``pct_train`` before
 fastai's ``ParamScheduler`` reads it. Training stops when the plan is done, so the learning rate
-has annealed when the time is up and the best model is saved as in any run.
+has annealed when the time is up (a run that falls behind its plan gets one more epoch to anneal
+in, see :meth:`EpochPlan.replan`) and the best model is saved as in any run.
 """
 
 from __future__ import annotations
@@ -135,11 +136,17 @@ class EpochPlan:
             return EpochCost(frozen.train * FROZEN_TO_FULL, frozen.rest, frozen.size).at(size)
         return None
 
-    def replan(self, done: int, may_grow: bool = True) -> bool:
+    def replan(self, done: int, may_grow: bool = True, resumed: bool = False) -> bool:
         """Plan the full phase to fill what is left of the budget, ``done`` of its epochs run;
-        whether the plan changed. At least one full epoch; every process plans the same. With
-        ``may_grow`` false (the plan has run to its end: its learning rate has annealed) it may
-        only stay, since more epochs would take the one-cycle schedule back up its curve."""
+        whether the plan changed. Every process plans the same.
+
+        At least one full epoch, and one more than ``done`` while the plan runs: a run that falls
+        behind its plan (a machine slowed down under it) ends with one more epoch, its one-cycle
+        schedule shortened to anneal in it, rather than stop with its learning rate high, and so
+        overruns the budget by up to that epoch. A ``resumed`` run, whose earlier plan is not
+        known, stops at once when no epoch fits. With ``may_grow`` false (the plan has run to its
+        end: its learning rate has annealed) it may only stay or shrink, since more epochs would
+        take the one-cycle schedule back up its curve."""
         if self.budget is None or self.epoch_cost(None) is None:
             return False
         left = self.budget - self.clock.seconds()
@@ -151,7 +158,8 @@ class EpochPlan:
                 if sum(self.epoch_cost(self.size_in_plan(e, n)) for e in range(done, n)) > left:
                     break
                 planned = n
-        planned = min(MAX_BUDGET_EPOCHS, max(planned, done, 1))
+        least = done if resumed or not may_grow else done + 1
+        planned = min(MAX_BUDGET_EPOCHS, max(planned, least, 1))
         if not may_grow:
             planned = min(planned, self.full_epochs)
         planned = min(distributed.gather_objects(planned))
