@@ -38,6 +38,7 @@ def test_durations_read_as_people_write_them(text, seconds):
         (["--progressive", "96,64"], "--progressive must be two or more increasing sizes of at least 32 pixels"),
         (["--progressive", "64,96", "--size", "128"], "--progressive must end at --size (128)"),
         (["--label-smoothing", "1"], "--label-smoothing must be at least 0 and below 1 (got 1.0)"),
+        (["--wd", "-0.1"], "--wd must be at least 0 and below 1 (got -0.1)"),
         (["--mixup", "-0.2"], "--mixup must be 0 (off) or a positive alpha (got -0.2)"),
         (["--ema-decay", "1.5"], "--ema-decay must be between 0 and 1 (got 1.5)"),
         (["--augment", "autoaugment"], "--augment must be one of standard, trivial, randaugment (got 'autoaugment')"),
@@ -340,6 +341,7 @@ RECIPE = dict(
     mixup=0.4,
     cutmix=1.0,
     label_smoothing=0.1,
+    weight_decay=0.05,
     augment="trivial",
     bs=16,
     device="cpu",
@@ -358,7 +360,12 @@ def budgeted(tmp_path_factory) -> tuple[Path, dict, dict]:
     with pytest.raises(KeyboardInterrupt):
         flowerfast.train(out=out, callbacks=[StopAfterEpochs(2), TrainingSizes(seen)], **RECIPE)
     checkpoint = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=True)
-    before = {"epoch": checkpoint["epoch"], "ema_steps": checkpoint["ema"]["steps"], "seconds": checkpoint["seconds"]}
+    before = {
+        "epoch": checkpoint["epoch"],
+        "ema_steps": checkpoint["ema"]["steps"],
+        "seconds": checkpoint["seconds"],
+        "weight_decay": {group["weight_decay"] for group in checkpoint["optimizer"]["param_groups"]},
+    }
     flowerfast.resume(out, callbacks=[TrainingSizes(seen)])
     return out, seen, before
 
@@ -372,6 +379,7 @@ def test_a_budgeted_run_plans_its_epochs_to_the_budget_across_a_resume(budgeted)
         json.loads((out / "config.json").read_text()),
     )
     assert before["epoch"] == 2 and before["ema_steps"] == 2 * 10  # 160 training photos, batches of 16
+    assert before["weight_decay"] == {0.05}  # AdamW's, in every parameter group
     assert config["options"]["time_budget"] == 30.0 and summary.time_budget == 30.0
     assert len(history) == summary.planned_epochs >= 4  # the plan was run to its end, not cut off
     assert [r.epoch for r in history] == list(range(1, len(history) + 1))
@@ -422,12 +430,14 @@ def test_lr_find_takes_the_recipe_options(runner, tmp_path):
     result = invoke(
         runner,
         ["lr-find", "--arch", "resnet18", "--no-pretrained", "--size", "32", "--bs", "16", "--num-it", "40",
-         "--mixup", "0.4", "--label-smoothing", "0.1", "--augment", "trivial", "--out", str(tmp_path / "lr")],
+         "--mixup", "0.4", "--label-smoothing", "0.1", "--wd", "0.05", "--augment", "trivial",
+         "--out", str(tmp_path / "lr")],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert (tmp_path / "lr" / "lr_find.png").is_file()
     config = json.loads((tmp_path / "lr" / "config.json").read_text())
     assert config["mixup"] == 0.4 and config["label_smoothing"] == 0.1 and config["augment"] == "trivial"
+    assert config["weight_decay"] == 0.05
 
 
 def test_the_library_names_its_parameters_in_recipe_errors():
@@ -435,3 +445,5 @@ def test_the_library_names_its_parameters_in_recipe_errors():
         TrainConfig(size=64, progressive=[32, 48]).validate()
     with pytest.raises(FlowerfastError, match=r"^time_budget must be a duration"):
         TrainConfig(time_budget="soon").validate()
+    with pytest.raises(FlowerfastError, match=r"^weight_decay must be at least 0 and below 1 \(got -0.1\)"):
+        TrainConfig(weight_decay=-0.1).validate()

@@ -133,6 +133,7 @@ def compare(
     min_scale: o.MinScale = D.min_scale,
     time_budget: o.TimeBudget = None,
     label_smoothing: o.LabelSmoothing = D.label_smoothing,
+    weight_decay: o.WeightDecay = D.weight_decay,
     mixup: o.Mixup = D.mixup,
     cutmix: o.Cutmix = D.cutmix,
     ema: o.Ema = D.ema,

@@ -33,7 +33,7 @@ def fail(message: str, code: int = 1) -> None:
 
 
 # Parameters whose command-line spelling is not ``--`` plus the name with dashes.
-FLAG_SPELLINGS = {"trackers": "--tracker", "n": "-n", "time_budget": "--time"}
+FLAG_SPELLINGS = {"trackers": "--tracker", "n": "-n", "time_budget": "--time", "weight_decay": "--wd"}
 
 
 def flag_of(parameter: str) -> str:

@@ -304,6 +304,10 @@ LabelSmoothing = Annotated[
     float,
     typer.Option("--label-smoothing", metavar="FLOAT", help="Share of each target spread over the other classes."),
 ]
+WeightDecay = Annotated[
+    float,
+    typer.Option("--wd", metavar="FLOAT", help="AdamW's decoupled weight decay (fastai's wd, timm's --weight-decay)."),
+]
 Mixup = Annotated[
     float, typer.Option("--mixup", metavar="ALPHA", help="MixUp of training batches, Beta(ALPHA, ALPHA) (0: off).")
 ]

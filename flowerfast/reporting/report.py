@@ -37,6 +37,7 @@ from flowerfast.core.progress import NullReporter, Reporter
 from flowerfast.core.stats import confusion_counts, mcnemar_exact, paired_bootstrap_ci
 from flowerfast.infer.latency import default_device, measure_inference
 from flowerfast.reporting.render import format_p_value, render_html, render_markdown
+from flowerfast.runs.config import DEFAULT_WEIGHT_DECAY
 from flowerfast.runs.finished import RunRecord, load_runs
 from flowerfast.runs.folder import EpochRecord
 from flowerfast.runs.resolved import ResolvedConfig
@@ -278,6 +279,7 @@ def recipe_description(options) -> str:
     parts = [
         f"time budget {options.time_budget:g} s" if options.time_budget else "",
         f"label smoothing {options.label_smoothing:g}" if options.label_smoothing else "",
+        f"weight decay {options.weight_decay:g}" if options.weight_decay != DEFAULT_WEIGHT_DECAY else "",
         f"MixUp alpha {options.mixup:g}" if options.mixup else "",
         f"CutMix alpha {options.cutmix:g}" if options.cutmix else "",
         f"weight average (decay {options.ema_decay:g})" if options.ema else "",

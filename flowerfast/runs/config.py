@@ -36,6 +36,8 @@ DEFAULT_TARGET_ACCURACY = 0.95
 PATH_OPTIONS = ("data", "labels", "weights", "out", "split_file", "cache_dir")
 AUGMENT_POLICIES = ("standard", "trivial", "randaugment")
 DEFAULT_EMA_DECAY = 0.998
+DEFAULT_WEIGHT_DECAY = 0.01
+"""AdamW's decoupled weight decay, fastai's default (``Learner.wd``, ``true_wd``)."""
 MAX_BUDGET_EPOCHS = 1000
 """The most epochs a ``time_budget`` plans: a bound on fastai's epoch loop, never a target."""
 
@@ -93,6 +95,9 @@ class TrainConfig:
         planned to fill what is left and its one-cycle schedule is fitted to them
         (:mod:`flowerfast.training.budget`); ``epochs`` is then ignored.
     label_smoothing: the share of each target spread over the other classes (0: none).
+    weight_decay: AdamW's decoupled weight decay (fastai's ``wd``, timm's ``--weight-decay``);
+        networks trained from random weights on a few thousand photos may want more than the
+        default's 0.01.
     mixup, cutmix: Beta(alpha, alpha) of MixUp and CutMix (0: off; both on: one or the other per
         batch, at random), training batches only (:mod:`flowerfast.training.mixing`).
     ema: validate and keep an exponential moving average of the weights too (decay ``ema_decay``
@@ -138,6 +143,7 @@ class TrainConfig:
     min_scale: Optional[float] = None
     time_budget: Optional[float] = None
     label_smoothing: float = 0.0
+    weight_decay: float = DEFAULT_WEIGHT_DECAY
     mixup: float = 0.0
     cutmix: float = 0.0
     ema: bool = False
@@ -208,6 +214,10 @@ class TrainConfig:
             raise FlowerfastError(
                 f"$label_smoothing must be at least 0 and below 1 (got {self.label_smoothing})",
                 parameters=("label_smoothing",),
+            )
+        if not 0 <= self.weight_decay < 1:
+            raise FlowerfastError(
+                f"$weight_decay must be at least 0 and below 1 (got {self.weight_decay})", parameters=("weight_decay",)
             )
         for name in ("mixup", "cutmix"):
             if not getattr(self, name) >= 0:

@@ -82,11 +82,20 @@ def run_on_device(learn, device: torch.device, precision: str, compile: bool) ->
 
 
 def fastai_learner(
-    data: FlowerData, backbone, head, cut, device, path: Optional[Path], class_weights, label_smoothing: float = 0.0
+    data: FlowerData,
+    backbone,
+    head,
+    cut,
+    device,
+    path: Optional[Path],
+    class_weights,
+    label_smoothing: float = 0.0,
+    weight_decay: float = DEFAULTS.weight_decay,
 ):
     """fastai's ``vision_learner`` around flowerfast's own backbone and head (the data arrives
     normalised already): cross-entropy (weighted by ``class_weights``, smoothed by
-    ``label_smoothing``; :mod:`flowerfast.training.losses`), Adam, accuracy, no progress bars or
+    ``label_smoothing``; :mod:`flowerfast.training.losses`), Adam (:func:`adam`, its decoupled
+    weight decay ``weight_decay``), accuracy, no progress bars or
     logging of its own (the :class:`Reporter` shows progress). Multi-label: binary cross-entropy on
     each class's logit (``class_weights`` as its ``pos_weight``) and fastai's ``accuracy_multi`` at 0.5."""
     import fastai.callback.fp16  # noqa: F401  (adds to_fp16)
@@ -105,7 +114,7 @@ def fastai_learner(
         cut=cut,
         custom_head=head,
         loss_func=training_loss(data.multi_label, class_weights, label_smoothing, device),
-        opt_func=adam(device),
+        opt_func=adam(device, weight_decay),
         metrics=accuracy_multi if data.multi_label else accuracy,
         path=Path(path) if path is not None else Path(tempfile.mkdtemp(prefix="flowerfast-")),
     )
@@ -129,6 +138,7 @@ def create_learner(
     class_weights: Optional[list[float]] = None,
     fixed_bn: Optional[bool] = DEFAULTS.fixed_bn,
     label_smoothing: float = DEFAULTS.label_smoothing,
+    weight_decay: float = DEFAULTS.weight_decay,
 ) -> LearnerBundle:
     """Build the classifier for ``data.classes`` and wrap it in a fastai Learner (Adam, accuracy).
 
@@ -137,7 +147,8 @@ def create_learner(
     where that layout is faster (:func:`flowerfast.hardware.devices.preferred_layout`); ``compile`` runs
     it through ``torch.compile`` (in place, so the weights keep their names).
     ``class_weights`` (one per class, in ``data.classes`` order) weight the cross-entropy loss;
-    ``label_smoothing`` spreads that share of each target over the other classes.
+    ``label_smoothing`` spreads that share of each target over the other classes; ``weight_decay``
+    is AdamW's decoupled weight decay.
     ``path`` is the Learner's scratch folder (see :func:`learner_workspace`); by default a new
     temporary folder, removed when the Learner is garbage-collected or the program exits.
     ``fixed_bn`` keeps the body's batch-norm statistics as the pretrained weights have them
@@ -150,7 +161,7 @@ def create_learner(
     backbone, info = load_backbone(ref, pretrained=pretrained, weights=weights)
     model, backbone, cut, nf = assemble_classifier(backbone, ref, len(data.classes), size=size)
     precision = resolve_precision(precision, device, training_network=model)
-    learn = fastai_learner(data, backbone, model[1], cut, device, path, class_weights, label_smoothing)
+    learn = fastai_learner(data, backbone, model[1], cut, device, path, class_weights, label_smoothing, weight_decay)
     fixed_bn = info.pretrained if fixed_bn is None else bool(fixed_bn)
     if fixed_bn:
         from flowerfast.training.finetune import FixedBodyNormStats
@@ -182,9 +193,10 @@ def create_learner(
     )
 
 
-def adam(device: torch.device):
-    """fastai's Adam recipe (betas 0.9 and 0.99, eps 1e-5, decoupled weight decay 0.01) as PyTorch's
-    fused AdamW, wrapped for fastai (which still schedules its learning rate and momentum).
+def adam(device: torch.device, weight_decay: float = DEFAULTS.weight_decay):
+    """fastai's Adam recipe (betas 0.9 and 0.99, eps 1e-5, decoupled weight decay: fastai's 0.01
+    unless ``weight_decay`` says otherwise) as PyTorch's fused AdamW, wrapped for fastai (which
+    still schedules its learning rate and momentum).
 
     Why: fastai's own Adam updates each tensor in Python; for a ResNet-152 on a 2-core CPU its step
     took 0.27 s against 0.09 s fused, most of a tenth of a bf16 training step. One difference:
@@ -194,7 +206,8 @@ def adam(device: torch.device):
 
     fused = device.type in ("cpu", "cuda")
     return partial(
-        OptimWrapper, opt=partial(torch.optim.AdamW, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.01, fused=fused)
+        OptimWrapper,
+        opt=partial(torch.optim.AdamW, betas=(0.9, 0.99), eps=1e-5, weight_decay=weight_decay, fused=fused),
     )
 
 

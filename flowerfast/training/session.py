@@ -152,6 +152,7 @@ def build_learner(options: TrainConfig, data, device, scratch: Path, class_weigh
         class_weights=class_weights,
         fixed_bn=options.fixed_bn,
         label_smoothing=options.label_smoothing,
+        weight_decay=options.weight_decay,
     )
     if options.mixup > 0 or options.cutmix > 0:
         from flowerfast.training.mixing import MixBatches
