@@ -1,7 +1,8 @@
 """Architectures by name: the registry, backbone construction and the body cut.
 
 Two libraries supply networks: torchvision (every classification model it lists) and timm (every
-model ``timm.list_models()`` knows). A bare name means torchvision's model when torchvision has
+model ``timm.list_models()`` knows, with the few of :mod:`flowerfast.models.smallnets` that
+flowerfast adds to its registry). A bare name means torchvision's model when torchvision has
 one of that name, so ``resnet152`` is the flower report's network as it always was; a name only
 timm knows (``tf_efficientnet_lite0``) is timm's; and ``timm/NAME`` always asks for timm's, which
 is how a name both libraries know (``timm/resnet50``) reaches timm. That spelling is the canonical
@@ -32,6 +33,7 @@ FEATURED = {
     "tf_efficientnet_lite1": "EfficientNet-Lite1: weights with flowerfast[lite]",
     "tf_efficientnet_lite2": "EfficientNet-Lite2: weights with flowerfast[lite]",
     "resnet18": "ResNet-18, fast; good for CPUs and quick experiments",
+    "resnet10t_050": "ResNet-10-T at half width, flowerfast's own: from random weights on a CPU",
     "resnet34": "ResNet-34",
     "resnet50": "ResNet-50, a strong default on a GPU",
     "resnet101": "ResNet-101",
@@ -76,11 +78,15 @@ def torchvision_names() -> list[str]:
 
 @functools.lru_cache(maxsize=1)
 def timm_names() -> list[str]:
-    """Every model timm can build (``[]`` when timm is not installed)."""
+    """Every model timm can build, flowerfast's own networks included (``[]`` when timm is not
+    installed)."""
     try:
         import timm
     except ImportError:
         return []
+    from flowerfast.models import smallnets
+
+    smallnets.register()
     return timm.list_models()
 
 
@@ -181,6 +187,9 @@ def build_backbone(ref: ArchRef | str):
     if ref.is_timm:
         import timm
 
+        from flowerfast.models import smallnets
+
+        smallnets.register()
         return timm.create_model(ref.model_name, pretrained=False)
     import torchvision
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 from flowerfast.core.errors import FlowerfastError, first_line
+from flowerfast.models import smallnets
 from flowerfast.models.archs import ArchRef, build_backbone, classifier_prefixes, resolve_arch
 from flowerfast.models.weights import load_state_into, read_state_dict
 
@@ -206,6 +207,8 @@ class _hub_offline:
 
 def imagenet_state(ref: ArchRef, model) -> tuple[dict, str]:
     """ImageNet weights for ``ref`` from the first source that has them (see the module's text)."""
+    if ref.is_timm and smallnets.has_no_weights(ref.model_name):
+        raise OSError(f"{ref.name} is flowerfast's own network, made to train from random weights: it has none")
     if ref.model_name in PACKAGED and ref.is_timm:
         try:
             return packaged_state(ref, model)
@@ -275,6 +278,8 @@ def published_facts(name: str) -> tuple[Optional[int], Optional[float]]:
         ref = resolve_arch(name)
     except FlowerfastError:
         return None, None
+    if ref.is_timm and smallnets.has_no_weights(ref.model_name):  # no weights, so nothing published
+        return sum(p.numel() for p in build_backbone(ref).parameters()), None
     if ref.is_timm:
         packaged = PACKAGED.get(ref.model_name)
         return (int(packaged.params * 1e6), packaged.top1) if packaged else (None, None)
