@@ -71,18 +71,51 @@ def test_second_epoch_reads_the_cache_and_still_augments(tmp_path, count_opens):
         batches = [(xb.as_subclass(torch.Tensor).clone(), yb.as_subclass(torch.Tensor).clone()) for xb, yb in dl]
         return batches, cache.hits - hits, cache.misses - misses, len(count_opens)
 
+    data.loader.memory.clear()  # what setup loaded
     first, hits1, misses1, opens1 = one_pass()
     assert misses1 > 0 and opens1 == misses1  # the first epoch decodes (what setup did not already)
     assert hits1 + misses1 == len(dl.dataset) == data.n_train  # every training photo, once
     assert len(list((tmp_path / "cache" / "64").rglob("*.npy"))) >= misses1
 
     second, hits2, misses2, opens2 = one_pass()
-    assert misses2 == 0 and opens2 == 0  # no JPEG decoding at all
-    assert hits2 == data.n_train
-    assert len(first) == len(second) >= 2
-    for (x1, y1), (x2, y2) in zip(first, second):
-        assert torch.equal(y1, y2)  # the same photos...
-        assert not torch.equal(x1, x2)  # ...cropped, flipped and erased anew
+    assert (hits2, misses2, opens2) == (0, 0, 0)  # this process kept the photos: not even the cache is read
+    assert len(data.loader.memory.photos) >= data.n_train
+    data.loader.memory.budget = 0  # a process without that memory (a worker, the next run)
+    data.loader.memory.clear()
+    third, hits3, misses3, opens3 = one_pass()
+    assert misses3 == 0 and opens3 == 0  # no JPEG decoding at all
+    assert hits3 == data.n_train and not data.loader.memory.photos
+    assert len(first) == len(second) == len(third) >= 2
+    for (x1, y1), (x2, y2), (x3, y3) in zip(first, second, third):
+        assert torch.equal(y1, y2) and torch.equal(y1, y3)  # the same photos...
+        assert not torch.equal(x1, x2) and not torch.equal(x2, x3)  # ...cropped, flipped and erased anew
+
+
+def test_photos_kept_in_memory_are_read_again_when_rewritten_skipped_when_gone_and_bounded(tmp_path):
+    from fastai.data.load import SkipItemException
+
+    from flowerfast.data.loaders import ImageLoader
+
+    rose, tulip = sample_files("rose")[0], sample_files("tulip")[0]
+    photo, other = tmp_path / "photo.jpg", tmp_path / "other.jpg"
+    shutil.copy(rose, photo)
+    shutil.copy(tulip, other)
+    loader = ImageLoader(32, tmp_path / "cache")
+    first = pixels(loader(photo))
+    loader(photo).paste((0, 0, 0), (0, 0, 16, 16))  # what is done to a copy never reaches the kept photo
+    assert np.array_equal(pixels(loader(photo)), first) and loader.cache.hits + loader.cache.misses == 1
+    os.replace(other, photo)  # replaced by another photo: read again
+    assert np.array_equal(pixels(loader(photo)), pixels(decode(tulip, 64)))
+    assert loader.cache.misses == 2 and loader.memory.used == 64 * 64 * 3
+    photo.unlink()
+    with pytest.warns(UserWarning, match="could not be read after the scan"):
+        with pytest.raises(SkipItemException):
+            loader(photo)
+    small = ImageLoader(32, tmp_path / "cache", memory_bytes=64 * 64 * 3)  # room for one photo of 64 x 64
+    for f in sample_files("daisy")[:3]:
+        small(f)
+    assert len(small.memory.photos) == 1 and small.memory.used == 64 * 64 * 3
+    assert not ImageLoader(32, None).memory.budget  # --no-cache: every photo decoded every time
 
 
 def test_a_changed_file_is_a_miss_with_its_new_pixels(tmp_path):

@@ -52,27 +52,87 @@ class FlowerData:
         return sum(r.is_valid for r in self.rows)
 
 
+MEMORY_BYTES = 1 << 30  # decoded photos an ImageLoader keeps in memory: 1 GiB (ImageNet-sized: ~2,000)
+
+
+def file_stamp(path) -> tuple[int, int, int]:
+    """What changes when a file is replaced or rewritten: inode, size and modification time."""
+    st = os.stat(path)
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+class PhotoMemory:
+    """Decoded photos kept in this process, up to ``budget`` bytes of pixels, each under its path
+    and :func:`file_stamp`: with the cache on, the photos of a small data set are decoded (or
+    read from the cache folder) once per run instead of once per epoch.
+
+    Why: the cache folder spares the decode but still reads, hashes and parses each photo's files
+    every epoch, about half a millisecond a photo, which is the cost of a small network's training
+    step on a CPU. Why a stamp and not the content's hash: hashing is most of that cost; a photo
+    that is rewritten, replaced or deleted changes its stamp (a deleted one fails the ``stat``),
+    so it is read again, or skipped, as without the memory. Photos beyond the budget are simply
+    not kept (with shuffled epochs no photo is likelier than another to come next). Not pickled:
+    each DataLoader worker starts with an empty memory.
+    """
+
+    def __init__(self, budget: int):
+        self.budget = int(budget)
+        self.clear()
+
+    def clear(self) -> None:
+        self.used = 0
+        self.photos: dict[str, tuple[tuple, object]] = {}
+
+    def __getstate__(self):
+        return {"budget": self.budget, "used": 0, "photos": {}}
+
+    def get(self, path, stamp: tuple):
+        """A copy of the photo kept for ``path`` if its stamp is still ``stamp``, else ``None``."""
+        kept = self.photos.get(str(path))
+        if kept is None or kept[0] != stamp:
+            return None
+        return kept[1].copy()  # transforms get their own image, never the kept one
+
+    def keep(self, path, stamp: tuple, img) -> None:
+        key, size = str(path), img.width * img.height * len(img.getbands())
+        old = self.photos.pop(key, None)
+        if old is not None:
+            self.used -= old[1].width * old[1].height * len(old[1].getbands())
+        if self.used + size <= self.budget:
+            self.photos[key] = (stamp, img.copy())
+            self.used += size
+
+
 class ImageLoader:
     """An image file's path to a fastai ``PILImage``, decoded and reduced by
     :func:`~flowerfast.data.imagecache.decode` to a shorter side of
-    :func:`~flowerfast.data.imagecache.load_size`, through ``cache`` when there is one.
+    :func:`~flowerfast.data.imagecache.load_size`, through ``cache`` when there is one (and then
+    kept in this process's :class:`PhotoMemory`, up to ``memory_bytes``).
 
     The DataBlock's ``get_x`` after ``ItemGetter(0)``; fastai's ``PILImage.create`` then passes the
     opened image through unchanged. Picklable: DataLoader workers get a copy, with their own cache
     counters.
     """
 
-    def __init__(self, size: int, cache_dir: Optional[Path | str] = None):
+    def __init__(self, size: int, cache_dir: Optional[Path | str] = None, memory_bytes: int = MEMORY_BYTES):
         self.__name__ = "ImageLoader"  # fastai wraps a callable without a name in a closure, which cannot pickle
         self.max_side = load_size(size)
         self.cache = ImageCache(cache_dir, self.max_side) if cache_dir is not None else None
+        self.memory = PhotoMemory(memory_bytes if self.cache is not None else 0)
         self.skipped: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"ImageLoader(max_side={self.max_side}, cache={self.cache!r})"
 
     def load(self, path):
-        return self.cache.load(path) if self.cache is not None else decode(path, self.max_side)
+        if self.cache is None:
+            return decode(path, self.max_side)
+        stamp = file_stamp(path)  # raises for a photo gone since the scan, as opening it would
+        img = self.memory.get(path, stamp)
+        if img is None:
+            img = self.cache.load(path)
+            self.memory.keep(path, stamp, img)
+        return img
 
     def __call__(self, path):
         """The photo, or fastai's ``SkipItemException`` when it cannot be read any more: a photo
