@@ -191,26 +191,26 @@ def test_timm_weights_offline_fall_back_at_once_and_a_timm_weights_file_loads(tm
     assert torch.equal(model.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
 
 
-def test_a_timm_model_saves_and_rebuilds_without_fastai(tmp_path):
+@pytest.mark.parametrize(
+    "arch, mean",
+    [("tf_efficientnet_lite0", [0.5] * 3), ("resnet10t_050", [0.485, 0.456, 0.406])],  # timm's, flowerfast's
+)
+def test_a_timm_model_saves_and_rebuilds_without_fastai(tmp_path, arch, mean):
     """The model file of a timm network records its source; in a fresh process it loads and
-    predicts with the same outputs, and fastai is never imported."""
+    predicts with the same outputs, and fastai is never imported. A fresh process knows
+    flowerfast's own network only once flowerfast registers it: loading the model file does that."""
     from flowerfast.models.classifier import ModelSpec, assemble_classifier, save_model
 
     torch.manual_seed(0)
-    backbone, _ = load_backbone("tf_efficientnet_lite0", pretrained=False)
-    model, _, cut, nf = assemble_classifier(backbone, "tf_efficientnet_lite0", 3, size=64)
+    backbone, _ = load_backbone(arch, pretrained=False)
+    model, _, cut, nf = assemble_classifier(backbone, arch, 3, size=64)
+    mean_, std = normalisation(resolve_arch(arch))
+    assert mean_ == mean
     spec = ModelSpec(
-        arch="tf_efficientnet_lite0",
-        classes=["a", "b", "c"],
-        size=64,
-        cut=cut,
-        num_features=nf,
-        mean=[0.5] * 3,
-        std=[0.5] * 3,
-        source="timm",
+        arch=arch, classes=["a", "b", "c"], size=64, cut=cut, num_features=nf, mean=mean_, std=std, source="timm"
     )
     model.eval()
-    save_model(model, spec, tmp_path / "lite")
+    save_model(model, spec, tmp_path / "net")
     x = torch.rand(2, 3, 64, 64)
     torch.save(x, tmp_path / "x.pt")
     with torch.no_grad():
@@ -218,16 +218,16 @@ def test_a_timm_model_saves_and_rebuilds_without_fastai(tmp_path):
     script = (
         "import sys, json, torch\n"
         "from flowerfast.models.classifier import load_classifier\n"
-        f"model, spec = load_classifier({str(tmp_path / 'lite.safetensors')!r})\n"
+        f"model, spec = load_classifier({str(tmp_path / 'net.safetensors')!r})\n"
         f"x = torch.load({str(tmp_path / 'x.pt')!r}, weights_only=True)\n"
         "out = model(x).tolist()\n"
         "print(json.dumps({'out': out, 'fastai': any(m.startswith('fastai') for m in sys.modules),"
-        " 'source': spec.source, 'mean': spec.mean}))\n"
+        " 'source': spec.source, 'arch': spec.arch, 'mean': spec.mean}))\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     got = json.loads(done.stdout.strip().splitlines()[-1])
-    assert got["fastai"] is False and got["source"] == "timm" and got["mean"] == [0.5] * 3
+    assert got["fastai"] is False and (got["source"], got["arch"], got["mean"]) == ("timm", arch, mean)
     assert torch.allclose(torch.tensor(got["out"]), expected, atol=1e-4)
 
 

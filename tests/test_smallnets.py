@@ -1,11 +1,9 @@
 """flowerfast's own networks (``resnet10t_050``): timm's resnet10t at half width, in timm's
-registry, with no ImageNet weights."""
+registry, with no ImageNet weights. Its model file rebuilding in a fresh process is
+``tests/test_pretrained.py``'s, as for timm's own networks."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import warnings
 
 import pytest
@@ -65,32 +63,3 @@ def test_it_has_no_imagenet_weights_required_is_an_error_and_the_default_says_it
         _, info = load_backbone("resnet10t_050")
     assert not info.pretrained and info.source == "random"
     assert any(issubclass(w.category, PretrainedUnavailableWarning) for w in caught)
-
-
-def test_its_model_file_rebuilds_in_a_fresh_process(tmp_path):
-    """A fresh process knows the network only once flowerfast registers it: loading the model
-    file does that, and gives the same outputs."""
-    from flowerfast.models.classifier import ModelSpec, assemble_classifier, save_model
-
-    torch.manual_seed(0)
-    backbone, _ = load_backbone("resnet10t_050", pretrained=False)
-    model, _, cut, nf = assemble_classifier(backbone, "resnet10t_050", 5, size=64)
-    spec = ModelSpec(arch="resnet10t_050", classes=list("abcde"), size=64, cut=cut, num_features=nf, source="timm")
-    model.eval()
-    save_model(model, spec, tmp_path / "small")
-    x = torch.rand(2, 3, 64, 64)
-    torch.save(x, tmp_path / "x.pt")
-    with torch.no_grad():
-        expected = model(x)
-    script = (
-        "import json, torch\n"
-        "from flowerfast.models.classifier import load_classifier\n"
-        f"model, spec = load_classifier({str(tmp_path / 'small.safetensors')!r})\n"
-        f"x = torch.load({str(tmp_path / 'x.pt')!r}, weights_only=True)\n"
-        "print(json.dumps({'out': model(x).tolist(), 'arch': spec.arch}))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    got = json.loads(done.stdout.strip().splitlines()[-1])
-    assert got["arch"] == "resnet10t_050" and nf == 256
-    assert torch.allclose(torch.tensor(got["out"]), expected, atol=1e-4)
