@@ -9,8 +9,8 @@ costs, so twice the epochs fit a budget (the data loading then costs as much as 
 the shared flowers, ``--time 15m --size 64 --mixup 0.2`` reaches 72.7% with it against 70.5%
 for ``resnet10t`` (benchmarks in the README).
 
-They are timm's own ``ResNet`` class with other widths, built by timm's ``_create_resnet`` like
-timm's ResNets, so the layer names and the classifier (``fc``) are timm's. They have no ImageNet
+They are timm's own ``ResNet`` class with other widths, built by timm's public ``build_model_with_cfg``
+as timm builds its ResNets, so the layer names and the classifier (``fc``) are timm's. They have no ImageNet
 weights: :func:`has_no_weights` names them for the weights' loader. A name timm itself defines is
 never overwritten: the network of that name is then timm's.
 """
@@ -51,22 +51,31 @@ def register() -> None:
 @functools.lru_cache(maxsize=1)
 def _registered() -> frozenset[str]:
     import timm
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
     from timm.models import generate_default_cfgs, register_model
-    from timm.models.resnet import _cfg
 
     taken = set(timm.list_models())
     names = frozenset(n for n in NETWORKS if n not in taken)
-    default_cfgs.update(generate_default_cfgs({n: _cfg(first_conv="conv1.0") for n in names}))
+    cfg = dict(url="", num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.875)
+    cfg.update(
+        interpolation="bilinear",
+        mean=IMAGENET_DEFAULT_MEAN,
+        std=IMAGENET_DEFAULT_STD,
+        first_conv="conv1.0",
+        classifier="fc",
+    )
+    default_cfgs.update(generate_default_cfgs({n: dict(cfg) for n in names}))
     for name in names:
         register_model(_entrypoint(name))
     return names
 
 
 def _entrypoint(name: str):
-    from timm.models.resnet import BasicBlock, _create_resnet
+    from timm.models import build_model_with_cfg
+    from timm.models.resnet import BasicBlock, ResNet
 
     def build(pretrained: bool = False, **kwargs):
-        return _create_resnet(name, pretrained, **{**NETWORKS[name], "block": BasicBlock, **kwargs})
+        return build_model_with_cfg(ResNet, name, pretrained, **{**NETWORKS[name], "block": BasicBlock, **kwargs})
 
     build.__name__ = build.__qualname__ = name
     build.__module__ = __name__
