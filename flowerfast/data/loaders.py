@@ -81,7 +81,7 @@ class PhotoMemory:
 
     def clear(self) -> None:
         self.used = 0
-        self.photos: dict[str, tuple[tuple, object]] = {}
+        self.photos: dict[str, tuple[tuple, object, int]] = {}  # path -> (stamp, image, bytes)
 
     def __getstate__(self):
         return {"budget": self.budget, "used": 0, "photos": {}}
@@ -96,10 +96,9 @@ class PhotoMemory:
     def keep(self, path, stamp: tuple, img) -> None:
         key, size = str(path), img.width * img.height * len(img.getbands())
         old = self.photos.pop(key, None)
-        if old is not None:
-            self.used -= old[1].width * old[1].height * len(old[1].getbands())
+        self.used -= old[2] if old is not None else 0
         if self.used + size <= self.budget:
-            self.photos[key] = (stamp, img.copy())
+            self.photos[key] = (stamp, img.copy(), size)
             self.used += size
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from flowerfast.core.errors import FlowerfastError
+from flowerfast.models import smallnets
 
 TORCHVISION = "torchvision"
 TIMM = "timm"
@@ -33,7 +34,7 @@ FEATURED = {
     "tf_efficientnet_lite1": "EfficientNet-Lite1: weights with flowerfast[lite]",
     "tf_efficientnet_lite2": "EfficientNet-Lite2: weights with flowerfast[lite]",
     "resnet18": "ResNet-18, fast; good for CPUs and quick experiments",
-    "resnet10t_050": "ResNet-10-T at half width, flowerfast's own: from random weights on a CPU",
+    "resnet10t_050": smallnets.DESCRIPTIONS["resnet10t_050"],
     "resnet34": "ResNet-34",
     "resnet50": "ResNet-50, a strong default on a GPU",
     "resnet101": "ResNet-101",
@@ -84,8 +85,6 @@ def timm_names() -> list[str]:
         import timm
     except ImportError:
         return []
-    from flowerfast.models import smallnets
-
     smallnets.register()
     return timm.list_models()
 
@@ -186,8 +185,6 @@ def build_backbone(ref: ArchRef | str):
     ref = ref if isinstance(ref, ArchRef) else resolve_arch(ref)
     if ref.is_timm:
         import timm
-
-        from flowerfast.models import smallnets
 
         smallnets.register()
         return timm.create_model(ref.model_name, pretrained=False)

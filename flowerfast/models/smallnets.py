@@ -40,7 +40,7 @@ default_cfgs: dict = {}  # timm's register_model reads a module's default_cfgs: 
 
 def has_no_weights(model_name: str) -> bool:
     """Whether ``model_name`` is one of flowerfast's networks, which have no ImageNet weights."""
-    return model_name in NETWORKS and model_name in _registered()
+    return model_name in _registered()
 
 
 def register() -> None:
@@ -56,8 +56,12 @@ def _registered() -> frozenset[str]:
 
     taken = set(timm.list_models())
     names = frozenset(n for n in NETWORKS if n not in taken)
-    cfg = dict(url="", num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.875)
-    cfg.update(
+    cfg = dict(
+        url="",  # no weights
+        num_classes=1000,
+        input_size=(3, 224, 224),
+        pool_size=(7, 7),
+        crop_pct=0.875,
         interpolation="bilinear",
         mean=IMAGENET_DEFAULT_MEAN,
         std=IMAGENET_DEFAULT_STD,
