@@ -140,6 +140,7 @@ def compare(
     ema_decay: o.EmaDecay = D.ema_decay,
     progressive: o.Progressive = None,
     augment: o.Augment = D.augment,
+    batch_crop: o.BatchCrop = D.batch_crop,
     resume: ResumeCompare = None,
     json_: o.Json = False,
 ) -> None:

@@ -61,6 +61,7 @@ def train(
     ema_decay: o.EmaDecay = D.ema_decay,
     progressive: o.Progressive = None,
     augment: o.Augment = D.augment,
+    batch_crop: o.BatchCrop = D.batch_crop,
     resume: o.Resume = None,
     json_: o.Json = False,
 ) -> None:
@@ -140,6 +141,7 @@ def lr_find(
     mixup: o.Mixup = D.mixup,
     cutmix: o.Cutmix = D.cutmix,
     augment: o.Augment = D.augment,
+    batch_crop: o.BatchCrop = D.batch_crop,
     json_: o.Json = False,
     num_it: int = typer.Option(
         LR_FIND_ITERATIONS, "--num-it", metavar="N", help="Mini-batches the learning rate rises over."
@@ -174,6 +176,7 @@ def lr_find(
             mixup=mixup,
             cutmix=cutmix,
             augment=augment,
+            batch_crop=batch_crop,
         ).validate()
         result = find_lr(config, reporter=make_reporter(to_stderr=json_), num_it=num_it)
     if json_:
@@ -206,6 +209,7 @@ def show_batch(
     seed: o.Seed = D.seed,
     stratify: o.Stratify = D.stratify,
     split_file: o.SplitFile = D.split_file,
+    batch_crop: o.BatchCrop = D.batch_crop,
     n: int = typer.Option(16, "-n", help="How many images to draw.", metavar="N"),
     out: Path = typer.Option(Path("batch.png"), "--out", "-o", help="The PNG file to write.", metavar="PATH"),
 ) -> None:
@@ -214,7 +218,15 @@ def show_batch(
         from flowerfast.training.pictures import show_batch as draw
 
         path = draw(
-            data=data, size=size, valid_pct=valid_pct, seed=seed, stratify=stratify, split_file=split_file, n=n, out=out
+            data=data,
+            size=size,
+            valid_pct=valid_pct,
+            seed=seed,
+            stratify=stratify,
+            split_file=split_file,
+            batch_crop=batch_crop,
+            n=n,
+            out=out,
         )
     console.print(f"batch: {path}", markup=False)
 

@@ -341,6 +341,14 @@ Augment = Annotated[
         "or randaugment (plus RandAugment).",
     ),
 ]
+BatchCrop = Annotated[
+    bool,
+    typer.Option(
+        "--batch-crop/--photo-crop",
+        help="Cut the random training crops of each batch at once from photos kept as tensors, instead of photo "
+        "by photo: faster for small photos and networks on a CPU (standard augmentation only).",
+    ),
+]
 Resume = Annotated[
     Optional[Path],
     typer.Option(

@@ -88,6 +88,10 @@ def train_transforms(
     return item_tfms, batch_tfms
 
 
-def growing_crop(dls) -> Optional[GrowingCrop]:
-    """The training loader's :class:`GrowingCrop`, for progressive resizing."""
+def growing_crop(dls):
+    """What resizes the training crops, for progressive resizing: the training loader itself when
+    it cuts its own crops (:class:`~flowerfast.data.batchcrop.BatchCropDL`), else its
+    :class:`GrowingCrop`; ``None`` if neither."""
+    if hasattr(dls.train, "set_train_size"):
+        return dls.train
     return next((t for t in dls.train.after_item.fs if isinstance(t, GrowingCrop)), None)

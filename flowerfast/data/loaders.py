@@ -16,6 +16,7 @@ from flowerfast.data.folders import SkippedFile, default_data_dir, natural_size
 from flowerfast.data.imagecache import ImageCache, decode, load_size
 from flowerfast.data.imagefiles import describe_error
 from flowerfast.data.labelfiles import scan_data
+from flowerfast.data.memory import MEMORY_BYTES, PhotoMemory, file_stamp
 from flowerfast.data.split import rows_from_split_file, split_rows
 from flowerfast.models.archs import IMAGENET_MEAN, IMAGENET_STD
 from flowerfast.runs.config import DEFAULTS, MIN_SCALE_SCRATCH
@@ -52,56 +53,6 @@ class FlowerData:
         return sum(r.is_valid for r in self.rows)
 
 
-MEMORY_BYTES = 1 << 30  # decoded photos an ImageLoader keeps in memory: 1 GiB (ImageNet-sized: ~2,000)
-
-
-def file_stamp(path) -> tuple[int, int, int]:
-    """What changes when a file is replaced or rewritten: inode, size and modification time."""
-    st = os.stat(path)
-    return st.st_ino, st.st_size, st.st_mtime_ns
-
-
-class PhotoMemory:
-    """Decoded photos kept in this process, up to ``budget`` bytes of pixels, each under its path
-    and :func:`file_stamp`: with the cache on, the photos of a small data set are decoded (or
-    read from the cache folder) once per run instead of once per epoch.
-
-    Why: the cache folder spares the decode but still reads, hashes and parses each photo's files
-    every epoch, about half a millisecond a photo, which is the cost of a small network's training
-    step on a CPU. Why a stamp and not the content's hash: hashing is most of that cost; a photo
-    that is rewritten, replaced or deleted changes its stamp (a deleted one fails the ``stat``),
-    so it is read again, or skipped, as without the memory. Photos beyond the budget are simply
-    not kept (with shuffled epochs no photo is likelier than another to come next). Not pickled:
-    each DataLoader worker starts with an empty memory.
-    """
-
-    def __init__(self, budget: int):
-        self.budget = int(budget)
-        self.clear()
-
-    def clear(self) -> None:
-        self.used = 0
-        self.photos: dict[str, tuple[tuple, object, int]] = {}  # path -> (stamp, image, bytes)
-
-    def __getstate__(self):
-        return {"budget": self.budget, "used": 0, "photos": {}}
-
-    def get(self, path, stamp: tuple):
-        """A copy of the photo kept for ``path`` if its stamp is still ``stamp``, else ``None``."""
-        kept = self.photos.get(str(path))
-        if kept is None or kept[0] != stamp:
-            return None
-        return kept[1].copy()  # transforms get their own image, never the kept one
-
-    def keep(self, path, stamp: tuple, img) -> None:
-        key, size = str(path), img.width * img.height * len(img.getbands())
-        old = self.photos.pop(key, None)
-        self.used -= old[2] if old is not None else 0
-        if self.used + size <= self.budget:
-            self.photos[key] = (stamp, img.copy(), size)
-            self.used += size
-
-
 class ImageLoader:
     """An image file's path to a fastai ``PILImage``, decoded and reduced by
     :func:`~flowerfast.data.imagecache.decode` to a shorter side of
@@ -123,25 +74,35 @@ class ImageLoader:
     def __repr__(self) -> str:
         return f"ImageLoader(max_side={self.max_side}, cache={self.cache!r})"
 
+    def read(self, path):
+        """The photo decoded and reduced, from the cache when there is one; never kept."""
+        return decode(path, self.max_side) if self.cache is None else self.cache.load(path)
+
     def load(self, path):
+        """The photo as :meth:`read` gives it, kept in this process's memory when the cache is on."""
         if self.cache is None:
-            return decode(path, self.max_side)
+            return self.read(path)
         stamp = file_stamp(path)  # raises for a photo gone since the scan, as opening it would
         img = self.memory.get(path, stamp)
         if img is None:
-            img = self.cache.load(path)
-            self.memory.keep(path, stamp, img)
-        return img
+            img = self.read(path)
+            self.memory.keep(path, stamp, img.copy(), img.width * img.height * len(img.getbands()))
+        return img.copy()  # transforms get their own image, never the kept one
 
     def __call__(self, path):
-        """The photo, or fastai's ``SkipItemException`` when it cannot be read any more: a photo
-        deleted, truncated or locked after the scan drops out of its batch with a warning (once
-        per file) instead of ending a long run."""
-        from fastai.data.load import SkipItemException
+        """The photo as a fastai ``PILImage`` (see :meth:`guarded`)."""
         from fastai.vision.core import PILImage
 
+        return PILImage.create(self.guarded(self.load, path))
+
+    def guarded(self, load, path):
+        """``load(path)``, or fastai's ``SkipItemException`` when the photo cannot be read any more:
+        a photo deleted, truncated or locked after the scan drops out of its batch with a warning
+        (once per file) instead of ending a long run."""
+        from fastai.data.load import SkipItemException
+
         try:
-            img = self.load(path)
+            return load(path)
         except Exception as exc:
             reason = describe_error(exc)
             if str(path) not in self.skipped:
@@ -150,7 +111,6 @@ class ImageLoader:
                     f"{path} could not be read after the scan ({reason}): skipped", UnreadablePhotoWarning, stacklevel=2
                 )
             raise SkipItemException() from None
-        return PILImage.create(img)
 
     def readable(self, path) -> bool:
         """Whether the photo can be read now (it is decoded, or read from the cache)."""
@@ -165,12 +125,16 @@ class UnreadablePhotoWarning(UserWarning):
     """A photo that was readable when the folder was scanned could not be read during the run."""
 
 
-def augmentation_description(size: int, min_scale: float = MIN_SCALE_SCRATCH, policy: str = "standard") -> str:
+def augmentation_description(
+    size: int, min_scale: float = MIN_SCALE_SCRATCH, policy: str = "standard", batch_crop: bool = False
+) -> str:
     """:func:`flowerfast.data.augment.train_transforms` in words, for reports."""
     extra = {"trivial": "; TrivialAugmentWide", "randaugment": "; RandAugment"}.get(policy, "")
+    together = " (cut per batch, with the flips and warps, in one resampling)" if batch_crop else ""
     return (
-        f"RandomResizedCrop({size}, min_scale={min_scale:g}){extra}; fastai aug_transforms (flips, rotation up to "
-        "10 degrees, zoom up to 1.1, warp 0.2, lighting 0.2); the weights' normalisation; RandomErasing(p=0.25)"
+        f"RandomResizedCrop({size}, min_scale={min_scale:g}){together}{extra}; fastai aug_transforms (flips, "
+        "rotation up to 10 degrees, zoom up to 1.1, warp 0.2, lighting 0.2); the weights' normalisation; "
+        "RandomErasing(p=0.25)"
     )
 
 
@@ -194,6 +158,7 @@ def build_dataloaders(
     min_scale: float = MIN_SCALE_SCRATCH,
     multi_label: bool = False,
     augment: str = "standard",
+    batch_crop: bool = False,
 ):
     """fastai DataBlock over the split rows: one DataLoaders with train and valid, normalised
     with ``mean`` and ``std`` (those of the network's pretrained weights). ``multi_label``: the
@@ -201,7 +166,8 @@ def build_dataloaders(
 
     Photos are decoded and reduced through the image cache in ``cache_dir`` (``None``: no cache,
     decoded every time; the pixels are the same either way). ``loader`` gives the
-    :class:`ImageLoader` to use instead (``cache_dir`` is then ignored).
+    :class:`ImageLoader` to use instead (``cache_dir`` is then ignored). ``batch_crop``: the
+    training batches are cut from photos kept as tensors (:mod:`flowerfast.data.batchcrop`).
     """
     from fastai.data.block import CategoryBlock, DataBlock, MultiCategoryBlock
     from fastai.data.core import Pipeline
@@ -214,16 +180,22 @@ def build_dataloaders(
     item_tfms, batch_tfms = train_transforms(size, mean, std, min_scale, augment)
     items = [(str(r.file), r.label) for r in rows]
     valid_idx = [i for i, r in enumerate(rows) if r.is_valid]
+    loader = loader if loader is not None else ImageLoader(size, cache_dir)
     block = DataBlock(
         blocks=(ImageBlock, (MultiCategoryBlock if multi_label else CategoryBlock)(vocab=list(classes))),
-        get_x=Pipeline([ItemGetter(0), loader if loader is not None else ImageLoader(size, cache_dir)]),
+        get_x=Pipeline([ItemGetter(0), loader]),
         get_y=Pipeline([ItemGetter(1), classes_of]) if multi_label else ItemGetter(1),
         splitter=IndexSplitter(valid_idx),
         item_tfms=item_tfms,
         batch_tfms=batch_tfms,
     )
     set_seed(seed)
-    return block.dataloaders(items, bs=bs, num_workers=workers, device=device)
+    dls = block.dataloaders(items, bs=bs, num_workers=workers, device=device)
+    if batch_crop:
+        from flowerfast.data.batchcrop import batch_crop_dataloaders
+
+        dls = batch_crop_dataloaders(dls, loader, size, min_scale)
+    return dls
 
 
 def training_batch_size(rows: Sequence[SplitRow], bs: int, shards: int = 1) -> int:
@@ -260,6 +232,7 @@ def load_data(
     std: Sequence[float] = IMAGENET_STD,
     min_scale: float = MIN_SCALE_SCRATCH,
     augment: str = "standard",
+    batch_crop: bool = False,
 ) -> FlowerData:
     """Scan a data folder, split it and build DataLoaders. ``data=None`` uses the embedded sample.
     ``labels``: a label file naming the photos under ``data`` (:func:`flowerfast.data.labelfiles.scan_data`);
@@ -270,12 +243,11 @@ def load_data(
     keeps decoded, reduced photos there (:class:`~flowerfast.data.imagecache.ImageCache`); ``None``
     decodes every photo every epoch. ``check_folder`` is called with the scanned
     :class:`ImageFolder` before anything else (a resumed run checks its photos are unchanged).
-    ``shards``: the processes of a distributed job, each training on its own share of the
-    training images with ``bs`` images per batch (so the batch is capped at that share).
+    ``shards``: a distributed job's processes, each training on its share with batches of ``bs``.
     ``mean`` and ``std`` normalise the images as the network's pretrained weights expect
     (:func:`flowerfast.models.archs.normalisation`). ``size=None`` takes the photos' own
-    (:func:`natural_size`); the result's ``size`` says which. ``augment``: the training photos'
-    extra policy (:func:`flowerfast.data.augment.train_transforms`).
+    (:func:`natural_size`); the result's ``size`` says which. ``augment`` and ``batch_crop``: as
+    :func:`build_dataloaders` takes them.
     """
     root = Path(os.path.abspath(Path(data).expanduser())) if data is not None else default_data_dir()
     folder = scan_data(root, labels=labels, multi_label=multi_label, reporter=reporter)
@@ -303,6 +275,7 @@ def load_data(
         min_scale=min_scale,
         multi_label=folder.multi_label,
         augment=augment,
+        batch_crop=batch_crop,
     )
     return FlowerData(
         dls=dls,

@@ -269,7 +269,11 @@ def training_settings(config: ResolvedConfig, summary) -> dict[str, Any]:
         "body lr": config.body_lr if config.pretrained else None,
         "precision": config.precision,
         "split": "stratified" if config.options.stratify else "random",
-        "augmentation": augmentation_description(size, config.min_scale, config.options.augment) if size else None,
+        "augmentation": (
+            augmentation_description(size, config.min_scale, config.options.augment, config.options.batch_crop)
+            if size
+            else None
+        ),
         "recipe": recipe_description(config.options) or None,
     }
 

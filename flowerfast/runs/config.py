@@ -106,6 +106,8 @@ class TrainConfig:
         share of the epochs; validation and the saved model use the last, which is ``size``.
     augment: ``standard`` (fastai's flips, rotation, zoom, warp, lighting), or that plus
         torchvision's ``trivial`` (TrivialAugmentWide) or ``randaugment`` policy.
+    batch_crop: cut the training crops of each batch at once from photos kept as tensors, not
+        photo by photo (:mod:`flowerfast.data.batchcrop`); the standard policy only.
     """
 
     data: Optional[Path] = None
@@ -150,6 +152,7 @@ class TrainConfig:
     ema_decay: float = DEFAULT_EMA_DECAY
     progressive: Optional[list[int]] = None
     augment: str = "standard"
+    batch_crop: bool = False
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> "TrainConfig":
@@ -231,6 +234,12 @@ class TrainConfig:
         if self.augment not in AUGMENT_POLICIES:
             raise FlowerfastError(
                 f"$augment must be one of {', '.join(AUGMENT_POLICIES)} (got {self.augment!r})", parameters=("augment",)
+            )
+        if self.batch_crop and self.augment != "standard":
+            raise FlowerfastError(
+                f"$batch_crop works with the standard augmentation only: $augment {self.augment} transforms each "
+                "photo on its own",
+                parameters=("batch_crop", "augment"),
             )
         self.progressive = parse_sizes(self.progressive)
         if self.progressive and self.size is not None and self.progressive[-1] != self.size:

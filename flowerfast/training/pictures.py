@@ -142,6 +142,7 @@ def show_batch(config=None, out: Path | str = BATCH, n: int = 16, **options) -> 
         mean=mean,
         std=std,
         min_scale=crop_min_scale(config),
+        batch_crop=config.batch_crop,
     )
     set_seed(config.seed)
     out = Path(out).expanduser()

@@ -240,6 +240,7 @@ def scan_and_split(options: TrainConfig, ref, device, workers: int, cache_dir, r
             std=std,
             min_scale=crop_min_scale(options),
             augment=options.augment,
+            batch_crop=options.batch_crop,
         )
         if resume is not None:
             check_same_split(resume, data)
