@@ -26,7 +26,7 @@ from fastai.torch_core import TensorImage
 from fastai.vision.augment import AffineCoordTfm, find_coeffs
 from PIL import Image
 
-from flowerfast.data.memory import PhotoMemory, file_stamp
+from flowerfast.data.memory import PhotoMemory
 
 CROP_RATIO = (3 / 4, 4 / 3)  # fastai's RandomResizedCrop: width over height of a crop
 ATTEMPTS = 10  # draws per crop before falling back to the photo's centre, as fastai does
@@ -134,14 +134,12 @@ class CanvasStore:
         return self.loader.guarded(self.load, path)
 
     def load(self, path) -> tuple[torch.Tensor, float]:
-        stamp = file_stamp(path) if self.memory.budget > 0 else None  # raises for a photo gone since the scan
-        kept = self.memory.get(path, stamp) if stamp is not None else None
-        if kept is None:
-            kept = to_canvas(self.loader.read(path), self.side)
-            self.reads += 1
-            if stamp is not None:
-                self.memory.keep(path, stamp, kept, kept[0].numel())
-        return kept
+        return self.memory.remember(path, self.read, lambda kept: kept[0].numel())
+
+    def read(self, path) -> tuple[torch.Tensor, float]:
+        canvas = to_canvas(self.loader.read(path), self.side)
+        self.reads += 1  # photos read, not attempts
+        return canvas
 
 
 class BatchCropDL(TfmdDL):

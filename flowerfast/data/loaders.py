@@ -16,7 +16,7 @@ from flowerfast.data.folders import SkippedFile, default_data_dir, natural_size
 from flowerfast.data.imagecache import ImageCache, decode, load_size
 from flowerfast.data.imagefiles import describe_error
 from flowerfast.data.labelfiles import scan_data
-from flowerfast.data.memory import MEMORY_BYTES, PhotoMemory, file_stamp
+from flowerfast.data.memory import MEMORY_BYTES, PhotoMemory
 from flowerfast.data.split import rows_from_split_file, split_rows
 from flowerfast.models.archs import IMAGENET_MEAN, IMAGENET_STD
 from flowerfast.runs.config import DEFAULTS, MIN_SCALE_SCRATCH
@@ -82,11 +82,7 @@ class ImageLoader:
         """The photo as :meth:`read` gives it, kept in this process's memory when the cache is on."""
         if self.cache is None:
             return self.read(path)
-        stamp = file_stamp(path)  # raises for a photo gone since the scan, as opening it would
-        img = self.memory.get(path, stamp)
-        if img is None:
-            img = self.read(path)
-            self.memory.keep(path, stamp, img.copy(), img.width * img.height * len(img.getbands()))
+        img = self.memory.remember(path, self.read, lambda im: im.width * im.height * len(im.getbands()))
         return img.copy()  # transforms get their own image, never the kept one
 
     def __call__(self, path):

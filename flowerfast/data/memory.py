@@ -49,6 +49,19 @@ class PhotoMemory:
             return None
         return kept[1]
 
+    def remember(self, path, read, nbytes):
+        """What ``read(path)`` gives, kept for ``path`` under its stamp (``nbytes(photo)``: its
+        size) and given again while the stamp holds; read every time with no budget. The stamp
+        raises for a photo gone since the scan, as reading it would."""
+        if self.budget <= 0:
+            return read(path)
+        stamp = file_stamp(path)
+        photo = self.get(path, stamp)
+        if photo is None:
+            photo = read(path)
+            self.keep(path, stamp, photo, nbytes(photo))
+        return photo
+
     def keep(self, path, stamp: tuple, photo, nbytes: int) -> None:
         """Keep ``photo`` (``nbytes`` of pixels) for ``path`` if the budget has room for it."""
         key = str(path)
