@@ -314,3 +314,48 @@ def test_a_sigterm_while_the_error_line_is_written_does_not_cut_it_short(monkeyp
     assert ended.value.exit_code == 1
     assert printed == ["[bold red]error:[/bold red] " + ("no photos" if error == "library" else "process 1 stopped")]
     assert signal.getsignal(signal.SIGTERM) == before  # the command's handler is gone with it
+
+
+def readme_command_lines() -> list[list[str]]:
+    """Each ``flowerfast`` invocation in the README's ```bash blocks (indented ones in lists too)
+    and on the ``$`` lines of its ```console blocks, as the words after ``flowerfast``:
+    continuation lines joined, comments and pipes cut off."""
+    import shlex
+
+    invocations = []
+    for _, kind, block in re.findall(r"^( *)```(bash|console)\n(.*?)\n\1```", README.read_text(), flags=re.S | re.M):
+        lines = block.replace("\\\n", " ").splitlines()
+        for line in lines if kind == "bash" else [line[2:] for line in lines if line.startswith("$ ")]:
+            words = shlex.split(line, comments=True)
+            segments = [[]]
+            for word in words:
+                if word in {"&&", "||", "|", ";"}:
+                    segments.append([])
+                else:
+                    segments[-1].append(word)
+            for segment in segments:
+                starts = [i for i, word in enumerate(segment) if word.rsplit("/", 1)[-1] == "flowerfast"]
+                if starts:
+                    invocations.append(segment[starts[0] + 1 :])
+    return invocations
+
+
+def test_every_readme_command_names_a_command_and_options_it_has():
+    """A renamed or removed option would leave the README's examples failing for whoever copies
+    them: each one must name a command of the CLI and only options that command takes."""
+    import typer
+
+    group = typer.main.get_command(app)
+    invocations = readme_command_lines()
+    assert len(invocations) >= 20  # the parser found the examples
+    for words in invocations:
+        command, rest = group, list(words)
+        while hasattr(command, "commands") and rest and not rest[0].startswith("-"):
+            assert rest[0] in command.commands, f"README: flowerfast {' '.join(words)}: no command {rest[0]}"
+            command = command.commands[rest.pop(0)]
+        known = {name for param in command.params for name in param.opts + param.secondary_opts} | {"--help", "-h"}
+        for word in rest:
+            if word.startswith("-") and word != "-":
+                assert word.split("=")[0] in known, (
+                    f"README: flowerfast {' '.join(words)}: {command.name} has no {word}"
+                )
